@@ -1,0 +1,170 @@
+"""Pretraining configs: typed dataclasses, filled from YAML plus ``key=value`` overrides.
+
+A config file names its ``method`` (``mae`` or ``moco``); the matching schema
+rejects unknown keys and wrong types with the key's path, so a typo in a
+config fails at start-up rather than hours into a run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class DataConfig:
+    # ImageNet-style root (``<path>/train/<class>/*`` or ``<path>/<class>/*``) or a flat
+    # folder of images. None: the built-in synthetic scenes, so a run needs no dataset.
+    path: Optional[str] = None
+    synthetic_images: int = 512
+    img_size: int = 224
+    crop_min_scale: float = 0.2  # RandomResizedCrop scale = (crop_min_scale, 1.0)
+    num_workers: int = 8
+    # Labelled folders for the kNN monitor (``<dir>/<class>/*``); off when unset.
+    knn_train: Optional[str] = None
+    knn_val: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    base_lr: float = 1.5e-4  # lr = base_lr * effective_batch / 256
+    lr: Optional[float] = None  # absolute lr; overrides base_lr when set
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine (half cycle, after linear warm-up) | step
+    warmup_epochs: float = 40.0
+    min_lr: float = 0.0
+    milestones: List[int] = field(default_factory=list)  # step schedule: x0.1 at these epochs
+    clip_grad: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    batch_size: int = 64  # per process
+    accum_iter: int = 1  # effective batch = batch_size * accum_iter * world_size
+    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    output_dir: str = "output/pretrain"
+    ckpt_every_epochs: int = 20  # and always at the end
+    ckpt_every_iters: int = 0  # also mid-epoch, every N optimizer steps (0: off)
+    log_every: int = 20
+    max_iters: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
+    tensorboard: bool = True
+    progress: bool = True
+    knn_every_epochs: int = 0  # kNN monitor (needs data.knn_train / knn_val)
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+
+
+@dataclass
+class MAEModelConfig:
+    arch: str = "mae_vit_base_patch16"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+
+
+@dataclass
+class MoCoModelConfig:
+    arch: str = "resnet50"  # any torchvision ResNet constructor name
+    dim: int = 128
+    queue_size: int = 65536  # K
+    momentum: float = 0.999  # m
+    temperature: float = 0.07  # T: 0.07 (v1), 0.2 (v2)
+    mlp: bool = False  # v2: 2-layer MLP head
+    aug: str = "v1"  # v1 | v2 ("aug+")
+    # Single process only: batch norm over this many sub-batches (and keys shuffled
+    # across them), the stand-in for multi-GPU Shuffle BN. 1 turns it off.
+    bn_splits: int = 8
+
+
+@dataclass
+class MAEPretrainConfig:
+    method: str = "mae"
+    model: MAEModelConfig = field(default_factory=MAEModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _moco_optim() -> OptimConfig:
+    return OptimConfig(
+        name="sgd", base_lr=0.03, weight_decay=1e-4, momentum=0.9, schedule="step",
+        warmup_epochs=0.0, milestones=[120, 160],
+    )
+
+
+@dataclass
+class MoCoPretrainConfig:
+    method: str = "moco"
+    model: MoCoModelConfig = field(default_factory=MoCoModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_moco_optim)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=32))
+
+
+SCHEMAS = {"mae": MAEPretrainConfig, "moco": MoCoPretrainConfig}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), method: Optional[str] = None):
+    """Read a YAML config (or the schema defaults) and apply ``a.b=value`` overrides.
+
+    Returns a typed, read-only OmegaConf object. Errors name the file and the key.
+    """
+    try:
+        raw = OmegaConf.load(path) if path else OmegaConf.create({})
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except Exception as e:
+        raise ConfigError(f"{path}: not a valid YAML config: {e}") from None
+    method = method or raw.get("method") or "mae"
+    if method not in SCHEMAS:
+        raise ConfigError(f"{path}: method must be one of {sorted(SCHEMAS)}, got {method!r}")
+    for i, item in enumerate(overrides):
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(SCHEMAS[method]), raw, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        where = path or "defaults"
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
+    _validate(cfg, path)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _validate(cfg, path):
+    def fail(msg):
+        raise ConfigError(f"{path or 'config'}: {msg}")
+
+    t, o = cfg.train, cfg.optim
+    if t.amp not in ("none", "bf16", "fp16"):
+        fail(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
+    if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
+        fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
+    if o.name not in ("adamw", "sgd"):
+        fail(f"optim.name must be adamw or sgd, got {o.name!r}")
+    if o.schedule not in ("cosine", "step"):
+        fail(f"optim.schedule must be cosine or step, got {o.schedule!r}")
+    if cfg.method == "mae" and not 0.0 <= cfg.model.mask_ratio < 1.0:
+        fail(f"model.mask_ratio must be in [0, 1), got {cfg.model.mask_ratio}")
+    if cfg.method == "moco" and cfg.model.aug not in ("v1", "v2"):
+        fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)

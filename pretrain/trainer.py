@@ -1,0 +1,307 @@
+"""The pretraining loop shared by every method.
+
+One optimizer step = ``accum_iter`` micro-batches; the learning rate follows the
+schedule per step (fractional epoch). Checkpoints hold everything a resumed run
+needs to end where an uninterrupted one would: model, optimizer, grad scaler,
+position (epoch, micro-batch within it, step), and every process's RNG state;
+the data order is a function of (seed, epoch) and each sample's augmentation of
+its own seed (``pretrain.data``), so skipping the consumed batches restores it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import distributed as du
+from .checkpoint import load_file, save_atomic
+from .config import to_yaml
+from .data import ResumableSampler, build_pretrain_dataset, worker_init
+from .knn import knn_evaluate
+from .logger import MetricLogger, setup_logging
+from .mae import configure_attention
+from .methods import METHODS
+from .schedule import lr_at, set_lr
+
+log = logging.getLogger(__name__)
+
+LAST = "last"  # checkpoint-last.pth / checkpoint_last.pth.tar: always the newest
+
+
+def rng_state() -> Dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_tensor(np.random.get_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+    np.random.set_state(_tensor_to_numpy_state(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_tensor(s):
+    # Plain types and tensors only, so the checkpoint loads with weights_only=True.
+    return {"keys": torch.from_numpy(s[1].astype(np.int64)), "pos": int(s[2]), "has_gauss": int(s[3]),
+            "gauss": float(s[4])}
+
+
+def _tensor_to_numpy_state(d):
+    return ("MT19937", d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA allocation, or this process's peak resident memory (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # VmHWM restarts at exec; ru_maxrss would carry a parent's peak into a child
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    def __init__(self, cfg, resume: Optional[str] = None):
+        self.cfg = cfg
+        t = cfg.train
+        self.method = METHODS[cfg.method]()
+        self.dist = du.init_distributed(t.device, t.dist_backend)
+        self.device = self.dist.device
+        self.out = Path(t.output_dir)
+        setup_logging(str(self.out), self.dist.is_main)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(cfg))
+        # Different masks / shuffles per process, reproducible per run.
+        seed = t.seed + self.dist.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+
+        self.model = self.method.build_model(cfg, self.dist.world_size).to(self.device)
+        configure_attention(self.model, self.device.type, self.amp_dtype)
+        dataset = build_pretrain_dataset(
+            cfg.data, self.method.build_transform(cfg), seed=t.seed, bad_list=str(self.out / "unreadable_images.txt")
+        )
+        self.sampler = ResumableSampler(len(dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
+        self.loader = DataLoader(
+            dataset, batch_size=t.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
+            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+            # Its own generator: starting an epoch's iterator must not draw from the global RNG,
+            # whose state the checkpoint restores.
+            generator=torch.Generator().manual_seed(t.seed),
+        )
+        # Whole optimizer steps per epoch (a partial accumulation at the end is dropped).
+        self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} images make no full step of batch_size={t.batch_size} x accum_iter={t.accum_iter} "
+                f"x {self.dist.world_size} processes"
+            )
+        self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
+        o = cfg.optim
+        self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
+        self.optimizer = self.method.build_optimizer(self.model, cfg, self.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+        self.ddp = (
+            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.distributed else self.model
+        )
+        self.epoch, self.iter, self.step = 0, 0, 0  # position: next micro-batch to run
+        self._stop_requested = self.stopped = False
+        self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
+        if resume:
+            self.resume(resume)
+        log.info("%s: %d images, %d steps/epoch, effective batch %d, lr %.3g, device %s, %d process(es)",
+                 cfg.method, len(dataset), self.iters_per_epoch // t.accum_iter, self.eff_batch, self.lr,
+                 self.device, self.dist.world_size)
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, tag) -> Path:
+        return self.out / self.method.checkpoint_name(tag)
+
+    def state(self, finished_epoch: int) -> Dict:
+        ckpt = self.method.pack(self.model, self.cfg, finished_epoch)
+        ckpt["optimizer"] = self.optimizer.state_dict()
+        ckpt["scaler"] = self.scaler.state_dict()
+        ckpt["trainer"] = {
+            "epoch": self.epoch, "iter": self.iter, "step": self.step,
+            "rng": du.all_gather_object(rng_state()),  # one per process
+            "world_size": self.dist.world_size,
+        }
+        ckpt["config"] = to_yaml(self.cfg)
+        return ckpt
+
+    def save(self, tags):
+        ckpt = self.state(finished_epoch=self.epoch - 1)
+        if self.dist.is_main:
+            for tag in tags:
+                save_atomic(ckpt, self.checkpoint_path(tag))
+            log.info("saved %s (epoch %d, iter %d, step %d)", ", ".join(self.method.checkpoint_name(t) for t in tags),
+                     self.epoch, self.iter, self.step)
+        du.barrier()
+
+    def resume(self, path: str):
+        """Restore from ``path``, or from the newest checkpoint in output_dir when path is 'auto'."""
+        if path == "auto":
+            p = self.checkpoint_path(LAST)
+            if not p.is_file():
+                log.info("no checkpoint in %s: starting from scratch", self.out)
+                return
+            path = str(p)
+        ckpt = load_file(path)
+        self.method.unpack(self.model, ckpt)
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        tr = ckpt.get("trainer")
+        if tr is None:  # the authors' file: resume at the start of the next epoch
+            self.epoch = self.method.next_epoch(ckpt)
+            self.iter, self.step = 0, self.epoch * (self.iters_per_epoch // self.cfg.train.accum_iter)
+        else:
+            self.epoch, self.iter, self.step = tr["epoch"], tr["iter"], tr["step"]
+            if tr["world_size"] == self.dist.world_size:
+                set_rng_state(tr["rng"][self.dist.rank])
+            else:
+                log.warning("resuming on %d processes from a run on %d: data order and RNG streams change",
+                            self.dist.world_size, tr["world_size"])
+        log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
+
+    # --------------------------------------------------------------- training
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def fit(self) -> Dict:
+        t = self.cfg.train
+        steps_per_epoch = self.iters_per_epoch // t.accum_iter
+        last = {}
+        while self.epoch < t.epochs:
+            last = self.train_epoch(steps_per_epoch)
+            if self.stopped:
+                self.save([LAST])
+                log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
+                break
+            self.epoch, self.iter = self.epoch + 1, 0
+            if t.knn_every_epochs and self.epoch % t.knn_every_epochs == 0:
+                self.knn_monitor()
+            done = self.epoch == t.epochs
+            if done or self.epoch % t.ckpt_every_epochs == 0:
+                self.save([self.epoch - 1, LAST])
+        self.metrics.close()
+        return last
+
+    def request_stop(self, *_):
+        """Stop at the next optimizer step and write a checkpoint (SIGTERM / SIGINT handler)."""
+        self._stop_requested = True
+
+    def _should_stop(self) -> bool:
+        t = self.cfg.train
+        flag = self._stop_requested or (t.max_iters is not None and self.step >= t.max_iters)
+        if self.dist.distributed:  # every process must stop at the same step
+            flag = du.all_reduce_mean(float(flag), self._reduce_device()) > 0
+        return flag
+
+    def train_epoch(self, steps_per_epoch: int) -> Dict:
+        t, o = self.cfg.train, self.cfg.optim
+        self.sampler.set_position(self.epoch, self.iter * t.batch_size)
+        self.ddp.train()
+        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
+                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+        stats = {}
+        for batch in self.loader:
+            if self.iter >= self.iters_per_epoch:
+                break
+            boundary = (self.iter + 1) % t.accum_iter == 0
+            if self.iter % t.accum_iter == 0:
+                lr = lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs, o.schedule,
+                           o.warmup_epochs, o.min_lr, o.milestones)
+                set_lr(self.optimizer, lr)
+            batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+            sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, extra = self.method.loss(self.ddp, batch, self.cfg)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
+                self.scaler.scale(loss / t.accum_iter).backward()
+            if boundary:
+                if o.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+            self.iter += 1
+            window_loss.append(loss.item())
+            window_imgs += batch[0].shape[0] * self.dist.world_size
+            bar.update(1)
+            if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
+                elapsed = time.perf_counter() - window_start
+                stats = {
+                    "epoch": self.epoch, "iter": self.iter,
+                    "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": window_imgs / max(elapsed, 1e-9),
+                    "memory_mb": peak_memory_mb(self.device), **extra,
+                }
+                self.metrics.log(self.step, **stats)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+            if boundary and t.ckpt_every_iters and self.step % t.ckpt_every_iters == 0 \
+                    and self.iter < self.iters_per_epoch:
+                self.save([LAST])
+            if boundary and self._should_stop():
+                self.stopped = True
+                break
+        bar.close()
+        return stats
+
+    def _reduce_device(self):
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def knn_monitor(self):
+        d = self.cfg.data
+        if not (d.knn_train and d.knn_val):
+            log.warning("train.knn_every_epochs is set but data.knn_train / data.knn_val are not: no kNN monitor")
+            return
+        if self.dist.is_main:
+            self.model.eval()
+            res = knn_evaluate(lambda x: self.method.features(self.model, x), d.knn_train, d.knn_val,
+                               img_size=d.img_size, device=self.device)
+            self.model.train()
+            log.info("kNN monitor after epoch %d: %s", self.epoch, res)
+            self.metrics.log(self.step, prefix="knn", epoch=self.epoch, **{f"knn_{k}": v for k, v in res.items()})
+        du.barrier()
+

@@ -1,0 +1,31 @@
+"""sslkit: pretrain MAE and MoCo backbones and measure what they transfer to.
+
+Install with ``bash tools/setup_env.sh`` (pinned environment, mmcv with compiled
+ops); ``pip install -e .`` alone installs only the light dependencies below.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="sslkit",
+    version="0.1.0",
+    description="MAE and MoCo pretraining, and transfer to detectron2 / mmsegmentation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "timm>=1.0",
+        "omegaconf>=2.3",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+        "pycocotools",
+    ],
+    extras_require={
+        # mmcv needs compiled ops: see tools/setup_env.sh for how it is built.
+        "seg": ["mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
+        # detectron2 is on no registry: pip install --no-build-isolation
+        #   'git+https://github.com/facebookresearch/detectron2.git'
+        "test": ["pytest"],
+    },
+)

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Convert a backbone checkpoint into the format a framework loads, with a report.
+
+  python tools/convert_checkpoint.py mae_pretrain_vit_base.pth vit_b_timm.pth --to timm
+  python tools/convert_checkpoint.py moco_v2_800ep_pretrain.pth.tar r50_tv.pth --to torchvision
+  python tools/convert_checkpoint.py moco_v2_800ep_pretrain.pth.tar r50_d2.pkl --to detectron2
+  python tools/convert_checkpoint.py output/mae_vit_base_in1k/checkpoint-799.pth vit_b_d2.pth --to detectron2
+  python tools/convert_checkpoint.py mae_pretrain_vit_base.pth vit_b_mmseg.pth --to mmseg
+
+Sources: MAE (the authors' full or encoder-only files, the project's checkpoints),
+MoCo v1/v2 (the authors' .pth.tar, the project's), timm / DeiT ViTs, torchvision
+ResNets. The report lists what was dropped or left missing by design (decoder,
+heads, relative position terms...) apart from real mismatches; a mismatch exits
+non-zero and writes nothing. Pickled files beyond tensors / numpy arrays are
+refused unless --allow-pickle (only for files you trust).
+"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source")
+    p.add_argument("output")
+    p.add_argument("--to", required=True, choices=["timm", "torchvision", "detectron2", "mmseg"])
+    p.add_argument("--allow-pickle", action="store_true", help="trust the source file's pickled objects")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="resize the patch embedding to this patch size (e.g. ViT-H/14 -> 16 for ViTDet)")
+    args = p.parse_args(argv)
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer.convert import convert
+
+    opts = {"allow_pickle": args.allow_pickle}
+    if args.patch_size:
+        opts["patch_size"] = args.patch_size
+    try:
+        report = convert(args.source, args.to, args.output, **opts)
+    except (CheckpointFormatError, FileNotFoundError, ImportError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(report.format())
+    if not report.ok:
+        sys.exit(f"error: {len(report.mismatched)} mismatched keys; nothing written")
+    print(f"wrote {report.output}")
+
+
+if __name__ == "__main__":
+    main()

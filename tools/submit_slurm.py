@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Submit a pretraining run to SLURM: one torchrun per node, auto-resume on requeue.
+
+  python tools/submit_slurm.py configs/pretrain/mae_vit_large_in1k.yaml --nodes 8 --gpus-per-node 8 \
+      --partition gpu --time 72:00:00 data.path=/datasets/imagenet
+  python tools/submit_slurm.py ... --dry-run      # write and print the script, submit nothing
+
+The script is written to <train.output_dir>/slurm/<name>.sh. Preemption sends
+SIGTERM: the trainer checkpoints at the next step, and the requeued job resumes
+from it (--resume).
+"""
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def render(args, cfg) -> str:
+    overrides = " ".join(shlex.quote(o) for o in args.overrides)
+    sbatch = {
+        "job-name": args.job_name or Path(cfg.train.output_dir).name,
+        "nodes": args.nodes,
+        "ntasks-per-node": 1,
+        "gpus-per-node": args.gpus_per_node,
+        "cpus-per-task": args.cpus_per_task,
+        "mem": args.mem,
+        "time": args.time,
+        "output": f"{Path(cfg.train.output_dir).resolve()}/slurm/%j.out",
+        "signal": "TERM@120",
+        "requeue": None,
+    }
+    if args.partition:
+        sbatch["partition"] = args.partition
+    if args.account:
+        sbatch["account"] = args.account
+    lines = ["#!/bin/bash"] + [f"#SBATCH --{k}" + ("" if v is None else f"={v}") for k, v in sbatch.items()]
+    lines += [
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(REPO))}",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export OMP_NUM_THREADS=1",
+        f"srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m torch.distributed.run "
+        f"--nnodes \"$SLURM_NNODES\" --nproc_per_node {args.gpus_per_node} "
+        f"--rdzv_backend c10d --rdzv_endpoint \"$MASTER_ADDR:{args.port}\" --rdzv_id \"$SLURM_JOB_ID\" "
+        f"tools/pretrain_net.py {shlex.quote(str(Path(args.config).resolve()))} {overrides} --resume",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--cpus-per-task", type=int, default=80)
+    p.add_argument("--mem", default="0", help="per node; 0 = all")
+    p.add_argument("--time", default="72:00:00")
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--job-name")
+    p.add_argument("--port", type=int, default=29500)
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+
+    from pretrain.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    script = render(args, cfg)
+    path = Path(cfg.train.output_dir) / "slurm" / f"{Path(args.config).stem}.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    print(f"wrote {path}")
+    if args.dry_run:
+        print(script)
+        return
+    try:
+        out = subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        sys.exit("error: sbatch not found: run this on a SLURM login node (or use --dry-run)")
+    print(out.strip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The results file every evaluation tool writes, and the report reads.
+
+Each finished evaluation leaves ``<output_dir>/results.json``:
+
+    {
+      "task": "imagenet_linear",          # see TASKS
+      "backbone": "vit_base_patch16",     # architecture, e.g. resnet50, vit_large_patch16
+      "pretrain": "mae",                  # mae | moco_v1 | moco_v2 | supervised | random | ...
+      "checkpoint": "/path/to/weights",   # what was evaluated (or null for random init)
+      "metrics": {"top1": 68.1, "top5": 88.0},
+      "recipe": {"epochs": 90, "batch": 16384, "img_size": 224, ...},
+      "tool": "tools/eval_linear.py", "config": "...", "created": "2026-11-28T12:00:00"
+    }
+
+so that runs of different tools share one schema and runs with unlike recipes
+can be told apart. ``write_results`` validates before writing (atomically);
+``read_results`` rejects malformed files with the file's name and the reason.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+# task -> the metrics it reports (all in percent, higher is better)
+TASKS: Dict[str, List[str]] = {
+    "imagenet_linear": ["top1", "top5"],
+    "imagenet_finetune": ["top1", "top5"],
+    "coco_det": ["box_AP", "box_AP50", "box_AP75"],
+    "coco_instance_seg": ["box_AP", "mask_AP", "box_AP50", "box_AP75", "mask_AP50", "mask_AP75"],
+    "voc_det": ["AP50", "AP", "AP75"],
+    "ade20k_seg": ["mIoU", "mAcc", "aAcc"],
+    "semantic_seg": ["mIoU", "mAcc", "aAcc"],  # any other folder of images + label PNGs
+}
+RESULTS_FILE = "results.json"
+
+
+class ResultsError(ValueError):
+    pass
+
+
+def validate(record: Dict[str, Any], source: str = "results") -> Dict[str, Any]:
+    """Check a results record; raises ResultsError naming ``source`` and the problem."""
+    def fail(msg):
+        raise ResultsError(f"{source}: {msg}")
+
+    if not isinstance(record, dict):
+        fail(f"expected a JSON object, found {type(record).__name__}")
+    for key in ("task", "backbone", "pretrain", "metrics", "recipe"):
+        if key not in record:
+            fail(f"missing required key {key!r}")
+    if record["task"] not in TASKS:
+        fail(f"unknown task {record['task']!r}; expected one of {sorted(TASKS)}")
+    metrics = record["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        fail("'metrics' must be a non-empty object")
+    for name, value in metrics.items():
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value)):
+            fail(f"metric {name!r} must be a finite number or null, found {value!r}")
+    if not isinstance(record["recipe"], dict):
+        fail("'recipe' must be an object")
+    for key in ("backbone", "pretrain"):
+        if not isinstance(record[key], str) or not record[key]:
+            fail(f"{key!r} must be a non-empty string")
+    return record
+
+
+def write_results(output_dir, task: str, backbone: str, pretrain: str, metrics: Dict[str, float],
+                  recipe: Dict[str, Any], checkpoint: Optional[str] = None, **extra) -> Path:
+    """Validate and write ``<output_dir>/results.json`` atomically; returns its path."""
+    record = {
+        "task": task, "backbone": backbone, "pretrain": pretrain,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "metrics": {k: (None if v is None else float(v)) for k, v in metrics.items()},
+        "recipe": dict(recipe),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        **extra,
+    }
+    validate(record, f"results for {output_dir}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, out / RESULTS_FILE)
+    return out / RESULTS_FILE
+
+
+def read_results(path) -> Dict[str, Any]:
+    """Read a results.json (or the one in a folder), validated."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e})") from None
+    record = validate(record, str(path))
+    record["source"] = str(path)
+    return record
+
+
+def find_results(root) -> List[Path]:
+    """Every results.json under ``root`` (sorted)."""
+    return sorted(Path(root).rglob(RESULTS_FILE))
