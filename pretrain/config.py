@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -118,10 +118,22 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), method: Optional[str] = None):
-    """Read a YAML config (or the schema defaults) and apply ``a.b=value`` overrides.
+def load_structured_config(
+    schemas: Mapping[str, type],
+    selector: str,
+    path: Optional[Union[str, Path]] = None,
+    overrides: Sequence[str] = (),
+    choice: Optional[str] = None,
+    default: Optional[str] = None,
+    validate: Optional[Callable] = None,
+):
+    """Read a YAML config into the schema its ``selector`` key names, plus ``a.b=value`` overrides.
 
-    Returns a typed, read-only OmegaConf object. Errors name the file and the key.
+    ``schemas`` maps the selector's values (e.g. ``method: mae``) to dataclasses;
+    ``choice`` (a command-line flag) wins over the file, ``default`` applies when
+    neither names one. A value written ``???`` in the file must come from
+    ``overrides``. ``validate(cfg, path)`` checks what types cannot. Returns a
+    typed, read-only OmegaConf object. Errors name the file and the key.
     """
     try:
         raw = OmegaConf.load(path) if path else OmegaConf.create({})
@@ -129,20 +141,43 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         raise ConfigError(f"config file not found: {path}") from None
     except Exception as e:
         raise ConfigError(f"{path}: not a valid YAML config: {e}") from None
-    method = method or raw.get("method") or "mae"
-    if method not in SCHEMAS:
-        raise ConfigError(f"{path}: method must be one of {sorted(SCHEMAS)}, got {method!r}")
-    for i, item in enumerate(overrides):
+    choice = choice or raw.get(selector) or default
+    if choice not in schemas:
+        raise ConfigError(f"{path}: {selector} must be one of {sorted(schemas)}, got {choice!r}")
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
+    given = {item.split("=", 1)[0] for item in overrides}
+    required = [k for k in _missing_keys(raw) if k not in given]
+    if required:
+        raise ConfigError(f"{path}: {', '.join(required)} must be given (marked ??? in the config), "
+                          f"e.g. {required[0]}=...")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SCHEMAS[method]), raw, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(OmegaConf.structured(schemas[choice]), raw, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         where = path or "defaults"
         raise ConfigError(f"{where}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
-    _validate(cfg, path)
+    if validate is not None:
+        validate(cfg, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _missing_keys(node, prefix: str = "") -> List[str]:
+    """Dotted keys whose value is ``???`` (OmegaConf's mandatory marker), which a merge would drop."""
+    out = []
+    for key in node:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            out.append(full)
+        elif OmegaConf.is_dict(node[key]):
+            out += _missing_keys(node[key], f"{full}.")
+    return out
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), method: Optional[str] = None):
+    """A pretraining config: YAML (or the schema defaults) of ``method`` mae | moco, plus overrides."""
+    return load_structured_config(SCHEMAS, "method", path, overrides, choice=method, default="mae", validate=_validate)
 
 
 def _validate(cfg, path):

@@ -113,6 +113,7 @@ class ImageFolderDataset(Dataset):
         self._bad.add(i)
         log.warning("skipping unreadable image %s: %s: %s", self.files[i], type(err).__name__, err)
         if self.bad_list:
+            Path(self.bad_list).parent.mkdir(parents=True, exist_ok=True)
             with open(self.bad_list, "a") as f:
                 f.write(f"{self.files[i]}\t{type(err).__name__}: {err}\n")
         if len(self._bad) > self.max_bad:

@@ -112,3 +112,73 @@ def render_scene(
 def scene_rng(seed: int, index: int) -> np.random.Generator:
     """The generator for scene ``index`` of a set: independent of how many are drawn."""
     return np.random.default_rng([seed, index])
+
+
+# ------------------------------------------------------------------ writers
+def mask_to_polygons(mask: np.ndarray, min_area: float = 4.0) -> List[List[float]]:
+    """COCO polygons [[x1, y1, x2, y2, ...], ...] of a binary mask's outer contours."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for c in contours:
+        if len(c) >= 3 and cv2.contourArea(c) >= min_area:
+            # Pixel centres -> COCO's continuous coordinates (a pixel spans [x, x+1]).
+            polys.append((c.reshape(-1, 2).astype(np.float64) + 0.5).flatten().round(2).tolist())
+    return polys
+
+
+def write_coco_dataset(root, split: str, n: int, size: Tuple[int, int] = (128, 128), seed: int = 0,
+                       max_objects: int = 4) -> Tuple[str, str]:
+    """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json`` (COCO format).
+
+    Category ids start at 1 in CLASSES order; masks are polygons (iscrowd 0).
+    Returns (json path, image folder).
+    """
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    img_dir, ann_dir = root / split, root / "annotations"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        scene = render_scene(scene_rng(seed, i), size, max_objects=max_objects)
+        name = f"{split}_{i:05d}.png"
+        Image.fromarray(scene.image).save(img_dir / name)
+        images.append({"id": i + 1, "file_name": name, "height": size[0], "width": size[1]})
+        for inst in scene.instances:
+            polys = mask_to_polygons(inst.mask)
+            if not polys:
+                continue
+            ys, xs = np.nonzero(inst.mask)
+            x0, y0 = float(xs.min()), float(ys.min())
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": inst.category + 1,
+                "segmentation": polys, "area": float(inst.mask.sum()), "iscrowd": 0,
+                "bbox": [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
+            })
+    categories = [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(CLASSES)]
+    ann_path = ann_dir / f"instances_{split}.json"
+    ann_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return str(ann_path), str(img_dir)
+
+
+def write_segmentation_dataset(root, split: str, n: int, size: Tuple[int, int] = (128, 128), seed: int = 0,
+                               max_objects: int = 4) -> Tuple[str, str]:
+    """Write ``root/images/<split>/*.png`` and ``root/labels/<split>/*.png`` (label PNGs) and
+    ``root/classes.txt`` (one name a line; label value = line index: 0 background).
+    Returns (image folder, label folder)."""
+    from pathlib import Path
+
+    root = Path(root)
+    img_dir, lbl_dir = root / "images" / split, root / "labels" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lbl_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        scene = render_scene(scene_rng(seed, i), size, max_objects=max_objects)
+        Image.fromarray(scene.image).save(img_dir / f"{split}_{i:05d}.png")
+        Image.fromarray(scene.semantic).save(lbl_dir / f"{split}_{i:05d}.png")
+    (root / "classes.txt").write_text("\n".join(("background",) + CLASSES) + "\n")
+    return str(img_dir), str(lbl_dir)

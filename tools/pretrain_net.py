@@ -24,7 +24,10 @@ def main(argv=None):
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="checkpoint to resume from (default: the newest in train.output_dir)")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if args.resume and "=" in args.resume:  # `--resume a.b=c`: an override, not a path
+        args.overrides.append(args.resume)
+        args.resume = "auto"
     if args.config and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None

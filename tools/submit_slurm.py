@@ -64,7 +64,7 @@ def main(argv=None):
     p.add_argument("--job-name")
     p.add_argument("--port", type=int, default=29500)
     p.add_argument("--dry-run", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow the options
 
     from pretrain.config import ConfigError, load_config
 

@@ -1,0 +1,405 @@
+"""The classification loop shared by every protocol: train, evaluate, checkpoint, resume, report.
+
+Follows the pretraining trainer (``pretrain.trainer``): the learning rate moves every
+step (fractional epoch; ``lr_scale`` per group for layer-wise decay); checkpoints hold
+model, optimizer, grad scaler, position (epoch, micro-batch, step) and every process's
+RNG state, and the data order and each sample's augmentation are functions of (seed,
+epoch, position), so a resumed run ends where an uninterrupted one would. Evaluation
+splits the labelled folder over the processes and sums the counts, so top-1 / top-5 are
+exact under DDP. The linear protocols end with the authors' sanity check: every frozen
+tensor must equal the pretrained checkpoint's, or the run fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from pretrain import distributed as du
+from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic, unwrap_state_dict
+from pretrain.data import ResumableSampler, worker_init
+from pretrain.logger import MetricLogger, setup_logging
+from pretrain.mae import configure_attention
+from pretrain.schedule import lr_at, set_lr
+from pretrain.trainer import peak_memory_mb, rng_state, set_rng_state
+from transfer.results import write_results
+
+from .config import to_yaml
+from .data import build_criterion, build_datasets, build_mixup, resolve_splits
+from .protocols import build_optimizer, guess_pretrain, pretrain_epochs, protocol
+
+log = logging.getLogger(__name__)
+
+LAST = "last"
+
+
+def checkpoint_name(tag) -> str:
+    return f"checkpoint-{tag}.pth"
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> Dict[int, int]:
+    """How many samples have their label among the k highest logits, for each k."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == target[:, None]
+    return {k: int(hit[:, :k].any(dim=1).sum()) for k in ks}
+
+
+class FrozenWeightsChanged(RuntimeError):
+    """A linear protocol changed a tensor of the frozen backbone."""
+
+
+class ClassificationTrainer:
+    def __init__(self, cfg, resume: Optional[str] = None, eval_only: bool = False):
+        self.cfg, self.eval_only = cfg, eval_only
+        t, d, m = cfg.train, cfg.data, cfg.model
+        self.protocol = protocol(cfg.protocol)
+        self.dist = du.init_distributed(t.device, t.dist_backend)
+        self.device = self.dist.device
+        self.out = Path(t.output_dir)
+        setup_logging(str(self.out), self.dist.is_main)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(cfg))
+        seed = t.seed + self.dist.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+
+        # ---- data (rank 0 writes the synthetic folder when no dataset is given)
+        if self.dist.is_main:
+            resolve_splits(d, self.out)
+        du.barrier()
+        self.train_set, self.val_set, self.classes = build_datasets(d, self.out, eval_only)
+        self.num_classes = m.num_classes or len(self.classes)
+        if self.num_classes != len(self.classes):
+            raise ValueError(f"model.num_classes={m.num_classes} but the data has {len(self.classes)} class folders")
+        shard = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
+        self.val_loader = DataLoader(shard, batch_size=t.eval_batch_size or t.batch_size, shuffle=False,
+                                     num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+                                     worker_init_fn=worker_init, generator=torch.Generator().manual_seed(t.seed))
+
+        # ---- model, pretrained weights (the file is read once here), frozen parts
+        pretrained = load_file(m.checkpoint, m.allow_pickle) if m.checkpoint else None
+        self.model, self.backbone = self.protocol.build_model(cfg, self.num_classes, pretrained)
+        self.pretrain = m.pretrain if m.pretrain != "auto" else (
+            guess_pretrain(pretrained) if pretrained is not None else ("unknown" if eval_only else "random"))
+        self.pretrain_epochs = pretrain_epochs(pretrained) if pretrained is not None else None
+        fresh = None  # keys the pretrained file does not hold (all of them without a file)
+        if pretrained is not None and not eval_only:
+            report = self.protocol.load_pretrained(self.model, cfg, pretrained)
+            fresh = set(report.missing_by_design)
+            log.info("pretrained weights (%s%s):\n%s", self.pretrain,
+                     f", {self.pretrain_epochs} epochs" if self.pretrain_epochs else "", report.format())
+        elif not eval_only:
+            log.warning("no model.checkpoint: training from random initialisation (pretrain=%s)", self.pretrain)
+        del pretrained
+        self.protocol.freeze(self.model)
+        # The frozen check compares these with their initial values, the rest with the pretrained file.
+        frozen = set() if eval_only else set(self.protocol.frozen_keys(self.model))
+        self._initial_frozen = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+                                if k in frozen and (fresh is None or k in fresh)}
+        self.pretrained_checkpoint = m.checkpoint
+        self.model.to(self.device)
+        configure_attention(self.model, self.device.type, self.amp_dtype if not eval_only else None)
+        self.epoch, self.iter, self.step = 0, 0, 0
+        self.last_eval: Dict = {}
+        self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
+        self._stop_requested = self.stopped = False
+
+        if eval_only:
+            self.resume(resume or "auto")
+            return
+
+        # ---- training data, optimizer, DDP
+        self.sampler = ResumableSampler(len(self.train_set), self.dist.rank, self.dist.world_size, seed=t.seed)
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=t.batch_size, sampler=self.sampler, num_workers=d.num_workers, drop_last=True,
+            pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+            generator=torch.Generator().manual_seed(t.seed),
+        )
+        self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
+        if self.iters_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training images make no full step of batch_size={t.batch_size} "
+                             f"x accum_iter={t.accum_iter} x {self.dist.world_size} processes")
+        self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
+        o = cfg.optim
+        self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
+        self.optimizer = build_optimizer(self.protocol.param_groups(self.model, cfg), o, self.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+        self.mixup = build_mixup(d, self.num_classes)
+        self.criterion = build_criterion(d, self.mixup)
+        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.dist.distributed else self.model)
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if resume:
+            self.resume(resume)
+        log.info("%s on %s (%s): %d classes, %d train / %d val images, %d steps/epoch, effective batch %d, "
+                 "lr %.3g, %s trainable parameters, device %s, %d process(es)", cfg.protocol, self.backbone,
+                 self.pretrain, self.num_classes, len(self.train_set), len(self.val_set),
+                 self.iters_per_epoch // t.accum_iter, self.eff_batch, self.lr, f"{n_train:,}", self.device,
+                 self.dist.world_size)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, tags):
+        ckpt = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch - 1,  # the last finished (authors' layout)
+            "protocol": self.cfg.protocol, "metrics": self.last_eval, "backbone": self.backbone,
+            "pretrain": self.pretrain, "pretrained_checkpoint": self.pretrained_checkpoint,
+            "pretrain_epochs": self.pretrain_epochs,
+            "trainer": {"epoch": self.epoch, "iter": self.iter, "step": self.step,
+                        "rng": du.all_gather_object(rng_state()), "world_size": self.dist.world_size},
+            "config": to_yaml(self.cfg),
+        }
+        if self.dist.is_main:
+            for tag in tags:
+                save_atomic(ckpt, self.out / checkpoint_name(tag))
+            log.info("saved %s (epoch %d, iter %d, step %d)", ", ".join(checkpoint_name(t) for t in tags),
+                     self.epoch, self.iter, self.step)
+        du.barrier()
+
+    def resume(self, path: str):
+        """Restore a run from ``path`` ('auto': the newest in output_dir). With --eval-only, the
+        weights of any classifier in this layout: this tool's checkpoints, the authors' MAE
+        fine-tuned / linear-probe files, MoCo's main_lincls files, torchvision classifiers."""
+        if path == "auto":
+            p = self.out / checkpoint_name(LAST)
+            if not p.is_file():
+                if self.eval_only:
+                    raise FileNotFoundError(
+                        f"--eval-only needs a trained classifier: no {p}; pass --resume PATH (this tool's "
+                        f"checkpoint, the authors' fine-tuned or linear-classification file, a torchvision model)")
+                log.info("no checkpoint in %s: starting from scratch", self.out)
+                return
+            path = str(p)
+        ckpt = load_file(path, allow_pickle=self.cfg.model.allow_pickle)
+        sd = unwrap_state_dict(ckpt)
+        result = self.model.load_state_dict(sd, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointFormatError(
+                f"{path} does not hold a {self.cfg.protocol} classifier of this shape "
+                f"({self.backbone}, {self.num_classes} classes): missing {result.missing_keys[:8]}, "
+                f"unexpected {result.unexpected_keys[:8]}")
+        self.resumed_from = path
+        if self.eval_only:
+            if isinstance(ckpt, dict) and self.cfg.model.pretrain == "auto" and ckpt.get("pretrain"):
+                self.pretrain, self.pretrained_checkpoint = ckpt["pretrain"], ckpt.get("pretrained_checkpoint")
+                self.pretrain_epochs = ckpt.get("pretrain_epochs")
+            log.info("evaluating %s", path)
+            return
+        tr = ckpt.get("trainer") if isinstance(ckpt, dict) else None
+        if tr is None:
+            raise CheckpointFormatError(
+                f"{path} has no training state to resume (not written by this tool); evaluate it with --eval-only, "
+                f"or start a run from pretrained weights with model.checkpoint={path}")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iter, self.step = tr["epoch"], tr["iter"], tr["step"]
+        self.last_eval = ckpt.get("metrics") or {}
+        if tr["world_size"] == self.dist.world_size:
+            set_rng_state(tr["rng"][self.dist.rank])
+        else:
+            log.warning("resuming on %d processes from a run on %d: data order and RNG streams change",
+                        self.dist.world_size, tr["world_size"])
+        log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
+
+    # --------------------------------------------------------------- training
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def request_stop(self, *_):
+        """Stop at the next optimizer step and write a checkpoint (SIGTERM / SIGINT handler)."""
+        self._stop_requested = True
+
+    def _should_stop(self) -> bool:
+        t = self.cfg.train
+        flag = self._stop_requested or (t.max_iters is not None and self.step >= t.max_iters)
+        if self.dist.distributed:  # every process stops at the same step
+            flag = du.all_reduce_mean(float(flag), self._reduce_device()) > 0
+        return flag
+
+    def _reduce_device(self):
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def fit(self) -> Dict:
+        """Train to ``train.epochs``, evaluating and checkpointing; returns the final metrics."""
+        t = self.cfg.train
+        while self.epoch < t.epochs:
+            self.train_epoch()
+            if self.stopped:
+                self.save([LAST])
+                log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
+                self.metrics.close()
+                return {}
+            self.epoch, self.iter = self.epoch + 1, 0
+            done = self.epoch == t.epochs
+            if done or self.epoch % t.eval_every_epochs == 0:
+                self.last_eval = {**self.evaluate(), "epoch": self.epoch - 1}
+                self.metrics.log(self.step, prefix="eval", **self.last_eval)
+            tags = []
+            if done or self.epoch % t.ckpt_every_epochs == 0:
+                tags.append(LAST)
+            if done or (t.keep_every_epochs and self.epoch % t.keep_every_epochs == 0):
+                tags.append(self.epoch - 1)
+            if tags:
+                self.save(tags)
+        if self.protocol.linear:
+            self.check_frozen()
+        self.metrics.close()
+        if self.dist.is_main:
+            self.write_results(self.last_eval)
+        du.barrier()
+        return self.last_eval
+
+    def train_epoch(self):
+        t, o = self.cfg.train, self.cfg.optim
+        self.sampler.set_position(self.epoch, self.iter * t.batch_size)
+        self.ddp.train()
+        self.protocol.set_train_mode(self.model)
+        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
+                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+        for imgs, target in self.train_loader:
+            if self.iter >= self.iters_per_epoch:
+                break
+            boundary = (self.iter + 1) % t.accum_iter == 0
+            if self.iter % t.accum_iter == 0:
+                set_lr(self.optimizer, lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs,
+                                             o.schedule, o.warmup_epochs, o.min_lr, o.milestones))
+            imgs = imgs.to(self.device, non_blocking=True)
+            target = torch.as_tensor(target).to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                imgs, target = self.mixup(imgs, target)  # soft targets
+            sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.criterion(self.ddp(imgs), target)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
+                self.scaler.scale(loss / t.accum_iter).backward()
+            if boundary:
+                if o.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], o.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+            self.iter += 1
+            window_loss.append(loss.item())
+            window_imgs += imgs.shape[0] * self.dist.world_size
+            bar.update(1)
+            if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
+                elapsed = time.perf_counter() - window_start
+                stats = {
+                    "epoch": self.epoch, "iter": self.iter,
+                    "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
+                    "lr": max(g["lr"] for g in self.optimizer.param_groups),
+                    "images_per_s": window_imgs / max(elapsed, 1e-9), "memory_mb": peak_memory_mb(self.device),
+                }
+                self.metrics.log(self.step, **stats)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+            if boundary and self._should_stop():
+                self.stopped = True
+                break
+        bar.close()
+
+    # ------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, Optional[float]]:
+        """Top-1 / top-5 (%) and mean loss on the whole labelled val folder (summed over processes)."""
+        self.model.eval()
+        counts = torch.zeros(4, dtype=torch.float64)  # top1, top5, loss sum, samples
+        for imgs, target in self.val_loader:
+            imgs = imgs.to(self.device, non_blocking=True)
+            target = torch.as_tensor(target).to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.model(imgs)
+            logits = logits.float()
+            hits = topk_correct(logits, target)
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            counts += torch.tensor([hits[1], hits[5], loss, target.shape[0]], dtype=torch.float64)
+        if self.dist.distributed:
+            counts = counts.to(self._reduce_device())
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        top1, top5, loss_sum, n = counts.tolist()
+        res = {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n if self.num_classes >= 5 else None,
+               "loss": loss_sum / n, "images": int(n)}
+        log.info("eval %s: top-1 %.2f%%, top-5 %s, loss %.4f (%d images)", self.cfg.protocol, res["top1"],
+                 "n/a (fewer than 5 classes)" if res["top5"] is None else f"{res['top5']:.2f}%", res["loss"], n)
+        return res
+
+    def check_frozen(self):
+        """The authors' sanity check: every frozen tensor still equals the pretrained checkpoint's
+        (re-read from the file), or its initial value where the file has none."""
+        reference = dict(self._initial_frozen)
+        if self.cfg.model.checkpoint:
+            reference.update(self.protocol.backbone_state(self.model, self.cfg))
+        state = self.model.state_dict()
+        frozen = self.protocol.frozen_keys(self.model)
+        changed = [k for k in frozen if not torch.equal(state[k].cpu(), reference[k].cpu())]
+        if changed:
+            raise FrozenWeightsChanged(
+                f"{self.cfg.protocol}: {len(changed)} tensors of the frozen backbone changed during training "
+                f"(e.g. {changed[:8]}); linear classification must leave them as pretrained")
+        log.info("sanity check passed: the %d frozen tensors equal the pretrained ones", len(frozen))
+
+    def run_eval_only(self) -> Dict:
+        res = self.evaluate()
+        if self.dist.is_main:
+            self.write_results(res, classifier=getattr(self, "resumed_from", None))
+        du.barrier()
+        self.metrics.close()
+        return res
+
+    # ---------------------------------------------------------------- results
+    def recipe(self) -> Dict:
+        cfg, d, m, o, t = self.cfg, self.cfg.data, self.cfg.model, self.cfg.optim, self.cfg.train
+        r = {"protocol": cfg.protocol, "img_size": d.img_size, "crop_pct": d.crop_pct,
+             "interpolation": d.interpolation, "num_classes": self.num_classes}
+        if self.pretrain_epochs:
+            r["pretrain_epochs"] = self.pretrain_epochs
+        if self.eval_only:
+            return {**r, "eval_only": True}
+        r.update(epochs=t.epochs, batch=self.eff_batch, lr=self.lr, base_lr=self.lr * 256 / self.eff_batch,
+                 optimizer=o.name, weight_decay=o.weight_decay, lr_schedule=o.schedule, warmup_epochs=o.warmup_epochs,
+                 min_lr=o.min_lr, milestones=list(o.milestones), amp=t.amp, seed=t.seed,
+                 train_images=len(self.train_set), val_images=len(self.val_set))
+        if cfg.protocol == "mae_finetune":
+            r.update(layer_decay=m.layer_decay, drop_path=m.drop_path, global_pool=m.global_pool,
+                     auto_augment=d.auto_augment, mixup=d.mixup, cutmix=d.cutmix, smoothing=d.smoothing,
+                     reprob=d.reprob)
+        elif cfg.protocol == "mae_linear":
+            r.update(global_pool=m.global_pool)
+        return r
+
+    def write_results(self, res: Dict, classifier: Optional[str] = None) -> Path:
+        path = write_results(
+            self.out, task=self.protocol.task, backbone=self.backbone, pretrain=self.pretrain,
+            metrics={"top1": res["top1"], "top5": res["top5"]}, recipe=self.recipe(),
+            checkpoint=self.pretrained_checkpoint, tool="tools/train_cls.py", config=to_yaml(self.cfg),
+            classifier=classifier or str(self.out / checkpoint_name(LAST)), val_images=res["images"],
+        )
+        log.info("wrote %s", path)
+        return path

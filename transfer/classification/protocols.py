@@ -1,0 +1,178 @@
+"""What differs between the classification protocols, behind one small interface.
+
+The engine (``transfer.classification.engine``) owns data, the loop, precision,
+DDP, checkpoints, resumption, evaluation and the results file; a protocol says
+which model it trains, how pretrained weights enter it, which parameters learn
+(and with which optimizer groups), and which parts must stay frozen.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from pretrain.checkpoint import describe_state_dict, load_file, load_state_dict_file, unwrap_state_dict
+from transfer.convert import ConversionReport, resnet_arch
+
+from .lars import LARS
+from .resnet import build_resnet_classifier, load_resnet_backbone, resnet_backbone_state
+from .vit import build_vit_classifier, load_vit_backbone, param_groups_layer_decay, vit_arch, vit_backbone_state
+
+__all__ = ["PROTOCOLS", "Protocol", "protocol", "build_optimizer", "guess_pretrain", "pretrain_epochs"]
+
+
+class Protocol:
+    """``checkpoint`` arguments are the pretrained file as ``pretrain.checkpoint.load_file``
+    returns it (read once by the engine); ``cfg.model.checkpoint`` names it in messages."""
+
+    name: str
+    task: str  # transfer.results task
+    linear: bool  # frozen backbone, only the head learns
+    head: str  # the trainable module's attribute name in the linear protocols
+
+    def build_model(self, cfg, num_classes: int, checkpoint: Optional[Dict] = None) -> Tuple[nn.Module, str]:
+        """(model with a fresh head, backbone name for results); ``model.arch=auto`` reads ``checkpoint``."""
+        raise NotImplementedError
+
+    def load_pretrained(self, model: nn.Module, cfg, checkpoint: Dict) -> ConversionReport:
+        raise NotImplementedError
+
+    def backbone_state(self, model: nn.Module, cfg) -> Dict[str, torch.Tensor]:
+        """The pretrained backbone tensors exactly as loaded into ``model``, re-read from
+        ``cfg.model.checkpoint`` (the frozen check compares against the file, as the authors)."""
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, cfg) -> List[Dict]:
+        if not self.linear:
+            return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        return [{"params": list(getattr(model, self.head).parameters())}]
+
+    def freeze(self, model: nn.Module):
+        """Linear protocols: only the head keeps ``requires_grad``."""
+        if not self.linear:
+            return
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(f"{self.head}.")
+
+    def set_train_mode(self, model: nn.Module):
+        """Train mode, except the frozen backbone of the linear protocols: in eval mode its
+        batch-norm statistics (and any dropout) stay as pretrained, as the MoCo authors do."""
+        model.train()
+        if self.linear:
+            for name, child in model.named_children():
+                if name != self.head:
+                    child.eval()
+
+    def frozen_keys(self, model: nn.Module) -> List[str]:
+        return [k for k in model.state_dict() if not k.startswith(f"{self.head}.")] if self.linear else []
+
+
+class MAELinear(Protocol):
+    name, task, linear, head = "mae_linear", "imagenet_linear", True, "head"
+    bn_head = True
+
+    def build_model(self, cfg, num_classes, checkpoint=None):
+        arch = vit_arch(cfg.model.arch, _auto_state(cfg, checkpoint))
+        model = build_vit_classifier(arch, num_classes, cfg.data.img_size, global_pool=cfg.model.global_pool,
+                                     drop_path=cfg.model.drop_path, bn_head=self.bn_head,
+                                     head_init_std=cfg.model.head_init_std)
+        return model, arch["name"]
+
+    def load_pretrained(self, model, cfg, checkpoint):
+        return load_vit_backbone(model, checkpoint, name=cfg.model.checkpoint)
+
+    def backbone_state(self, model, cfg):
+        return vit_backbone_state(model, cfg.model.checkpoint, cfg.model.allow_pickle)[0]
+
+
+class MAEFinetune(MAELinear):
+    name, task, linear, head = "mae_finetune", "imagenet_finetune", False, "head"
+    bn_head = False
+
+    def param_groups(self, model, cfg):
+        return param_groups_layer_decay(model, cfg.optim.weight_decay, cfg.model.layer_decay)
+
+
+class MoCoLinear(Protocol):
+    name, task, linear, head = "moco_linear", "imagenet_linear", True, "fc"
+
+    def build_model(self, cfg, num_classes, checkpoint=None):
+        arch = cfg.model.arch
+        if arch == "auto":
+            arch = resnet_arch(resnet_backbone_state(_auto_state(cfg, checkpoint))[0])
+        return build_resnet_classifier(arch, num_classes, cfg.model.head_init_std), arch
+
+    def load_pretrained(self, model, cfg, checkpoint):
+        return load_resnet_backbone(model, checkpoint, name=cfg.model.checkpoint)
+
+    def backbone_state(self, model, cfg):
+        return resnet_backbone_state(cfg.model.checkpoint, cfg.model.allow_pickle)[0]
+
+    def param_groups(self, model, cfg):
+        groups = super().param_groups(model, cfg)
+        assert len(groups[0]["params"]) == 2, "MoCo linear classification trains fc.weight and fc.bias only"
+        return groups
+
+
+PROTOCOLS = {p.name: p for p in (MAELinear, MAEFinetune, MoCoLinear)}
+
+
+def build_optimizer(groups: List[Dict], o, lr: float) -> torch.optim.Optimizer:
+    """LARS / SGD / AdamW over ``groups`` (a group's own ``weight_decay`` wins over the config's)."""
+    if o.name == "lars":
+        return LARS(groups, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optimizer {o.name!r}; expected lars, sgd or adamw")
+
+
+def _auto_state(cfg, checkpoint: Optional[Dict]) -> Optional[Dict[str, torch.Tensor]]:
+    """The checkpoint's tensors when the architecture is to be read off them."""
+    if cfg.model.arch != "auto":
+        return None
+    if checkpoint is None and not cfg.model.checkpoint:
+        raise ValueError("model.arch=auto reads the architecture off model.checkpoint: set one of them")
+    if checkpoint is None:
+        checkpoint = load_file(cfg.model.checkpoint, cfg.model.allow_pickle)
+    return unwrap_state_dict(checkpoint)
+
+
+def guess_pretrain(source, allow_pickle: bool = False) -> str:
+    """The results label of a pretrained file (path or loaded): mae, moco_v1/v2/v3, or supervised.
+
+    A ViT with a classifier, or a plain torchvision ResNet, is taken to be a
+    supervised ImageNet model; a bare ViT encoder to be MAE's (set model.pretrain
+    when that is wrong, e.g. for a timm export without its head).
+    """
+    sd = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
+    if any(k.startswith("base_encoder.") for k in sd):
+        return "moco_v3"
+    kind = describe_state_dict(sd)
+    if kind == "moco":
+        return "moco_v2" if any(k.startswith("encoder_q.fc.0.") for k in sd) else "moco_v1"
+    if kind == "mae":
+        return "mae"
+    if kind == "vit":
+        return "supervised" if "head.weight" in sd else "mae"
+    if kind == "resnet":
+        return "supervised"
+    return "unknown"
+
+
+def pretrain_epochs(checkpoint: Dict) -> Optional[int]:
+    """Epochs of pretraining behind a loaded checkpoint, when it says: MAE's layout stores the
+    last finished epoch, MoCo's (``state_dict`` + ``arch``) the next one; released weights
+    without an ``epoch`` give None."""
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    return epoch if "state_dict" in checkpoint and "arch" in checkpoint else epoch + 1
+
+
+def protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]()

@@ -1,0 +1,173 @@
+"""ViT classifiers for the MAE protocols, built on timm's ``VisionTransformer``.
+
+* Linear probing: ``global_pool="token"`` (the cls token after the final norm, as the
+  pretrained encoder computes it) and a ``BatchNorm1d(affine=False, eps=1e-6)`` in front
+  of the linear head, which whitens the features without adding parameters.
+* Fine-tuning: ``global_pool="avg"``: the mean of the patch tokens, then ``fc_norm``.
+  timm replaces the final ``norm`` by ``fc_norm`` in this mode, so the pretrained
+  ``norm.*`` goes unused and ``fc_norm.*`` starts fresh, by design (the authors' loader
+  asserts the same).
+
+State dicts are the authors' (``models_vit.py``) layout, so their fine-tuned and
+linear-probe checkpoints load here and ours in their code. Pretrained weights come
+through ``pretrain.mae``'s conversions: MAE full / encoder-only files, the project's
+checkpoints, timm and DeiT ViTs (supervised baselines).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+
+from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_state_dict_file, unwrap_state_dict
+from pretrain.mae import MAE_ARCHS, arch_from_state_dict, checkpoint_filter_fn, encoder_state_dict
+from transfer.convert import ConversionReport
+
+__all__ = [
+    "vit_arch",
+    "build_vit_classifier",
+    "vit_backbone_state",
+    "load_vit_backbone",
+    "layer_id_for_vit",
+    "param_groups_layer_decay",
+]
+
+
+def vit_arch(name: str, checkpoint_state: Optional[Dict[str, torch.Tensor]] = None) -> Dict:
+    """Encoder shape of ``name``: an MAE preset (``mae_vit_base_patch16``), the authors'
+    classifier name (``vit_base_patch16``), a timm name (``vit_base_patch16_224``), or
+    ``auto`` (read off ``checkpoint_state``). Returns patch_size, embed_dim, depth,
+    num_heads, mlp_ratio and ``name`` (the backbone's name in results files)."""
+    if name == "auto":
+        if checkpoint_state is None:
+            raise ValueError("model.arch=auto needs a checkpoint to read the architecture from")
+        info = arch_from_state_dict(checkpoint_state)
+        preset = info["arch"]
+        label = preset[len("mae_"):] if preset else f"vit_{info['embed_dim']}d{info['depth']}_patch{info['patch_size']}"
+        return {k: info[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")} | {"name": label}
+    base = name[len("mae_"):] if name.startswith("mae_") else name
+    base = base[: -len("_224")] if base.endswith("_224") else base
+    preset = f"mae_{base}"
+    if preset not in MAE_ARCHS:
+        known = sorted(a[len("mae_"):] for a in MAE_ARCHS)
+        raise ValueError(f"unknown ViT {name!r}; expected one of {known} (or mae_*, *_224 spellings, or auto)")
+    a = MAE_ARCHS[preset]
+    return {"patch_size": a.patch_size, "embed_dim": a.embed_dim, "depth": a.depth, "num_heads": a.num_heads,
+            "mlp_ratio": 4.0, "name": base}
+
+
+def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, global_pool: str = "token",
+                         drop_path: float = 0.0, bn_head: bool = False,
+                         head_init_std: float = 0.01) -> VisionTransformer:
+    """timm ViT with a fresh head: trunc-normal(std=head_init_std) weight, zero bias.
+
+    ``bn_head``: the linear probe's ``Sequential(BatchNorm1d(affine=False, eps=1e-6), Linear)``.
+    """
+    model = VisionTransformer(
+        img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
+        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
+        drop_path_rate=drop_path,
+    )
+    trunc_normal_(model.head.weight, std=head_init_std)
+    nn.init.zeros_(model.head.bias)
+    if bn_head:
+        model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
+    return model
+
+
+def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = False
+                       ) -> Tuple[Dict[str, torch.Tensor], str, List[str], List[str]]:
+    """The encoder weights of ``source`` (a path, or a loaded checkpoint) as ``model`` takes them.
+
+    Returns (state_dict, the source's kind, dropped source keys, notes): the decoder and
+    any classifier are dropped, the position table resized to the model's grid.
+    """
+    raw = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
+    kind = describe_state_dict(raw, verbose=True)
+    if describe_state_dict(raw) not in ("mae", "vit"):
+        raise CheckpointFormatError(
+            f"expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight'), found {kind}")
+    encoder = encoder_state_dict(raw)
+    sd, notes = checkpoint_filter_fn(encoder, model)
+    dropped = sorted(k for k in raw if k not in sd)
+    return sd, kind, dropped, notes
+
+
+def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = False,
+                      name: Optional[str] = None) -> ConversionReport:
+    """Load pretrained encoder weights into ``model``; the new head (and ``fc_norm``) stay fresh.
+
+    With average pooling the pretrained final ``norm`` has no place in the model and is
+    reported as dropped by design; any other missing or unexpected key, or a shape
+    mismatch, is an error that lists them.
+    """
+    name = name or (str(source) if not isinstance(source, dict) else "<state dict>")
+    try:
+        sd, kind, dropped, notes = vit_backbone_state(model, source, allow_pickle)
+    except CheckpointFormatError as e:
+        raise (CheckpointFormatError(f"{name}: {e}") if name not in str(e) else e) from None
+    target = model.state_dict()
+    uses_fc_norm = not isinstance(model.fc_norm, nn.Identity)
+    unused_by_design = [k for k in sd if k.startswith("norm.") and uses_fc_norm and k not in target]
+    sd = {k: v for k, v in sd.items() if k not in unused_by_design}
+    fresh = ("head.", "fc_norm.")
+    bad = [f"{k} (shape {tuple(v.shape)} != {tuple(target[k].shape)})"
+           for k, v in sd.items() if k in target and v.shape != target[k].shape]
+    result = model.load_state_dict(sd, strict=False) if not bad else None
+    if result is not None:
+        bad += [f"{k} (missing)" for k in result.missing_keys if not k.startswith(fresh)]
+        bad += [f"{k} (unexpected)" for k in result.unexpected_keys]
+    if bad:
+        raise CheckpointFormatError(
+            f"{name} ({kind}) does not fit the ViT classifier: {', '.join(bad[:12])}"
+            + (f" (+{len(bad) - 12} more)" if len(bad) > 12 else "")
+        )
+    if unused_by_design:
+        notes.append("global average pooling: the pretrained final norm is unused; fc_norm starts fresh")
+    return ConversionReport(
+        name, kind, f"timm VisionTransformer (global_pool={model.global_pool})", converted=len(sd),
+        dropped=dropped + unused_by_design, missing_by_design=list(result.missing_keys), notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- layer decay
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """The layer of a parameter (BEiT / MAE rule): 0 for the embeddings, i + 1 for
+    ``blocks.i``, ``num_layers`` (= depth + 1) for everything after the blocks
+    (final norm, fc_norm, head)."""
+    if name in ("cls_token", "pos_embed", "reg_token", "dist_token") or name.startswith(("patch_embed", "norm_pre")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def param_groups_layer_decay(model: VisionTransformer, weight_decay: float = 0.05, layer_decay: float = 0.75
+                             ) -> List[Dict]:
+    """Optimizer groups with ``lr_scale = layer_decay ** (depth + 1 - layer)``.
+
+    ``pretrain.schedule.set_lr`` multiplies the scheduled lr by each group's
+    ``lr_scale``. No weight decay on 1-d tensors (biases, norms) and on the
+    position embedding and tokens. (timm's ``param_groups_layer_decay`` agrees
+    with this for average pooling but ranks the final norm with the last block.)
+    """
+    num_layers = len(model.blocks) + 1
+    no_decay_names = set(model.no_weight_decay())
+    groups: Dict[Tuple[int, bool], Dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim == 1 or name in no_decay_names)
+        layer = layer_id_for_vit(name, num_layers)
+        group = groups.setdefault((layer, decay), {
+            "params": [], "param_names": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (num_layers - layer), "layer_id": layer,
+        })
+        group["params"].append(p)
+        group["param_names"].append(name)
+    return [groups[k] for k in sorted(groups)]

@@ -1,0 +1,264 @@
+"""The comparison the papers make: finished runs beside their counterparts and the published numbers.
+
+Input: ``results.json`` files (``transfer.results``) under the given folders. For
+each task, one Markdown table, one CSV and one PNG bar chart: a row per
+backbone x pretraining (the project's runs, then the published numbers), a
+column per metric, the difference to the baseline counterpart (supervised by
+default; ``random`` for from-scratch comparisons) and to the published number of
+the same backbone and pretraining, and each row's recipe. Differences between
+rows whose recipes differ are marked (``†``) with the differing keys in the
+note, so unlike recipes are never compared silently. Missing metrics show as ``—``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from .published import PUBLISHED, Published
+from .results import TASKS, ResultsError, find_results, read_results
+
+# Recipe keys that make two evaluations comparable; against the published number of the
+# same method, the pretraining length must match too.
+EVAL_RECIPE_KEYS = ("epochs", "iterations", "batch", "img_size", "crop_size", "schedule")
+COMPARED_RECIPE_KEYS = EVAL_RECIPE_KEYS + ("pretrain_epochs",)
+MISSING = "—"
+MARK = "†"
+
+
+@dataclass
+class Row:
+    task: str
+    backbone: str
+    pretrain: str
+    origin: str  # "run" or "published"
+    metrics: Dict[str, Optional[float]]
+    recipe: Dict = field(default_factory=dict)
+    source: str = ""
+    name: str = ""
+
+
+@dataclass
+class Comparison:
+    row: Row
+    baseline: Optional[Row]
+    published: Optional[Row]
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskTable:
+    task: str
+    metrics: List[str]
+    baseline_name: str
+    comparisons: List[Comparison]
+
+
+def load_runs(paths: Iterable) -> List[Row]:
+    """Rows from results.json files or the folders holding them (searched recursively)."""
+    rows = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise ResultsError(f"{p}: no such file or folder")
+        files = [p] if p.is_file() else find_results(p)
+        for f in files:
+            r = read_results(f)
+            rows.append(Row(r["task"], r["backbone"], r["pretrain"], "run", dict(r["metrics"]), dict(r["recipe"]),
+                            str(f), r.get("name") or f.parent.name))
+    return rows
+
+
+def published_rows(tasks: Optional[Sequence[str]] = None, published: Sequence[Published] = PUBLISHED) -> List[Row]:
+    return [Row(p.task, p.backbone, p.pretrain, "published", dict(p.metrics), dict(p.recipe), p.source,
+                "published") for p in published if tasks is None or p.task in tasks]
+
+
+def recipe_differences(a: Dict, b: Dict, keys: Sequence[str] = COMPARED_RECIPE_KEYS) -> List[str]:
+    """Keys on which two recipes differ (a key recorded by one side only counts)."""
+    diffs = []
+    for k in keys:
+        if k in a or k in b:
+            va, vb = a.get(k, "unrecorded"), b.get(k, "unrecorded")
+            if str(va) != str(vb):
+                diffs.append(f"{k} {va} vs {vb}")
+    return diffs
+
+
+def _closest(candidates: List[Row], recipe: Dict, keys: Sequence[str]) -> Optional[Row]:
+    """The project's own run if there is one, else a published number; among them, the one
+    whose recipe differs on the fewest keys."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (r.origin != "run", len(recipe_differences(recipe, r.recipe, keys))))
+
+
+def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_published: bool = False) -> TaskTable:
+    task_rows = [r for r in rows if r.task == task]
+    if not all_published:  # published rows only for backbones the runs evaluated
+        run_backbones = {r.backbone for r in task_rows if r.origin == "run"}
+        task_rows = [r for r in task_rows if r.origin == "run" or r.backbone in run_backbones]
+    metrics = [m for m in TASKS[task] if any(r.metrics.get(m) is not None for r in task_rows)]
+    metrics += sorted({m for r in task_rows for m in r.metrics} - set(metrics) - set(TASKS[task]))
+    comparisons = []
+    ordered = sorted(task_rows, key=lambda r: (r.origin != "run", r.backbone, r.pretrain != baseline, r.pretrain,
+                                               r.name))
+    for r in ordered:
+        notes = []
+        base = None
+        if r.pretrain != baseline:
+            base = _closest([b for b in task_rows if b.backbone == r.backbone and b.pretrain == baseline], r.recipe,
+                            EVAL_RECIPE_KEYS)
+            if base is not None:
+                diffs = recipe_differences(r.recipe, base.recipe, EVAL_RECIPE_KEYS)
+                if diffs:
+                    notes.append(f"{MARK} vs {baseline} ({base.origin}): " + ", ".join(diffs))
+        pub = None
+        if r.origin == "run":
+            pub = _closest([p for p in task_rows if p.origin == "published" and p.backbone == r.backbone
+                            and p.pretrain == r.pretrain], r.recipe, COMPARED_RECIPE_KEYS)
+            if pub is not None:
+                diffs = recipe_differences(r.recipe, pub.recipe)
+                if diffs:
+                    notes.append(f"{MARK} vs published: " + ", ".join(diffs))
+        missing = [m for m in metrics if r.metrics.get(m) is None and m in TASKS[task]]
+        if missing and r.origin == "run":
+            notes.append("missing: " + ", ".join(missing))
+        comparisons.append(Comparison(r, base, pub, notes))
+    return TaskTable(task, metrics, baseline, comparisons)
+
+
+def _delta(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None:
+        return None
+    return a - b
+
+
+def _fmt(v: Optional[float], signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def _recipe_str(recipe: Dict) -> str:
+    return ", ".join(f"{k}={recipe[k]}" for k in COMPARED_RECIPE_KEYS if k in recipe) or "unrecorded"
+
+
+def table_records(t: TaskTable) -> List[Dict[str, object]]:
+    """One dict per row: values, deltas (None when missing), recipe, notes."""
+    out = []
+    for c in t.comparisons:
+        r = c.row
+        rec: Dict[str, object] = {"backbone": r.backbone, "pretrain": r.pretrain, "origin": r.origin,
+                                  "name": r.name}
+        for m in t.metrics:
+            rec[m] = r.metrics.get(m)
+        for m in t.metrics:
+            rec[f"d_{t.baseline_name}_{m}"] = _delta(r.metrics.get(m), c.baseline.metrics.get(m)) if c.baseline else None
+        for m in t.metrics:
+            rec[f"d_published_{m}"] = _delta(r.metrics.get(m), c.published.metrics.get(m)) if c.published else None
+        rec["recipe"] = _recipe_str(r.recipe)
+        rec["notes"] = "; ".join(c.notes)
+        rec["source"] = r.source
+        out.append(rec)
+    return out
+
+
+def to_markdown(t: TaskTable) -> str:
+    recs = table_records(t)
+    marked = lambda c, kind: any(n.startswith(f"{MARK} vs {kind}") for n in c.notes)  # noqa: E731
+    head = (["backbone", "pretraining", "origin"] + t.metrics + [f"Δ {t.baseline_name} {m}" for m in t.metrics]
+            + [f"Δ published {m}" for m in t.metrics] + ["recipe", "notes"])
+    lines = [f"### {t.task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, rec in zip(t.comparisons, recs):
+        mb = MARK if marked(c, t.baseline_name) else ""
+        mp = MARK if marked(c, "published") else ""
+        cells = [rec["backbone"], rec["pretrain"] + (f" ({rec['name']})" if c.row.origin == "run" else ""),
+                 rec["origin"]]
+        cells += [_fmt(rec[m]) for m in t.metrics]
+        cells += [_fmt(rec[f"d_{t.baseline_name}_{m}"], True) + (mb if rec[f"d_{t.baseline_name}_{m}"] is not None
+                                                                 else "") for m in t.metrics]
+        cells += [_fmt(rec[f"d_published_{m}"], True) + (mp if rec[f"d_published_{m}"] is not None else "")
+                  for m in t.metrics]
+        cells += [str(rec["recipe"]), str(rec["notes"]) or ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    sources = sorted({c.row.source for c in t.comparisons if c.row.origin == "published"})
+    if sources:
+        lines += ["", "Published numbers: " + "; ".join(sources) + "."]
+    lines += ["", f"{MARK}: the compared rows' recipes differ (see notes); {MISSING}: missing."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(t: TaskTable, path) -> Path:
+    recs = table_records(t)
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(recs[0]) if recs else ["backbone"])
+        w.writeheader()
+        for rec in recs:
+            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    return path
+
+
+def write_chart(t: TaskTable, path) -> Optional[Path]:
+    """Grouped bars: one group per row, one bar per metric; missing values are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not t.comparisons or not t.metrics:
+        return None
+    labels = [f"{c.row.backbone}\n{c.row.pretrain}" + (f"\n({c.row.name})" if c.row.origin == "run" else "\n(published)")
+              for c in t.comparisons]
+    n, k = len(labels), len(t.metrics)
+    width = 0.8 / k
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * n + 2), 4.2))
+    for j, m in enumerate(t.metrics):
+        color = f"C{j}"
+        for i, c in enumerate(t.comparisons):
+            v = c.row.metrics.get(m)
+            if v is None:
+                continue
+            x = i + (j - (k - 1) / 2) * width
+            # Published numbers hatched, the project's runs solid.
+            ax.bar(x, v, width, color=color, hatch="//" if c.row.origin == "published" else None,
+                   edgecolor="white" if c.row.origin == "published" else color, label=m if i == 0 or
+                   all(cc.row.metrics.get(m) is None for cc in t.comparisons[:i]) else None)
+            ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_title(t.task)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(rows: List[Row], out_dir, baseline: str = "supervised", include_published: bool = True,
+                 title: str = "Benchmark report", all_published: bool = False) -> Path:
+    """Tables, CSVs and charts per task, and ``report.md`` that gathers them; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [t for t in TASKS if any(r.task == t for r in rows)]
+    all_rows = rows + (published_rows(tasks) if include_published else [])
+    parts = [f"# {title}", "",
+             f"Runs: {len(rows)} results files. Baseline counterpart: `{baseline}`. "
+             "Δ columns are differences in points; † marks a difference between rows whose recipes differ.", ""]
+    for task in tasks:
+        table = build_table(task, all_rows, baseline, all_published)
+        md = to_markdown(table)
+        (out / f"{task}.md").write_text(md)
+        write_csv(table, out / f"{task}.csv")
+        chart = write_chart(table, out / f"{task}.png")
+        parts += [md, f"![{task}]({chart.name})" if chart else "", ""]
+    if not tasks:
+        parts.append("No results found.")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
