@@ -1,17 +1,28 @@
 """detectron2 transfer: MAE ViTs (ViTDet) and MoCo ResNets as detectron2 backbones.
 
-detectron2 is on no package registry; install it from its repository:
+detectron2 is on no package registry; install it from its repository (and
+``shapely``, which its large-scale-jitter crop of polygons needs):
 
     pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+    pip install shapely
 
 Nothing here imports it at import time: call ``require_detectron2()`` first.
+
+* ``convert``      checkpoints -> detectron2 ViT / ResNet weights, with a report
+* ``checkpoint``   detectron2's checkpointer, reading pretraining checkpoints safely
+* ``backbones``    ViTDet as a yacs backbone (``BACKBONE_REGISTRY``)
+* ``roi_heads``    MoCo's C4 head with an extra norm after res5 (``ROI_HEADS_REGISTRY``)
+* ``config``       the yacs keys these need; ``get_cfg()``
+* ``data``         COCO-format datasets registered by path
+* ``engine``       one train / evaluate loop for LazyConfigs and yacs configs
 """
 from __future__ import annotations
 
 INSTALL_HINT = (
     "detectron2 is not installed. It is on no package registry; install it from its repository "
     "into this environment:\n"
-    "    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+    "    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'\n"
+    "    .venv/bin/pip install shapely   # ViTDet's large-scale jitter crops polygons with it"
 )
 
 

@@ -1,0 +1,290 @@
+"""Every detectron2 config builds (full-size ones on the meta device) with its paper's recipe values, and the yacs
+configs build the same models as the LazyConfigs through the registered backbone and ROI head.
+
+Skipped without detectron2 (pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git').
+"""
+import functools
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("detectron2") is None,
+    reason="detectron2 is not installed (it is on no registry: pip install --no-build-isolation "
+           "'git+https://github.com/facebookresearch/detectron2.git')")
+
+CONFIGS = REPO / "configs" / "detectron2"
+IMAGENET_RGB = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+VITDET = {  # config: (width, depth, global blocks, drop path, lr decay, iterations, init checkpoint)
+    "COCO/mask_rcnn_vitdet_b_100ep.py": (768, 12, {2, 5, 8, 11}, 0.1, 0.7, 184375, "mae_pretrain_vit_base"),
+    "COCO/mask_rcnn_vitdet_l_100ep.py": (1024, 24, {5, 11, 17, 23}, 0.4, 0.8, 184375, "mae_pretrain_vit_large"),
+    "COCO/mask_rcnn_vitdet_h_75ep.py": (1280, 32, {7, 15, 23, 31}, 0.5, 0.9, 138281, "mae_pretrain_vit_huge"),
+}
+MOCO = {  # config: (kind, iterations, steps, mask, classes)
+    "COCO/mask_rcnn_R_50_C4_2x_moco.py": ("C4", 180000, (120000, 160000), True, 80),
+    "VOC/faster_rcnn_R_50_C4_24k_moco.py": ("C4", 24000, (18000, 22000), False, 20),
+    "COCO/mask_rcnn_R_50_FPN_1x_moco.py": ("FPN", 90000, (60000, 80000), True, 80),
+    "COCO/mask_rcnn_R_50_FPN_2x_moco.py": ("FPN", 180000, (120000, 160000), True, 80),
+}
+
+
+def load(name):
+    from detectron2.config import LazyConfig
+
+    return LazyConfig.load(str(CONFIGS / name))
+
+
+def build(cfg):
+    from detectron2.config import instantiate
+
+    from transfer.detectron2.utils import meta_init
+
+    with meta_init():
+        return instantiate(cfg.model)
+
+
+def lr_steps(cfg):
+    """(warm-up iterations, decay iterations) of a LazyConfig's lr multiplier, as ``LRMultiplier`` applies it:
+    the multiplier at iteration i is ``scheduler(i / max_iter)``; changes are found on a grid, then bisected."""
+    from detectron2.config import instantiate
+
+    multiplier, n = instantiate(cfg.lr_multiplier), cfg.train.max_iter
+
+    def lr(i):
+        return multiplier(i / n)
+
+    def first(lo, hi, pred):  # smallest i in (lo, hi] with pred(i), given pred(hi) and not pred(lo)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if pred(mid) else (mid, hi)
+        return hi
+
+    grid = list(range(0, n, 97)) + [n - 1]
+    warmup = first(0, next(i for i in grid if lr(i) == 1.0), lambda i: lr(i) == 1.0)
+    decays = tuple(first(a, b, lambda i, a=a: lr(i) < lr(a) * 0.5) for a, b in zip(grid, grid[1:])
+                   if lr(b) < lr(a) * 0.5)
+    return warmup, decays
+
+
+@pytest.mark.parametrize("name", sorted(VITDET))
+def test_vitdet_configs_build_with_the_paper_recipe(name):
+    from detectron2.modeling import SimpleFeaturePyramid, ViT
+
+    width, depth, global_blocks, drop_path, decay, iters, ckpt = VITDET[name]
+    cfg = load(name)
+    model = build(cfg)
+    net = model.backbone.net
+    assert isinstance(model.backbone, SimpleFeaturePyramid) and isinstance(net, ViT)
+    assert model.backbone.scale_factors == (4.0, 2.0, 1.0, 0.5)
+    assert [k for k in model.backbone.output_shape()] == ["p2", "p3", "p4", "p5", "p6"]
+    assert net.pos_embed.shape == (1, 14 * 14 + 1, width)  # the 224-grid table, interpolated at run time
+    assert len(net.blocks) == depth and net.patch_embed.proj.kernel_size == (16, 16)
+    assert {i for i, b in enumerate(net.blocks) if b.window_size == 0} == global_blocks
+    assert {b.window_size for b in net.blocks if b.window_size} == {14}
+    assert all(b.attn.use_rel_pos for b in net.blocks) and cfg.model.backbone.net.rel_pos_zero_init
+    assert net.blocks[-1].drop_path.drop_prob == pytest.approx(drop_path)
+    assert (model.input_format, list(model.pixel_mean.flatten()), list(model.pixel_std.flatten())) == (
+        "RGB", *IMAGENET_RGB)
+    # Optimizer: AdamW, lr 1e-4, weight decay 0.1, layer-wise decay down to the patch embedding.
+    cfg.optimizer.params.model = model
+    from detectron2.config import instantiate
+
+    opt = instantiate(cfg.optimizer)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 1e-4 and opt.defaults["weight_decay"] == 0.1
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["backbone.net.patch_embed.proj.weight"])] == pytest.approx(1e-4 * decay ** (depth + 1))
+    assert lr_of[id(named["backbone.net.blocks.0.attn.qkv.weight"])] == pytest.approx(1e-4 * decay ** depth)
+    assert lr_of[id(named[f"backbone.net.blocks.{depth - 1}.mlp.fc2.weight"])] == pytest.approx(1e-4 * decay)
+    assert lr_of[id(named["roi_heads.box_predictor.cls_score.weight"])] == pytest.approx(1e-4)
+    # Schedule, batch, LSJ at 1024, mixed precision, checkpoint.
+    assert cfg.train.max_iter == iters and cfg.train.amp.enabled
+    assert cfg.dataloader.train.total_batch_size == 64
+    resize, crop = cfg.dataloader.train.mapper.augmentations[1:]
+    assert (resize.min_scale, resize.max_scale, resize.target_height, crop.crop_size) == (0.1, 2.0, 1024, (1024, 1024))
+    assert ckpt in cfg.train.init_checkpoint
+
+
+def test_vitdet_schedules():
+    """Steps at 88.9% and 96.3% of training, 250 warm-up iterations (187 for the shortened H), as ViTDet."""
+    assert lr_steps(load("COCO/mask_rcnn_vitdet_b_100ep.py")) == (250, (163889, 177546))
+    assert lr_steps(load("COCO/mask_rcnn_vitdet_h_75ep.py")) == (188, (122916, 133159))
+
+
+@pytest.mark.parametrize("name", sorted(MOCO))
+def test_moco_configs_build_with_the_paper_recipe(name):
+    from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
+    from detectron2.modeling.backbone import ResNet
+
+    from transfer.detectron2.roi_heads import Res5ROIHeadsExtraNorm
+
+    kind, iters, steps, mask, classes = MOCO[name]
+    cfg = load(name)
+    model = build(cfg)
+    resnet = model.backbone if kind == "C4" else model.backbone.bottom_up
+    assert isinstance(resnet, ResNet)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # all layers trained
+    assert all(p.requires_grad for p in model.parameters())
+    sync = NaiveSyncBatchNorm if kind == "C4" else torch.nn.SyncBatchNorm
+    assert isinstance(resnet.stem.conv1.norm, sync) and isinstance(resnet.res4[0].conv3.norm, sync)
+    assert resnet.res3[0].conv1.stride == (1, 1) and resnet.res3[0].conv2.stride == (2, 2)  # torchvision layout
+    if kind == "C4":
+        heads = model.roi_heads
+        assert isinstance(heads, Res5ROIHeadsExtraNorm) and isinstance(heads.res5.norm, sync)
+        assert list(dict(heads.res5.named_children()))[-1] == "norm"  # after the last res5 block
+        assert heads.res5[0].conv2.stride == (2, 2)
+    else:
+        assert all(isinstance(m.norm, sync) for m in model.backbone.lateral_convs + model.backbone.output_convs)
+        assert len(model.roi_heads.box_head.conv_norm_relus) == 4
+        assert all(isinstance(c.norm, sync) for c in model.roi_heads.box_head.conv_norm_relus)
+        assert all(isinstance(c.norm, sync) for c in model.roi_heads.mask_head.conv_norm_relus)
+    assert (model.input_format, list(model.pixel_mean.flatten()), list(model.pixel_std.flatten())) == (
+        "RGB", *IMAGENET_RGB)
+    assert cfg.dataloader.train.mapper.image_format == "RGB"
+    assert model.roi_heads.mask_on == mask and model.roi_heads.num_classes == classes
+    assert cfg.train.max_iter == iters and cfg.dataloader.train.total_batch_size == 16
+    assert cfg.optimizer.lr == 0.02 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 1e-4
+    assert cfg.train.precise_bn.enabled
+    assert "moco_v2_800ep_pretrain" in cfg.train.init_checkpoint
+
+
+@pytest.mark.parametrize("name", sorted(MOCO))
+def test_moco_schedules(name):
+    warmup, steps = lr_steps(load(name))
+    assert steps == MOCO[name][2] and warmup == (100 if "VOC" in name else 1000)
+
+
+def normalised(node):
+    """A config as plain data, with partials compared by what they call."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        return {k: normalised(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [normalised(v) for v in node]
+    if isinstance(node, functools.partial):
+        return ("partial", node.func, node.args, normalised(dict(node.keywords)))
+    return node
+
+
+@pytest.mark.parametrize("supervised,counterpart,pixels", [
+    ("COCO/mask_rcnn_vitdet_b_100ep_supervised.py", "COCO/mask_rcnn_vitdet_b_100ep.py", False),
+    ("COCO/mask_rcnn_vitdet_l_100ep_supervised.py", "COCO/mask_rcnn_vitdet_l_100ep.py", True),
+    ("COCO/mask_rcnn_R_50_C4_2x_supervised.py", "COCO/mask_rcnn_R_50_C4_2x_moco.py", False),
+    ("COCO/mask_rcnn_R_50_FPN_1x_supervised.py", "COCO/mask_rcnn_R_50_FPN_1x_moco.py", False),
+    ("COCO/mask_rcnn_R_50_FPN_2x_supervised.py", "COCO/mask_rcnn_R_50_FPN_2x_moco.py", False),
+    ("VOC/faster_rcnn_R_50_C4_24k_supervised.py", "VOC/faster_rcnn_R_50_C4_24k_moco.py", False),
+])
+def test_supervised_counterparts_differ_only_in_checkpoint(supervised, counterpart, pixels):
+    a, b = normalised(load(supervised)), normalised(load(counterpart))
+    assert a["train"].pop("init_checkpoint") != b["train"].pop("init_checkpoint")
+    if pixels:  # timm's augreg ViT-L expects mean = std = 127.5
+        assert a["model"]["pixel_mean"] == a["model"]["pixel_std"] == [127.5] * 3
+        for key in ("pixel_mean", "pixel_std"):
+            a["model"].pop(key), b["model"].pop(key)
+    assert a == b
+
+
+# ------------------------------------------------------------------ yacs
+YACS_PAIRS = [
+    ("yacs/mask_rcnn_vitdet_b_100ep.yaml", "COCO/mask_rcnn_vitdet_b_100ep.py"),
+    ("yacs/coco_R_50_C4_2x_moco.yaml", "COCO/mask_rcnn_R_50_C4_2x_moco.py"),
+    ("yacs/pascal_voc_R_50_C4_24k_moco.yaml", "VOC/faster_rcnn_R_50_C4_24k_moco.py"),
+    ("yacs/tiny_mask_rcnn_vitdet_pico.yaml", "tiny/mask_rcnn_vitdet_pico.py"),
+    ("yacs/tiny_mask_rcnn_R_18_C4.yaml", "tiny/mask_rcnn_R_18_C4.py"),
+]
+
+
+def yacs(name, device="meta"):
+    from transfer.detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIGS / name))
+    cfg.MODEL.DEVICE = device
+    return cfg
+
+
+@pytest.mark.parametrize("yaml_name,lazy_name", YACS_PAIRS)
+def test_yacs_configs_build_the_lazyconfig_models(yaml_name, lazy_name):
+    from detectron2.modeling import build_model
+
+    from transfer.detectron2.utils import meta_init
+
+    cfg, lazy = yacs(yaml_name), load(lazy_name)
+    with meta_init():
+        a = build_model(cfg)
+    b = build(lazy)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert str(a) == str(b)  # same modules, norms, strides, windows
+    for attr in ("pre_nms_topk", "post_nms_topk", "batch_size_per_image", "nms_thresh"):
+        assert getattr(a.proposal_generator, attr) == getattr(b.proposal_generator, attr), attr
+    assert a.proposal_generator.anchor_generator.strides == b.proposal_generator.anchor_generator.strides
+    for attr in ("batch_size_per_image", "num_classes", "mask_on"):
+        assert getattr(a.roi_heads, attr) == getattr(b.roi_heads, attr), attr
+    assert a.roi_heads.box_predictor.test_score_thresh == b.roi_heads.box_predictor.test_score_thresh
+    assert (a.input_format, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == (
+        b.input_format, list(lazy.model.pixel_mean), list(lazy.model.pixel_std))
+    if not yaml_name.startswith("yacs/tiny"):
+        assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter
+        assert cfg.SOLVER.IMS_PER_BATCH == lazy.dataloader.train.total_batch_size
+        assert cfg.SOLVER.BASE_LR == lazy.optimizer.lr and cfg.SOLVER.WEIGHT_DECAY == lazy.optimizer.weight_decay
+        assert (cfg.SOLVER.WARMUP_ITERS, tuple(cfg.SOLVER.STEPS)) == lr_steps(lazy)
+        assert cfg.SOLVER.WARMUP_FACTOR == lazy.lr_multiplier.warmup_factor
+
+
+def test_yacs_vitdet_optimizer_and_lsj_follow_vitdet():
+    from detectron2.modeling import build_model
+
+    from transfer.detectron2.config import build_optimizer, build_train_mapper
+
+    cfg = yacs("yacs/tiny_mask_rcnn_vitdet_pico.yaml", device="cpu")
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW)
+    named = dict(model.named_parameters())
+    group = {id(p): g for g in opt.param_groups for p in g["params"]}
+    base, decay = cfg.SOLVER.BASE_LR, cfg.SOLVER.LAYER_DECAY
+    assert group[id(named["backbone.net.blocks.0.attn.qkv.weight"])]["lr"] == pytest.approx(base * decay ** 4)
+    assert group[id(named["backbone.net.pos_embed"])]["weight_decay"] == 0.0
+    assert group[id(named["backbone.net.blocks.0.norm1.weight"])]["weight_decay"] == 0.0
+    assert group[id(named["backbone.net.blocks.0.attn.qkv.weight"])]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    mapper = build_train_mapper(cfg)
+    names = [type(a).__name__ for a in mapper.augmentations.augs]
+    assert names == ["RandomFlip", "ResizeScale", "FixedSizeCrop"] and mapper.recompute_boxes
+
+
+@pytest.mark.parametrize("yaml_name,lazy_name", YACS_PAIRS[3:])
+def test_tiny_yacs_and_lazy_models_compute_the_same(yaml_name, lazy_name):
+    """With the same weights, the registered-backbone (yacs) model and the LazyConfig model detect the same."""
+    from detectron2.config import instantiate
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    lazy = instantiate(load(lazy_name).model).eval()
+    model = build_model(yacs(yaml_name, device="cpu")).eval()
+    model.load_state_dict(lazy.state_dict())
+    img = (torch.rand(3, 128, 112) * 255).to(torch.uint8)
+    with torch.no_grad():
+        a = model([{"image": img}])[0]["instances"]
+        b = lazy([{"image": img}])[0]["instances"]
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+    assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+def test_tiny_configs_build_and_run_on_a_cpu():
+    from detectron2.config import instantiate
+
+    for name in ("tiny/mask_rcnn_vitdet_pico.py", "tiny/mask_rcnn_R_18_C4.py", "tiny/mask_rcnn_R_18_FPN.py"):
+        cfg = load(name)
+        model = instantiate(cfg.model).eval()
+        assert sum(p.numel() for p in model.parameters()) < 15e6
+        assert not cfg.train.amp.enabled and cfg.train.init_checkpoint == ""
+        with torch.no_grad():
+            out = model([{"image": (torch.rand(3, 96, 128) * 255).to(torch.uint8)}])[0]["instances"]
+        assert out.pred_masks.shape[-2:] == (96, 128)

@@ -1,0 +1,64 @@
+"""Without detectron2 (CI, a fresh environment) the project imports, its detectron2 tools say how to install it, and
+the detectron2 tests skip with that reason. detectron2 is hidden from child processes by a ``sitecustomize`` that
+marks it absent, so these checks run whether or not it is installed here."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_tool
+
+HIDE = "import sys\nsys.modules['detectron2'] = None  # import fails, importlib.util.find_spec returns None\n"
+
+
+@pytest.fixture
+def no_detectron2(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(HIDE)
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+
+
+def test_project_imports_and_reports_the_install_command(no_detectron2, tmp_path):
+    code = (
+        "import transfer, transfer.convert, transfer.detectron2 as d2, transfer.detectron2.convert as c\n"
+        "assert not d2.detectron2_available()\n"
+        "from pretrain.mae import create_mae\n"
+        "m = create_mae('mae_vit_pico_patch8', img_size=32, decoder_depth=1, decoder_embed_dim=16,"
+        " decoder_num_heads=2)\n"
+        "assert c.load_converted({'model': m.state_dict()})[0]['sslkit']['pretrain'] == 'mae'  # pure torch\n"
+        "try:\n"
+        "    d2.require_detectron2()\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **no_detectron2},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "detectron2 is not installed" in proc.stdout and "git+https://github.com/facebookresearch" in proc.stdout
+
+
+def test_tools_exit_with_the_install_command(no_detectron2, tmp_path):
+    proc = run_tool("tools/train_net.py", "--config-file", "configs/detectron2/tiny/mask_rcnn_vitdet_pico.py",
+                    env=no_detectron2, check=False)
+    assert proc.returncode != 0 and "detectron2 is not installed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    from pretrain.checkpoint import save_atomic
+    from pretrain.mae import create_mae
+
+    mae = create_mae("mae_vit_pico_patch8", img_size=32, decoder_depth=1, decoder_embed_dim=16, decoder_num_heads=2)
+    src = save_atomic({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    proc = run_tool("tools/convert_checkpoint.py", src, tmp_path / "out.pkl", "--to", "detectron2",
+                    env=no_detectron2, check=False)
+    assert proc.returncode != 0 and "detectron2 is not installed" in proc.stderr
+    assert not (tmp_path / "out.pkl").exists()
+
+
+def test_detectron2_tests_skip_with_the_reason(no_detectron2):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_detectron2_convert.py",
+         "tests/test_detectron2_configs.py", "tests/test_detectron2_train.py"],
+        cwd=REPO, env={**os.environ, **no_detectron2}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "passed" not in proc.stdout and "failed" not in proc.stdout
+    assert "SKIPPED" in proc.stdout and "detectron2 is not installed" in proc.stdout

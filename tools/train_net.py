@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Train and evaluate a detectron2 detection recipe; writes results.json (COCO box / mask AP, VOC AP).
+
+  # ViTDet-B Mask R-CNN on COCO from a MAE checkpoint (the authors' or the project's), 8 GPUs
+  python tools/train_net.py --config-file configs/detectron2/COCO/mask_rcnn_vitdet_b_100ep.py --num-gpus 8 \\
+      --checkpoint output/mae_vit_base_in1k/checkpoint-799.pth
+  # MoCo R50-C4 on VOC07+12 (the authors' yacs recipe), evaluation only, 2 machines x 8 GPUs
+  python tools/train_net.py --config-file configs/detectron2/yacs/pascal_voc_R_50_C4_24k_moco.yaml \\
+      --num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://host:port MODEL.WEIGHTS moco_r50.pkl
+  # a CPU-sized run on your own COCO-format data, registered by path
+  python tools/train_net.py --config-file configs/detectron2/tiny/mask_rcnn_vitdet_pico.py \\
+      --checkpoint mae_pico.pth --train-json data/annotations/instances_train.json \\
+      --test-json data/annotations/instances_val.json --max-iter 40 --output-dir output/det_tiny
+
+Config overrides follow the options: ``key=value`` for LazyConfigs (``train.max_iter=1000``),
+``KEY VALUE`` pairs for yacs configs (``SOLVER.MAX_ITER 1000``); a dataset name there may be a
+registered one or a COCO json path (``annotations.json[:image_folder]``). The initial checkpoint may be
+any checkpoint ``tools/convert_checkpoint.py --to detectron2`` reads (MAE, MoCo, timm, DeiT,
+torchvision) or a detectron2 file; it is converted in memory and placed strictly. Pickled files
+beyond tensors / numpy arrays are refused unless --allow-pickle (only for files you trust).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="LazyConfig (.py) or yacs config (.yaml)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the initial checkpoint (or, with --resume, "
+                                                             "the last checkpoint in the output folder)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--checkpoint", help="initial weights (train.init_checkpoint / MODEL.WEIGHTS): a pretraining "
+                                           "checkpoint or a detectron2 file (default: the config's)")
+    init.add_argument("--random-init", action="store_true", help="start from random initialisation")
+    p.add_argument("--output-dir", default=None, help="train.output_dir / OUTPUT_DIR")
+    p.add_argument("--max-iter", type=int, default=None, help="train.max_iter / SOLVER.MAX_ITER")
+    p.add_argument("--train-json", help="training set: a COCO-format json (registered by path)")
+    p.add_argument("--train-images", help="its image folder (default: found from the COCO layout)")
+    p.add_argument("--test-json", help="evaluation set: a COCO-format json (registered by path)")
+    p.add_argument("--test-images", help="its image folder (default: found from the COCO layout)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: the config's, CPU when no GPU)")
+    p.add_argument("--pretrain", default=None, help="label for the results file (default: read off the checkpoint; "
+                                                    "'random' without one)")
+    p.add_argument("--allow-pickle", action="store_true", help="trust the checkpoint files' pickled objects")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    p.add_argument("--dist-url", default="auto", help="tcp://host:port of the rank-0 machine (multi-machine)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
+    args = p.parse_args(argv)
+    args.train_datasets = dataset_spec(p, args.train_json, args.train_images, "train")
+    args.test_datasets = dataset_spec(p, args.test_json, args.test_images, "test")
+    return args
+
+
+def dataset_spec(parser, json_file, images, flag):
+    if images and not json_file:
+        parser.error(f"--{flag}-images needs --{flag}-json")
+    return None if not json_file else [f"{json_file}:{images}" if images else str(json_file)]
+
+
+def main(args):
+    import logging
+
+    from detectron2.engine import default_setup
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer.detectron2.engine import Recipe, evaluate_checkpoint, train
+
+    try:
+        recipe = Recipe.load(args.config_file, args.opts,
+                             init_checkpoint="" if args.random_init else args.checkpoint,
+                             output_dir=args.output_dir, max_iter=args.max_iter, train_datasets=args.train_datasets,
+                             test_datasets=args.test_datasets, device=args.device)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    default_setup(recipe.cfg, args)
+    for note in recipe.notes:
+        logging.getLogger("detectron2").warning(note)
+    run = evaluate_checkpoint if args.eval_only else train
+    try:
+        return run(recipe, resume=args.resume, allow_pickle=args.allow_pickle, pretrain=args.pretrain)
+    except CheckpointFormatError as e:
+        sys.exit(f"error: {e}")
+
+
+def cli(argv=None):
+    args = parse_args(argv)
+    from transfer.detectron2 import require_detectron2
+
+    try:
+        require_detectron2()
+    except ImportError as e:
+        sys.exit(f"error: {e}")
+    from detectron2.engine import launch
+
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()

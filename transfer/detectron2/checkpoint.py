@@ -1,0 +1,154 @@
+"""detectron2's checkpointer, reading the checkpoints users hold, safely.
+
+``Checkpointer`` is detectron2's ``DetectionCheckpointer`` (resume, model-zoo
+files, ``?matching_heuristics=True`` URLs) with three differences:
+
+* ``.pkl`` files are read with the numpy-only unpickler and torch files with
+  ``weights_only=True``; running a file's pickled code is the caller's choice
+  (``allow_pickle=True``, ``--allow-pickle``), never the default;
+* a pretraining checkpoint (MAE, MoCo, timm, DeiT, torchvision; the authors'
+  or the project's) is converted in memory by ``transfer.detectron2.convert``,
+  so ``train.init_checkpoint`` / ``MODEL.WEIGHTS`` can name it directly;
+* weights converted here (in memory or by ``tools/convert_checkpoint.py``) are
+  placed strictly: every tensor must find exactly one place of its shape in the
+  model, and every backbone tensor a pretraining provides must be filled, else
+  ``CheckpointFormatError`` names the keys. detectron2's own heuristics would
+  skip a tensor of the wrong shape with a log line. A position table for another
+  grid is interpolated and a patch embedding for another patch size resized.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Dict, List, Mapping, Tuple
+from urllib.parse import parse_qs
+
+import torch
+
+from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, unwrap_state_dict
+from pretrain.pos_embed import resize_pos_embed
+
+from . import require_detectron2
+from .convert import AUTHOR, VIT_PREFIX, backbone_name, load_converted, resize_patch_embed
+
+require_detectron2()
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+
+__all__ = ["Checkpointer", "place_weights", "is_detectron2_checkpoint"]
+log = logging.getLogger(__name__)
+
+_D2_PREFIXES = ("backbone.", "roi_heads.", "proposal_generator.", "sem_seg_head.")
+_RESNET_PART = re.compile(r"(^|\.)(stem|res[2-5])\.")
+
+
+def is_detectron2_checkpoint(obj: Mapping) -> bool:
+    """A file detectron2 reads as it is: its training checkpoints, model-zoo files, converted files."""
+    if "__author__" in obj:
+        return True
+    model = obj.get("model", obj)
+    keys = [k for k in model if isinstance(k, str)] if isinstance(model, Mapping) else []
+    return any(k.startswith(_D2_PREFIXES) for k in keys) or describe_state_dict(dict.fromkeys(keys)).startswith(
+        "detectron2")
+
+
+def _pretrained_part(key: str, vit: bool) -> bool:
+    """Whether a model key is one a backbone pretraining provides (the rest is trained from scratch)."""
+    if key.endswith(("num_batches_tracked", "attn.rel_pos_h", "attn.rel_pos_w")):
+        return False
+    if vit:
+        return key.startswith(VIT_PREFIX)
+    return bool(_RESNET_PART.search(key)) and not key.endswith((".res5.norm.weight", ".res5.norm.bias",
+                                                                ".res5.norm.running_mean", ".res5.norm.running_var"))
+
+
+def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]
+                  ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """Put converted backbone weights at their place in a model's state dict.
+
+    A key is placed at the model key equal to it, else at the one model key
+    ending with ``"." + key`` (``res5.0.conv1.weight`` -> ``roi_heads.res5.0...``
+    in C4 models, ``backbone.bottom_up.res5...`` in FPN ones). Returns
+    (placed weights, notes on what was adapted, problems).
+    """
+    placed, notes, problems = {}, [], []
+    for key, value in weights.items():
+        if key in model_state:
+            target = key
+        else:
+            found = [m for m in model_state if m.endswith("." + key)]
+            if len(found) != 1:
+                problems.append(f"{key}: {'no place' if not found else f'{len(found)} places'} in the model"
+                                + (f" ({', '.join(found[:3])})" if found else ""))
+                continue
+            target = found[0]
+        want = tuple(model_state[target].shape)
+        if tuple(value.shape) != want and target.endswith("pos_embed") and value.shape[-1] == want[-1]:
+            value = resize_pos_embed(value, round((want[1] - 1) ** 0.5))
+            notes.append(f"{target}: interpolated the position table to {tuple(value.shape)}")
+        if (tuple(value.shape) != want and target.endswith("patch_embed.proj.weight")
+                and value.shape[:2] == want[:2]):
+            value = resize_patch_embed(value, want[-1])
+            notes.append(f"{target}: resized the patch embedding to {want[-2]}x{want[-1]}")
+        if tuple(value.shape) != want:
+            problems.append(f"{key}: shape {tuple(value.shape)} != {want} of {target} in the model")
+            continue
+        placed[target] = value
+    vit = any(k.startswith(VIT_PREFIX) for k in weights)
+    unfilled = [k for k in model_state if _pretrained_part(k, vit) and k not in placed]
+    if unfilled:
+        problems.insert(0, f"{len(unfilled)} backbone tensors of the model get no weights: "
+                           f"{', '.join(unfilled[:4])}{' ...' if len(unfilled) > 4 else ''}")
+    return placed, notes, problems
+
+
+class Checkpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that also reads pretraining checkpoints (see the module doc).
+
+    After ``load``, ``pretrained`` holds what the file says of its pretraining
+    (``pretrain``, ``backbone``, ``source``) when it was a pretraining checkpoint
+    or a file converted here, else None.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.allow_pickle = allow_pickle
+        self.pretrained = None
+
+    def _load_file(self, filename: str):
+        data = load_file(filename, allow_pickle=self.allow_pickle)
+        if not isinstance(data, Mapping):
+            raise CheckpointFormatError(f"{filename}: expected a checkpoint dict, found {type(data).__name__}")
+        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
+            # Caffe2 / Detectron1 model-zoo file, as detectron2 reads it.
+            blobs = data.get("blobs", data)
+            return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        if is_detectron2_checkpoint(data):
+            data = dict(data) if "model" in data else {"model": dict(data)}
+        else:
+            data, notes = load_converted(data, name=filename)
+            for note in notes:
+                log.info("%s: %s", filename, note)
+        query = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
+        if query.pop("matching_heuristics", ["False"]) == ["True"]:
+            data["matching_heuristics"] = True
+        if query:
+            raise ValueError(f"unsupported query {query} in checkpoint path {filename}")
+        return data
+
+    def _load_model(self, checkpoint):
+        self.pretrained = None
+        if checkpoint.get("__author__") == AUTHOR:
+            meta = dict(checkpoint.get("sslkit") or {})
+            placed, notes, problems = place_weights(unwrap_state_dict(checkpoint["model"]), self.model.state_dict())
+            if problems:
+                raise CheckpointFormatError(
+                    f"{meta.get('source', 'checkpoint')} ({meta.get('backbone', '?')}) does not fit this model "
+                    f"({backbone_name(self.model)}):\n  " + "\n  ".join(problems[:8])
+                    + (f"\n  ... ({len(problems) - 8} more)" if len(problems) > 8 else "")
+                    + "\nCheck the backbone's shape in the config (depth, width, patch size) against the checkpoint.")
+            for note in notes:
+                self.logger.info(note)
+            checkpoint = {**checkpoint, "model": placed, "matching_heuristics": False}
+            self.pretrained = meta
+        return super()._load_model(checkpoint)

@@ -1,0 +1,321 @@
+"""Checkpoints -> detectron2 weights, with a report of what was carried over.
+
+Two families, each into the detectron2 module behind the published numbers:
+
+* ViTs (MAE full or encoder-only files, the project's MAE checkpoints, timm and
+  DeiT ViTs) -> detectron2's ``ViT`` (ViTDet), under the Mask R-CNN's names
+  ``backbone.net.*``. The decoder, the classifier, the final ``norm`` and the
+  ``cls_token`` are dropped by design (ViTDet has no class token and no final
+  norm); the position table keeps its class row, as detectron2's ViT expects
+  with ``pretrain_use_cls_token=True``. ``patch_size`` resizes the patch
+  embedding (ViT-H/14 -> 16 for ViTDet) with the pseudo-inverse resize of
+  FlexiViT, so that a patch upsampled to the new size embeds as before, and
+  resizes the position table to keep the pretraining image size.
+* ResNets (MoCo v1/v2/v3, the project's MoCo checkpoints, torchvision) ->
+  detectron2's ``ResNet`` names (``stem``, ``res2``-``res5``, ``shortcut``,
+  ``convK.norm``), with ``matching_heuristics`` so that detectron2 places
+  ``res5`` in the backbone (FPN) or in the C4 box head alike, as the MoCo
+  authors' converter does.
+
+Outputs: ``.pkl`` (pickle of numpy arrays: ``{"model", "__author__",
+"matching_heuristics"}``, detectron2's model-zoo format) or ``.pth``
+(``torch.save`` of the same dict with tensors). Both also carry
+``"sslkit": {"pretrain", "backbone", "source"}`` for the results files. Every
+conversion is checked against the detectron2 module it targets (built on the
+meta device), and the report separates what is dropped or missing by design
+(relative position terms, the pyramid, the heads) from real mismatches.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from pretrain.checkpoint import (
+    CheckpointFormatError, describe_state_dict, load_file, save_atomic, strip_prefix, unwrap_state_dict,
+)
+from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, MAE_ARCHS, arch_from_state_dict
+from pretrain.moco import backbone_state_dict
+from pretrain.pos_embed import resize_pos_embed
+from transfer.convert import ConversionReport, compare_keys, resnet_arch
+
+from . import require_detectron2
+from .utils import meta_init
+
+__all__ = [
+    "convert", "load_converted", "vit_to_detectron2", "resnet_to_detectron2", "resize_patch_embed",
+    "pretrain_label", "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX",
+]
+
+AUTHOR = "sslkit"  # the "__author__" of the files written here
+VIT_PREFIX = "backbone.net."  # where detectron2's ViTDet keeps the ViT
+# Source keys ViTDet has no use for: the final norm (ViTDet reads the last block's
+# output), the class token (no class token), the classifier (a new task).
+_VIT_UNUSED = ("cls_token", "norm.", "dist_token") + CLASSIFIER_KEYS
+_VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+
+
+# --------------------------------------------------------------------- labels
+def vit_name(embed_dim: int, depth: int, patch_size: int) -> str:
+    """``vit_base_patch16`` ...: the timm-style name of a ViT shape (``vit_pico_patch8`` for the demo preset)."""
+    size = next((name.split("_")[2] for name, a in MAE_ARCHS.items() if (a.embed_dim, a.depth) == (embed_dim, depth)),
+                _VIT_SIZES.get(embed_dim, f"d{embed_dim}x{depth}"))
+    return f"vit_{size}_patch{patch_size}"
+
+
+def backbone_name(model: torch.nn.Module) -> str:
+    """``vit_base_patch16``, ``resnet50`` ...: read off the detectron2 modules of a model."""
+    require_detectron2()
+    from detectron2.modeling.backbone import BottleneckBlock, ViT
+    from detectron2.modeling.backbone.resnet import BasicBlock
+
+    model = getattr(model, "module", model)
+    for m in model.modules():
+        if isinstance(m, ViT):
+            return vit_name(m.patch_embed.proj.out_channels, len(m.blocks), m.patch_embed.proj.kernel_size[0])
+    bottlenecks = sum(isinstance(m, BottleneckBlock) for m in model.modules())
+    basics = sum(isinstance(m, BasicBlock) for m in model.modules())
+    if bottlenecks:
+        return f"resnet{3 * bottlenecks + 2}"
+    if basics:
+        return f"resnet{2 * basics + 2}"
+    return type(getattr(model, "backbone", model)).__name__.lower()
+
+
+def pretrain_label(checkpoint: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], path: str = "") -> str:
+    """What pretrained a checkpoint: ``mae``, ``moco_v1`` / ``_v2`` / ``_v3``, ``supervised`` or ``unknown``."""
+    config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if isinstance(config, str):  # the project's trainer: its config says
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(config)
+        if cfg.get("method") == "moco":
+            return "moco_v2" if cfg.model.get("mlp") else "moco_v1"
+        return str(cfg.get("method", "unknown"))
+    keys = set(state_dict)
+    if "decoder_embed.weight" in keys:
+        return "mae"
+    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in keys):
+        return "moco_v2" if any(k.endswith("encoder_q.fc.2.weight") for k in keys) else "moco_v1"
+    if any(k.startswith(("base_encoder.", "module.base_encoder.")) for k in keys):
+        return "moco_v3"
+    if "head.weight" in keys or "fc.weight" in keys:
+        return "supervised"  # an ImageNet classifier: timm, DeiT, torchvision
+    if "mae" in Path(str(path)).name.lower():  # the MAE authors' encoder-only releases
+        return "mae"
+    return "unknown"
+
+
+# ------------------------------------------------------------------------ ViT
+def resize_patch_embed(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[D, C, p, p] -> [D, C, q, q] by FlexiViT's pseudo-inverse resize (timm's implementation).
+
+    For a patch x and its bicubic resize B x to q x q, <B x, w'> = <x, w> when
+    q >= p: the new kernel embeds an upsampled patch as the old kernel did.
+    """
+    from timm.layers import resample_patch_embed
+
+    return resample_patch_embed(weight.float(), [patch_size, patch_size]).to(weight.dtype)
+
+
+def vit_to_detectron2(state_dict: Mapping[str, torch.Tensor], patch_size: Optional[int] = None
+                      ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
+    """A MAE / timm / DeiT ViT state dict -> detectron2 ``ViT`` weights under ``backbone.net.``.
+
+    Returns (weights, dropped source keys, notes, shape info with the
+    ``pretrain_img_size`` the position table was made for).
+    """
+    sd = unwrap_state_dict(dict(state_dict))
+    if describe_state_dict(sd) not in ("mae", "vit"):
+        raise CheckpointFormatError(
+            "expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight'), "
+            f"found {describe_state_dict(sd, verbose=True)}")
+    info = arch_from_state_dict(sd)
+    notes: List[str] = []
+    dropped = sorted(k for k in sd if k.startswith(DECODER_PREFIXES + _VIT_UNUSED))
+    out = {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES + _VIT_UNUSED)}
+    grid = info["img_size"] // info["patch_size"]
+    pos = out["pos_embed"]
+    if "dist_token" in sd:  # DeiT distilled: class and distillation rows; keep the class row
+        pos = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+        notes.append("dropped the distillation token's position row")
+    if pos.shape[1] != grid * grid + 1:
+        raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected a class row and a square grid")
+    old_patch = info["patch_size"]
+    if patch_size and patch_size != old_patch:
+        out["patch_embed.proj.weight"] = resize_patch_embed(out["patch_embed.proj.weight"], patch_size)
+        new_grid = max(1, round(grid * old_patch / patch_size))
+        pos = resize_pos_embed(pos, new_grid)
+        notes.append(f"patch embedding resized {old_patch}x{old_patch} -> {patch_size}x{patch_size} "
+                     f"(pseudo-inverse resize); position grid {grid}x{grid} -> {new_grid}x{new_grid}")
+        info.update(patch_size=patch_size, img_size=new_grid * patch_size)
+        grid = new_grid
+    out["pos_embed"] = pos
+    info["pretrain_img_size"] = grid * info["patch_size"]
+    info["backbone"] = vit_name(info["embed_dim"], info["depth"], info["patch_size"])
+    return {VIT_PREFIX + k: v for k, v in out.items()}, dropped, notes, info
+
+
+def _vitdet_model_keys(info: Dict) -> Dict[str, torch.Tensor]:
+    """State dict (meta tensors) of detectron2's ViTDet Mask R-CNN with the checkpoint's ViT shape."""
+    require_detectron2()
+    from detectron2 import model_zoo
+    from detectron2.config import instantiate
+
+    model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
+    net = model.backbone.net
+    net.update(embed_dim=info["embed_dim"], depth=info["depth"], num_heads=info["num_heads"],
+               patch_size=info["patch_size"], mlp_ratio=info["mlp_ratio"], pretrain_img_size=info["pretrain_img_size"],
+               window_block_indexes=[i for i in range(info["depth"]) if (i + 1) % max(1, info["depth"] // 4)])
+    with meta_init():
+        return instantiate(model).state_dict()
+
+
+def _vit_by_design(key: str) -> bool:
+    # Everything but the ViT is new in detection; in the ViT only the relative position terms are.
+    return not key.startswith(VIT_PREFIX) or key.endswith(("attn.rel_pos_h", "attn.rel_pos_w"))
+
+
+# --------------------------------------------------------------------- ResNet
+def _resnet_name(key: str) -> str:
+    """torchvision ResNet name -> detectron2 ResNet name."""
+    parts = key.split(".")
+    if parts[0].startswith("layer"):  # layer1.0.bn2.weight -> res2.0.conv2.norm.weight
+        stage = f"res{int(parts[0][len('layer'):]) + 1}"
+        rest = ".".join(parts[2:])
+        rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        for i in (1, 2, 3):
+            rest = rest.replace(f"bn{i}.", f"conv{i}.norm.")
+        return f"{stage}.{parts[1]}.{rest}"
+    return "stem." + key.replace("bn1.", "conv1.norm.")  # conv1.weight, bn1.* -> stem.conv1(.norm)
+
+
+def resnet_to_detectron2(source: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
+    """A MoCo / torchvision ResNet -> detectron2 ``ResNet`` names; returns (weights, dropped keys, arch)."""
+    sd = backbone_state_dict(dict(source))
+    arch = resnet_arch(sd)
+    # The counters of batch norm are not weights (frozen BN has none).
+    out = {_resnet_name(k): v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    kept = {k for k in sd if not k.endswith("num_batches_tracked")}
+    dropped = [k for k in source if k.split("encoder_q.")[-1].split("base_encoder.")[-1].removeprefix("module.")
+               not in kept]
+    return out, sorted(dropped), arch
+
+
+def _resnet_model_keys(arch: str) -> Dict[str, torch.Tensor]:
+    """State dict (meta tensors) of detectron2's ResNet (stem .. res5) of the same depth."""
+    require_detectron2()
+    from detectron2.modeling.backbone import BasicStem, ResNet
+
+    depth = int(re.fullmatch(r"\D*resnet(\d+)\D*", arch).group(1))
+    stages = ResNet.make_default_stages(depth, norm="FrozenBN", **({"stride_in_1x1": False} if depth >= 50 else {}))
+    with meta_init():
+        return ResNet(BasicStem(3, 64, norm="FrozenBN"), stages, out_features=["res5"]).state_dict()
+
+
+# ------------------------------------------------------------------- entries
+def _load(source, allow_pickle: bool) -> Tuple[Any, Dict[str, torch.Tensor], str]:
+    if isinstance(source, Mapping):
+        ckpt, name = source, "<dict>"
+    else:
+        ckpt, name = load_file(source, allow_pickle=allow_pickle), str(source)
+    try:
+        sd = unwrap_state_dict(ckpt)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{name}: {e}") from None
+    return ckpt, sd, name
+
+
+def family(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``vit`` or ``resnet`` for the sources this module converts; raises for anything else."""
+    kind = describe_state_dict(strip_prefix(dict(state_dict), "module."))
+    if kind in ("mae", "vit"):
+        return "vit"
+    if kind in ("moco", "resnet") or any(k.startswith(("base_encoder.", "module.base_encoder.")) for k in state_dict):
+        return "resnet"
+    raise CheckpointFormatError(
+        "expected a MAE / ViT checkpoint (the authors' MAE files, the project's, timm, DeiT) or a MoCo / "
+        f"torchvision ResNet checkpoint, found {describe_state_dict(state_dict, verbose=True)}"
+        + (" (already converted: load it as it is)" if kind.startswith("detectron2") else ""))
+
+
+def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Optional[int]
+                    ) -> Tuple[Dict[str, Any], List[str], Dict]:
+    notes: List[str] = []
+    if family(sd) == "vit":
+        weights, dropped, notes, info = vit_to_detectron2(sd, patch_size)
+        meta = {k: info[k] for k in ("backbone", "pretrain_img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+        heuristics = False  # full names: loads into any ViTDet model as it is
+    else:
+        if patch_size:
+            raise ValueError("patch_size applies to ViTs; this is a ResNet checkpoint")
+        weights, dropped, arch = resnet_to_detectron2(sd)
+        info = meta = {"backbone": arch}
+        heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)
+    meta.update(pretrain=pretrain_label(ckpt, sd, name), source=name)
+    converted = {"model": weights, "__author__": AUTHOR, "matching_heuristics": heuristics, "sslkit": meta}
+    return converted, notes, {**info, "dropped": dropped}
+
+
+def load_converted(source, allow_pickle: bool = False, patch_size: Optional[int] = None, name: Optional[str] = None
+                   ) -> Tuple[Dict[str, Any], List[str]]:
+    """A checkpoint converted in memory: the dict detectron2's checkpointer loads, and notes.
+
+    ``{"model": weights, "__author__": "sslkit", "matching_heuristics": bool,
+    "sslkit": {"pretrain", "backbone", "source", ...}}``. ``name``: the file a loaded ``source`` came from.
+    """
+    ckpt, sd, loaded_name = _load(source, allow_pickle)
+    converted, notes, _ = _convert_loaded(ckpt, sd, name or loaded_name, patch_size)
+    return converted, notes
+
+
+def convert(source, output=None, allow_pickle: bool = False, patch_size: Optional[int] = None, **_
+            ) -> ConversionReport:
+    """Convert a MAE / ViT or MoCo / ResNet checkpoint for detectron2; write ``output`` when it matches.
+
+    ``output``: ``.pkl`` (detectron2 model-zoo pickle of numpy arrays) or ``.pth``.
+    """
+    if output is not None and Path(output).suffix not in (".pkl", ".pth"):
+        raise ValueError(f"detectron2 reads .pkl or .pth files; got output {output}")
+    ckpt, sd, name = _load(source, allow_pickle)
+    converted, notes, info = _convert_loaded(ckpt, sd, name, patch_size)
+    weights, meta = converted["model"], converted["sslkit"]
+    if family(sd) == "vit":
+        target = _vitdet_model_keys(info)
+        design, bad = compare_keys(weights, target, _vit_by_design)
+        target_name = (f"detectron2 ViTDet Mask R-CNN ({meta['backbone']}, ViT under {VIT_PREFIX}; "
+                       f"pretrain_img_size={meta['pretrain_img_size']})")
+        rel = sum(k.startswith(VIT_PREFIX) for k in design)
+        notes.append(f"missing by design: {rel} relative position terms (zero-initialised) and "
+                     f"{len(design) - rel} tensors of the pyramid and the heads")
+        notes.append("input: RGB, pixel mean/std of ImageNet in 0-255 units (MAE, DeiT); timm 'augreg' ViTs use "
+                     "mean = std = 127.5")
+    else:
+        target = _resnet_model_keys(meta["backbone"])
+        design, bad = compare_keys(weights, target, lambda k: False)
+        target_name = f"detectron2 ResNet ({meta['backbone']}, stem..res5; matching_heuristics)"
+        notes.append("input: RGB, ImageNet mean/std in 0-255 units, RESNETS.STRIDE_IN_1X1=False (torchvision "
+                     "layout); res5 is placed by detectron2's matching heuristics (backbone or C4 head)")
+    report = ConversionReport(name, describe_state_dict(sd, verbose=True), target_name, converted=len(weights),
+                              dropped=info["dropped"], missing_by_design=design, mismatched=bad,
+                              notes=notes + [f"pretraining: {meta['pretrain']}"])
+    if output and report.ok:
+        report.output = str(write(converted, output))
+    return report
+
+
+def write(converted: Dict[str, Any], output) -> Path:
+    """Write a converted checkpoint: ``.pkl`` as numpy arrays (detectron2's model zoo), ``.pth`` as tensors."""
+    output = Path(output)
+    if output.suffix == ".pkl":
+        obj = {**converted, "model": {k: v.detach().cpu().numpy() for k, v in converted["model"].items()}}
+        tmp = output.with_name(f".{output.name}.tmp")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(output)
+        return output
+    return save_atomic(converted, output)

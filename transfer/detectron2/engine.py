@@ -1,0 +1,367 @@
+"""Train and evaluate a detection recipe from a LazyConfig (``.py``) or a yacs config (``.yaml``).
+
+``Recipe`` puts both config kinds behind one interface (model, optimizer,
+loaders, schedule, evaluators, settings); ``train`` and ``evaluate`` are the
+loop of detectron2's ``tools/lazyconfig_train_net.py`` (``SimpleTrainer`` /
+``AMPTrainer`` and its hooks, DDP through ``launch``) for both, with the
+project's ``Checkpointer`` (pretraining checkpoints load directly, pickles are
+not trusted by default) and a ``results.json`` per evaluated dataset
+(``transfer.results``): COCO box / mask AP or VOC AP50 / AP / AP75.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from transfer.results import write_results
+
+from . import require_detectron2
+
+require_detectron2()
+import detectron2.utils.comm as comm  # noqa: E402
+from detectron2.config import CfgNode, LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, hooks  # noqa: E402
+from detectron2.engine.defaults import default_writers  # noqa: E402
+from detectron2.utils.registry import locate  # noqa: E402
+from detectron2.evaluation import (  # noqa: E402
+    COCOEvaluator, PascalVOCDetectionEvaluator, inference_on_dataset, print_csv_format,
+)
+
+from .checkpoint import Checkpointer  # noqa: E402
+from .convert import backbone_name  # noqa: E402
+from .data import MetadataCatalog, num_classes, resolve_datasets  # noqa: E402
+
+__all__ = ["Recipe", "train", "evaluate", "evaluate_checkpoint", "results_record"]
+log = logging.getLogger("sslkit.detectron2")
+
+
+class Recipe:
+    """A LazyConfig or yacs config, read through one interface.
+
+    ``Recipe.load(path, overrides, **settings)``: overrides are ``key=value``
+    (LazyConfig) or ``KEY VALUE`` pairs (yacs); settings are the common ones
+    every tool sets (``init_checkpoint``, ``output_dir``, ``max_iter``,
+    ``train_datasets``, ``test_datasets``, ``device``), written into the config
+    where its kind keeps them. Dataset names may be paths
+    (``transfer.detectron2.data``); the number of classes follows the data.
+    """
+
+    def __init__(self, cfg, path: str):
+        self.cfg, self.path = cfg, str(path)
+        self.lazy = not isinstance(cfg, CfgNode)
+        self.notes: List[str] = []  # what loading changed, to log once logging is set up
+
+    # ----------------------------------------------------------------- load
+    @classmethod
+    def load(cls, path, overrides: Sequence[str] = (), init_checkpoint: Optional[str] = None,
+             output_dir: Optional[str] = None, max_iter: Optional[int] = None,
+             train_datasets: Optional[Sequence[str]] = None, test_datasets: Optional[Sequence[str]] = None,
+             device: Optional[str] = None) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        if path.suffix == ".py":
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(str(path)), list(overrides))
+        elif path.suffix in (".yaml", ".yml"):
+            from .config import get_cfg
+
+            cfg = get_cfg()
+            cfg.merge_from_file(str(path))
+            cfg.merge_from_list(list(overrides))
+        else:
+            raise ValueError(f"expected a LazyConfig (.py) or a yacs config (.yaml), got {path}")
+        recipe = cls(cfg, path)
+        recipe._apply(init_checkpoint=init_checkpoint, output_dir=output_dir, max_iter=max_iter, device=device,
+                      train_datasets=train_datasets, test_datasets=test_datasets)
+        if not recipe.lazy:
+            cfg.freeze()
+        return recipe
+
+    def _set(self, lazy_key: str, yacs_key: str, value):
+        node, key = (self.cfg, lazy_key if self.lazy else yacs_key)
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+
+    def get(self, lazy_key: str, yacs_key: str, default=None):
+        node = self.cfg
+        for p in (lazy_key if self.lazy else yacs_key).split("."):
+            try:
+                node = node[p]
+            except (KeyError, AttributeError, TypeError):
+                return default
+        return default if node is None else node
+
+    def _apply(self, init_checkpoint, output_dir, max_iter, device, train_datasets, test_datasets):
+        if init_checkpoint is not None:
+            self._set("train.init_checkpoint", "MODEL.WEIGHTS", init_checkpoint)
+        if output_dir is not None:
+            self._set("train.output_dir", "OUTPUT_DIR", output_dir)
+        if max_iter is not None:
+            self._set("train.max_iter", "SOLVER.MAX_ITER", int(max_iter))
+        if device is None and str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            self.notes.append(f"the config asks for {self.device} but no GPU is visible: running on the CPU")
+            device = "cpu"
+        if device is not None:
+            self._set("train.device", "MODEL.DEVICE", device)
+        train = self.get("dataloader.train.dataset.names", "DATASETS.TRAIN", ())
+        test = self.get("dataloader.test.dataset.names", "DATASETS.TEST", ())
+        train = resolve_datasets(train_datasets or train)
+        test = resolve_datasets(test_datasets or test)
+        if self.lazy:
+            self.cfg.dataloader.train.dataset.names = train[0] if len(train) == 1 else list(train)
+            self.cfg.dataloader.test.dataset.names = test[0] if len(test) == 1 else list(test)
+            if "evaluator" in self.cfg.dataloader and "dataset_name" in self.cfg.dataloader.evaluator:
+                self.cfg.dataloader.evaluator.dataset_name = test[0]
+        else:
+            self.cfg.DATASETS.TRAIN, self.cfg.DATASETS.TEST = train, test
+        n = num_classes(train) or num_classes(test)
+        current = self.get("model.roi_heads.num_classes", "MODEL.ROI_HEADS.NUM_CLASSES")
+        if n is not None and current is not None and n != current:
+            self.notes.append(f"num_classes follows the datasets: {n} (the config said {current})")
+            self._set("model.roi_heads.num_classes", "MODEL.ROI_HEADS.NUM_CLASSES", n)
+
+    # ------------------------------------------------------------- settings
+    @property
+    def device(self) -> str:
+        return self.get("train.device", "MODEL.DEVICE", "cuda")
+
+    @property
+    def output_dir(self) -> str:
+        return self.get("train.output_dir", "OUTPUT_DIR", "./output")
+
+    @property
+    def init_checkpoint(self) -> str:
+        return self.get("train.init_checkpoint", "MODEL.WEIGHTS", "")
+
+    @property
+    def max_iter(self) -> int:
+        return int(self.get("train.max_iter", "SOLVER.MAX_ITER"))
+
+    @property
+    def test_datasets(self) -> Tuple[str, ...]:
+        names = self.get("dataloader.test.dataset.names", "DATASETS.TEST", ())
+        return (names,) if isinstance(names, str) else tuple(names)
+
+    @property
+    def coco_tasks(self) -> Tuple[str, ...]:
+        mask_on = self.cfg.model.roi_heads.get("mask_head") is not None if self.lazy else self.cfg.MODEL.MASK_ON
+        return ("bbox", "segm") if mask_on else ("bbox",)
+
+    def settings(self) -> Dict[str, Any]:
+        """The loop's settings, whatever the config kind."""
+        if self.lazy:
+            t = self.cfg.train
+            pbn = t.get("precise_bn", None) or {}
+            return {"amp": bool(t.amp.enabled), "checkpoint_period": t.checkpointer.period,
+                    "max_to_keep": t.checkpointer.get("max_to_keep", None), "eval_period": t.eval_period,
+                    "log_period": t.log_period, "ddp": dict(t.ddp), "precise_bn": bool(pbn.get("enabled", False)),
+                    "precise_bn_iters": int(pbn.get("num_iter", 200))}
+        c = self.cfg
+        return {"amp": c.SOLVER.AMP.ENABLED, "checkpoint_period": c.SOLVER.CHECKPOINT_PERIOD, "max_to_keep": None,
+                "eval_period": c.TEST.EVAL_PERIOD, "log_period": 20, "ddp": {"broadcast_buffers": False},
+                "precise_bn": c.TEST.PRECISE_BN.ENABLED, "precise_bn_iters": c.TEST.PRECISE_BN.NUM_ITER}
+
+    def recipe_summary(self) -> Dict[str, Any]:
+        """What the results file records of the recipe: iterations, batch, image size, schedule."""
+        if self.lazy:
+            batch = self.cfg.dataloader.train.get("total_batch_size")
+            augs = self.cfg.dataloader.test.mapper.get("augmentations", []) or []
+            size = next((a.get("short_edge_length") for a in augs if "short_edge_length" in a), None)
+        else:
+            batch = self.cfg.SOLVER.IMS_PER_BATCH
+            size = self.cfg.INPUT.MIN_SIZE_TEST
+        return {"iterations": self.max_iter, "batch": batch, "img_size": size, "schedule": Path(self.path).stem,
+                "config": self.path}
+
+    # -------------------------------------------------------------- builders
+    def build_model(self) -> torch.nn.Module:
+        if self.lazy:
+            model = instantiate(self.cfg.model)
+            return model.to(self.device)
+        from detectron2.modeling import build_model
+
+        return build_model(self.cfg)
+
+    def build_optimizer(self, model) -> torch.optim.Optimizer:
+        if self.lazy:
+            self.cfg.optimizer.params.model = model
+            optimizer = instantiate(self.cfg.optimizer)
+            # Plain values (betas arrive as omegaconf containers), so that checkpoints load with weights_only=True.
+            for group in [optimizer.defaults, *optimizer.param_groups]:
+                group.update({k: _plain(v) for k, v in group.items() if OmegaConf.is_config(v)})
+            return optimizer
+        from .config import build_optimizer
+
+        return build_optimizer(self.cfg, model)
+
+    def build_train_loader(self):
+        if self.lazy:
+            return instantiate(self.cfg.dataloader.train)
+        from detectron2.data import build_detection_train_loader
+
+        from .config import build_train_mapper
+
+        return build_detection_train_loader(self.cfg, mapper=build_train_mapper(self.cfg))
+
+    def build_lr_hook(self, optimizer):
+        if self.lazy:
+            return hooks.LRScheduler(scheduler=instantiate(self.cfg.lr_multiplier))
+        from detectron2.solver import build_lr_scheduler
+
+        return hooks.LRScheduler(optimizer, build_lr_scheduler(self.cfg, optimizer))
+
+    def build_test(self, output_dir: str) -> List[Tuple[str, Any, Any]]:
+        """(dataset name, loader, evaluator) for each test dataset."""
+        if self.lazy:
+            loader = instantiate(self.cfg.dataloader.test)
+            ev = self.cfg.dataloader.evaluator
+            target = ev._target_ if not isinstance(ev._target_, str) else locate(ev._target_)
+            params = inspect.signature(target).parameters
+            if "output_dir" in params:
+                ev.output_dir = output_dir
+            if "tasks" in params and not ev.get("tasks"):
+                ev.tasks = self.coco_tasks  # report mask AP even when there is nothing to score
+            return [(self.test_datasets[0], loader, instantiate(ev))]
+        from detectron2.data import build_detection_test_loader
+
+        out = []
+        for name in self.test_datasets:
+            meta = MetadataCatalog.get(name)
+            if meta.get("evaluator_type", None) == "pascal_voc" or meta.get("year", None) in (2007, 2012):
+                evaluator = PascalVOCDetectionEvaluator(name)
+            else:
+                evaluator = COCOEvaluator(name, tasks=self.coco_tasks,
+                                          output_dir=os.path.join(output_dir, name.replace("/", "_")))
+            out.append((name, build_detection_test_loader(self.cfg, name), evaluator))
+        return out
+
+
+def _plain(value):
+    value = OmegaConf.to_container(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+class PretrainInfo:
+    """What pretrained the backbone, saved in every training checkpoint so that resumed and evaluated runs know."""
+
+    def __init__(self):
+        self.info: Dict[str, Any] = {}
+
+    def state_dict(self):
+        return dict(self.info)
+
+    def load_state_dict(self, state):
+        self.info = dict(state)
+
+
+def _finite(x) -> Optional[float]:
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None
+
+
+def results_record(evaluator, results: Dict[str, Dict[str, float]]) -> Tuple[str, Dict[str, Optional[float]]]:
+    """(task, metrics) of ``transfer.results`` for one evaluator's output."""
+    if isinstance(evaluator, PascalVOCDetectionEvaluator):
+        box = results["bbox"]
+        return "voc_det", {k: _finite(box[k]) for k in ("AP50", "AP", "AP75")}
+    metrics = {}
+    for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
+        for name, value in results.get(iou_type, {}).items():
+            if name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+                metrics[f"{prefix}_{name}"] = _finite(value)
+    if not metrics:
+        raise ValueError(f"no COCO box or mask AP in the evaluation results: {sorted(results)}")
+    return ("coco_instance_seg" if "segm" in results else "coco_det"), metrics
+
+
+# ----------------------------------------------------------------------- loop
+def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+             pretrain: Optional[str] = None) -> Dict[str, Dict]:
+    """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process."""
+    output_dir = output_dir or recipe.output_dir
+    all_results = OrderedDict()  # inference_on_dataset evaluates in eval mode and restores the mode after
+    tests = recipe.build_test(os.path.join(output_dir, "inference"))
+    for name, loader, evaluator in tests:
+        results = inference_on_dataset(model, loader, evaluator)
+        all_results[name] = results
+        if not comm.is_main_process():
+            continue
+        print_csv_format(results)
+        task, metrics = results_record(evaluator, results)
+        folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
+        path = write_results(folder, task=task, backbone=backbone_name(model), pretrain=pretrain or "unknown",
+                             metrics=metrics, recipe=recipe.recipe_summary(), checkpoint=checkpoint,
+                             dataset=name, tool="tools/train_net.py")
+        log.info("wrote %s", path)
+    return all_results
+
+
+def _pretrain_label(info: Dict[str, Any], override: Optional[str], init_checkpoint: str) -> str:
+    return override or info.get("pretrain") or ("random" if not init_checkpoint else "unknown")
+
+
+def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool = False,
+                        pretrain: Optional[str] = None) -> Dict[str, Dict]:
+    """``--eval-only``: load the recipe's checkpoint (or the last one in output_dir with ``resume``) and evaluate."""
+    model = recipe.build_model()
+    info = PretrainInfo()
+    checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info)
+    path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else recipe.init_checkpoint
+    if path:
+        checkpointer.load(path, checkpointables=["pretrain_info"])  # a training checkpoint knows its pretraining
+    if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
+        info.info = checkpointer.pretrained
+    return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
+                    pretrain=_pretrain_label(info.info, pretrain, path))
+
+
+def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pretrain: Optional[str] = None
+          ) -> Dict[str, Dict]:
+    """Train (from ``init_checkpoint``, or resuming the last checkpoint in output_dir), evaluate at the end."""
+    s = recipe.settings()
+    model = recipe.build_model()
+    log.info("Model:\n%s", model)
+    optimizer = recipe.build_optimizer(model)
+    train_loader = recipe.build_train_loader()
+    model = create_ddp_model(model, **s["ddp"])
+    trainer = (AMPTrainer if s["amp"] else SimpleTrainer)(model, train_loader, optimizer)
+    info = PretrainInfo()
+    checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, trainer=trainer,
+                                pretrain_info=info)
+    final: Dict[str, Dict] = {}
+
+    def test_and_save():
+        label = _pretrain_label(info.info, pretrain, recipe.init_checkpoint)
+        final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label))
+        return final
+
+    from fvcore.nn.precise_bn import get_bn_modules
+
+    precise_bn = (hooks.PreciseBN(s["eval_period"], model, recipe.build_train_loader(), s["precise_bn_iters"])
+                  if s["precise_bn"] and get_bn_modules(model) else None)
+    ckpt_kwargs = {"max_to_keep": s["max_to_keep"]} if s["max_to_keep"] else {}
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        recipe.build_lr_hook(optimizer),
+        precise_bn,
+        hooks.PeriodicCheckpointer(checkpointer, s["checkpoint_period"], **ckpt_kwargs) if comm.is_main_process()
+        else None,
+        hooks.EvalHook(s["eval_period"], test_and_save),
+        hooks.PeriodicWriter(default_writers(recipe.output_dir, recipe.max_iter), period=s["log_period"])
+        if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(recipe.init_checkpoint, resume=resume)
+    if checkpointer.pretrained:
+        info.info = checkpointer.pretrained
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, recipe.max_iter)
+    return final
