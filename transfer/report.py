@@ -22,8 +22,10 @@ from .results import TASKS, ResultsError, find_results, read_results
 
 # Recipe keys that make two evaluations comparable; against the published number of the
 # same method, the pretraining length must match too.
-EVAL_RECIPE_KEYS = ("epochs", "iterations", "batch", "img_size", "crop_size", "schedule")
+EVAL_RECIPE_KEYS = ("epochs", "iterations", "batch", "img_size", "crop_size")
 COMPARED_RECIPE_KEYS = EVAL_RECIPE_KEYS + ("pretrain_epochs",)
+# Shown in the recipe column too; free text, so not compared.
+DISPLAY_RECIPE_KEYS = COMPARED_RECIPE_KEYS + ("schedule", "lr_schedule")
 MISSING = "—"
 MARK = "†"
 
@@ -143,7 +145,7 @@ def _fmt(v: Optional[float], signed: bool = False) -> str:
 
 
 def _recipe_str(recipe: Dict) -> str:
-    return ", ".join(f"{k}={recipe[k]}" for k in COMPARED_RECIPE_KEYS if k in recipe) or "unrecorded"
+    return ", ".join(f"{k}={recipe[k]}" for k in DISPLAY_RECIPE_KEYS if k in recipe) or "unrecorded"
 
 
 def table_records(t: TaskTable) -> List[Dict[str, object]]:
@@ -167,21 +169,28 @@ def table_records(t: TaskTable) -> List[Dict[str, object]]:
 
 
 def to_markdown(t: TaskTable) -> str:
+    """The task's table: its standard metrics (extras stay in the CSV), the deltas that exist."""
     recs = table_records(t)
     marked = lambda c, kind: any(n.startswith(f"{MARK} vs {kind}") for n in c.notes)  # noqa: E731
-    head = (["backbone", "pretraining", "origin"] + t.metrics + [f"Δ {t.baseline_name} {m}" for m in t.metrics]
-            + [f"Δ published {m}" for m in t.metrics] + ["recipe", "notes"])
+    shown = [m for m in t.metrics if m in TASKS[t.task]] or t.metrics
+    with_base = any(c.baseline for c in t.comparisons)
+    with_pub = any(c.published for c in t.comparisons)
+    head = (["backbone", "pretraining", "origin"] + shown
+            + ([f"Δ {t.baseline_name} {m}" for m in shown] if with_base else [])
+            + ([f"Δ published {m}" for m in shown] if with_pub else []) + ["recipe", "notes"])
     lines = [f"### {t.task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c, rec in zip(t.comparisons, recs):
         mb = MARK if marked(c, t.baseline_name) else ""
         mp = MARK if marked(c, "published") else ""
         cells = [rec["backbone"], rec["pretrain"] + (f" ({rec['name']})" if c.row.origin == "run" else ""),
                  rec["origin"]]
-        cells += [_fmt(rec[m]) for m in t.metrics]
-        cells += [_fmt(rec[f"d_{t.baseline_name}_{m}"], True) + (mb if rec[f"d_{t.baseline_name}_{m}"] is not None
-                                                                 else "") for m in t.metrics]
-        cells += [_fmt(rec[f"d_published_{m}"], True) + (mp if rec[f"d_published_{m}"] is not None else "")
-                  for m in t.metrics]
+        cells += [_fmt(rec[m]) for m in shown]
+        if with_base:
+            cells += [_fmt(rec[f"d_{t.baseline_name}_{m}"], True)
+                      + (mb if rec[f"d_{t.baseline_name}_{m}"] is not None else "") for m in shown]
+        if with_pub:
+            cells += [_fmt(rec[f"d_published_{m}"], True) + (mp if rec[f"d_published_{m}"] is not None else "")
+                      for m in shown]
         cells += [str(rec["recipe"]), str(rec["notes"]) or ""]
         lines.append("| " + " | ".join(cells) + " |")
     sources = sorted({c.row.source for c in t.comparisons if c.row.origin == "published"})
@@ -209,14 +218,15 @@ def write_chart(t: TaskTable, path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not t.comparisons or not t.metrics:
+    metrics = [m for m in t.metrics if m in TASKS[t.task]] or t.metrics
+    if not t.comparisons or not metrics:
         return None
     labels = [f"{c.row.backbone}\n{c.row.pretrain}" + (f"\n({c.row.name})" if c.row.origin == "run" else "\n(published)")
               for c in t.comparisons]
-    n, k = len(labels), len(t.metrics)
+    n, k = len(labels), len(metrics)
     width = 0.8 / k
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * n + 2), 4.2))
-    for j, m in enumerate(t.metrics):
+    for j, m in enumerate(metrics):
         color = f"C{j}"
         for i, c in enumerate(t.comparisons):
             v = c.row.metrics.get(m)

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Train and evaluate a semantic segmentation transfer with mmsegmentation (mmengine's Runner).
+
+  python tools/train_seg.py configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py \\
+      --checkpoint mae_pretrain_vit_base.pth --data-root data/ade/ADEChallengeData2016
+  torchrun --nproc_per_node 8 tools/train_seg.py configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py
+  torchrun --nproc_per_node 4 tools/train_seg.py configs/mmseg/upernet_r50-moco_4xb4-80k_ade20k-512x512.py \\
+      --checkpoint moco_v2_800ep_pretrain.pth.tar
+  python tools/train_seg.py CONFIG --resume                       # continue the newest checkpoint of the work dir
+  python tools/train_seg.py CONFIG --eval-only --resume iter_160000.pth    # evaluate a trained segmentor
+  python tools/train_seg.py configs/mmseg/tiny/upernet_r18_folder-64x64.py --data-root DIR --random-init --iters 60
+
+--checkpoint takes the pretrained backbone in any layout the encoders read (the
+authors' MAE / MoCo files, the project's checkpoints, timm / torchvision files,
+files converted by tools/convert_checkpoint.py --to mmseg) and prints what was
+loaded, left out by design, or mismatched (an error). --cfg-options takes mmengine's
+``key=value`` overrides (e.g. ``train_dataloader.batch_size=8 optim_wrapper.optimizer.lr=2e-4``).
+Writes mIoU / mAcc / aAcc and the recipe to <work-dir>/results.json. On a CPU
+the GPU recipe falls back to BN and fp32.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="mmseg config (configs/mmseg/...)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                   help="key=value config overrides (mmengine syntax: a.b=1 c=[1,2])")
+    p.add_argument("--work-dir", help="logs, checkpoints and results.json (default: work_dirs/<config name>)")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--checkpoint", help="pretrained backbone weights (sets model.backbone.init_cfg)")
+    init.add_argument("--random-init", action="store_true", help="train the backbone from random initialisation")
+    p.add_argument("--pretrain", help="pretraining label for results.json (default: 'random' without a "
+                                      "checkpoint, the version a MoCo checkpoint states, else the config's)")
+    p.add_argument("--data-root", help="dataset root for every split (ADE20K: the ADEChallengeData2016 folder)")
+    p.add_argument("--classes", help="SegFolderDataset class list: a file (one name a line) or 'a,b,c'")
+    p.add_argument("--ignore-label", type=int, nargs="+", help="SegFolderDataset label values to ignore (e.g. 11)")
+    p.add_argument("--iters", type=int, help="train this many iterations (the schedule is scaled to match)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="checkpoint to resume (default: the newest in the work dir); with --eval-only, the "
+                        "trained segmentor to evaluate")
+    p.add_argument("--eval-only", action="store_true", help="evaluate a trained segmentor and write results")
+    p.add_argument("--print-config", action="store_true", help="print the final config and exit")
+    return p.parse_args(argv)
+
+
+def build_config(args):
+    from transfer.mmseg.runner import (
+        adapt_to_device, load_seg_config, match_num_classes, set_backbone_checkpoint, set_data, set_iterations,
+    )
+    import torch
+
+    cfg = load_seg_config(args.config)
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    if args.checkpoint:
+        set_backbone_checkpoint(cfg, args.checkpoint)
+    elif args.random_init:
+        set_backbone_checkpoint(cfg, None)
+    classes = args.classes
+    if classes and not Path(classes).is_file():
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    set_data(cfg, args.data_root, classes, args.ignore_label)
+    match_num_classes(cfg)
+    if args.iters:
+        set_iterations(cfg, args.iters)
+    cfg.merge_from_dict(args.cfg_options)  # last: explicit overrides win over the flags above
+    cfg.launcher = "pytorch" if "LOCAL_RANK" in os.environ else "none"  # torchrun sets it
+    changes = adapt_to_device(cfg, torch.cuda.is_available())
+    return cfg, changes
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        sys.exit(f"error: checkpoint not found: {args.checkpoint}")
+    import torch
+    from mmengine.dist import get_rank, get_world_size
+    from mmengine.logging import print_log
+    from mmengine.runner import Runner, find_latest_checkpoint
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer.mmseg.checkpoint import mmengine_checkpoint_globals
+    from transfer.mmseg.runner import SegResultsHook, trained_record, write_seg_results
+
+    try:
+        cfg, changes = build_config(args)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if args.print_config:
+        print(cfg.pretty_text)
+        return
+    if args.eval_only:
+        target = args.resume if args.resume not in (None, "auto") else find_latest_checkpoint(cfg.work_dir)
+        if not target:
+            sys.exit(f"error: --eval-only needs a trained segmentor: --resume CKPT, or a checkpoint in {cfg.work_dir}")
+        cfg.load_from, cfg.resume = target, False
+    elif args.resume:
+        cfg.resume = True
+        cfg.load_from = None if args.resume == "auto" else args.resume  # None: the work dir's last_checkpoint
+
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+        # mmengine's own init_dist calls torch.cuda.set_device; on CPUs the process group is ours.
+        torch.distributed.init_process_group("gloo")
+    runner = Runner.from_cfg(cfg)
+    for change in changes:
+        print_log(f"no GPU: {change}", logger="current")
+    # --eval-only: what was trained is read from the checkpoint's meta (this config's values otherwise).
+    trained = trained_record(cfg, get_world_size(), pretrain=args.pretrain,
+                             inspect_checkpoint=get_rank() == 0 and not args.eval_only)
+    hook = SegResultsHook(trained, from_checkpoint=args.eval_only)
+    runner.register_hook(hook)
+    try:
+        with mmengine_checkpoint_globals():
+            if args.eval_only:
+                metrics = runner.test()
+            else:
+                runner.train()
+                # The last validation is the final evaluation when it ran at the last iteration.
+                metrics = hook.metrics if hook.iter == runner.max_iters and hook.metrics else runner.test()
+    except CheckpointFormatError as e:
+        sys.exit(f"error: {e}")
+    if get_rank() == 0:
+        model_ckpt = cfg.load_from if args.eval_only else find_latest_checkpoint(cfg.work_dir)
+        path = write_seg_results(cfg, metrics, hook.trained, segmentor_checkpoint=model_ckpt)
+        summary = "  ".join(f"{k} {metrics[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc"))
+        print_log(f"{summary}  ->  {path}", logger="current")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

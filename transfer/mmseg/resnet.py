@@ -1,0 +1,112 @@
+"""MoCo / torchvision ResNets as mmseg encoders: mmseg's own ``ResNet``, loading the project's checkpoints.
+
+mmseg's ``ResNet`` with ``style='pytorch'`` and no deep stem is torchvision's
+architecture (7x7 stem, stride on the 3x3 conv) under torchvision's parameter
+names, so MoCo and supervised torchvision weights load by name once the
+wrapper of their file is removed (``pretrain.moco.backbone_state_dict``). This
+differs from mmseg's UperNet recipe, which uses ``ResNetV1c`` (three-conv deep
+stem) and its own ImageNet weights: self-supervised ResNets are torchvision
+ResNets.
+
+``ResNetEncoder`` is that ``ResNet``; a ``Pretrained`` init_cfg is read through
+``resnet_to_mmseg`` (the authors' MoCo ``.pth.tar``, the project's MoCo
+checkpoints, torchvision state dicts, converted files) and must match exactly:
+every tensor of the backbone comes from the checkpoint, a mismatch raises.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from mmengine.logging import print_log
+from mmseg.models.backbones import ResNet
+from mmseg.registry import MODELS
+
+from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, strip_prefix, unwrap_state_dict
+from pretrain.moco import backbone_state_dict
+from transfer.convert import ConversionReport, compare_keys, resnet_arch
+from transfer.mmseg.checkpoint import load_checkpoint_file
+
+__all__ = ["ResNetEncoder", "resnet_to_mmseg", "resnet_backbone", "resnet_depth"]
+
+_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+
+
+def resnet_depth(state_dict: Dict[str, torch.Tensor]) -> int:
+    """mmseg ``ResNet`` depth of a torchvision-named state dict."""
+    arch = resnet_arch(state_dict)
+    if arch not in _DEPTHS:
+        raise CheckpointFormatError(f"mmseg's ResNet has no counterpart of {arch} (no width multiplier)")
+    return _DEPTHS[arch]
+
+
+def _without_encoder_prefix(key: str) -> str:
+    for prefix in ("encoder_q.", "base_encoder.", "backbone."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _segmentor_backbone(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The backbone of a trained mmseg segmentor's state dict; any other state dict as it is."""
+    if any(k.startswith("backbone.layer1.") for k in sd):
+        return strip_prefix({k: v for k, v in sd.items() if k.startswith("backbone.")}, "backbone.")
+    return sd
+
+
+def resnet_backbone(checkpoint) -> Dict[str, torch.Tensor]:
+    """The ResNet of a MoCo / torchvision / mmseg-segmentor checkpoint, under torchvision names."""
+    return backbone_state_dict(_segmentor_backbone(unwrap_state_dict(checkpoint)))
+
+
+def resnet_to_mmseg(checkpoint, target: Dict[str, torch.Tensor], source: str = "<dict>",
+                    target_name: str = "mmseg ResNet") -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+    """A MoCo / torchvision ResNet checkpoint as mmseg ``ResNet`` weights, with a report.
+
+    The names are torchvision's on both sides; what is left out is the
+    classifier / projection head, the key encoder and the queue (or, from a
+    trained mmseg segmentor, the neck and heads).
+    """
+    full = unwrap_state_dict(checkpoint)
+    raw = _segmentor_backbone(full)
+    sd = backbone_state_dict(raw)
+    design, bad = compare_keys(sd, target, lambda k: False)
+    dropped = sorted(k for k in full if _without_encoder_prefix(k) not in sd)
+    notes = []
+    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in raw):
+        notes.append("MoCo query encoder taken; key encoder, queue and projection head dropped")
+    kind = describe_state_dict(raw, verbose=True) + (" (the backbone of an mmseg segmentor)" if raw is not full else "")
+    report = ConversionReport(source, kind, target_name, converted=len(sd),
+                              dropped=dropped, missing_by_design=design, mismatched=bad, notes=notes)
+    return sd, report
+
+
+@MODELS.register_module()
+class ResNetEncoder(ResNet):
+    """mmseg's ``ResNet`` (torchvision stem by default) that loads MoCo / torchvision checkpoints.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads PATH at
+    ``init_weights``; without it the backbone is initialised as mmseg's.
+    """
+
+    def __init__(self, depth: int = 50, **kwargs):
+        kwargs.setdefault("style", "pytorch")
+        super().__init__(depth=depth, **kwargs)
+
+    def init_weights(self):
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
+            self.load_pretrained(cfg["checkpoint"])  # every tensor comes from the checkpoint
+        else:
+            super().init_weights()
+
+    def load_pretrained(self, path, allow_pickle: bool = False) -> ConversionReport:
+        """Load a checkpoint file (any layout ``resnet_to_mmseg`` reads); raises on a mismatch."""
+        checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
+        sd, report = resnet_to_mmseg(checkpoint, self.state_dict(), source=str(path),
+                                     target_name=f"{type(self).__name__} (depth {self.depth})")
+        print_log(report.format(), logger="current")
+        if not report.ok:
+            raise CheckpointFormatError(f"{path} does not fit {type(self).__name__}: {report.mismatched[:8]}")
+        self.load_state_dict(sd, strict=True)
+        return report
