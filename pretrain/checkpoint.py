@@ -89,6 +89,12 @@ def load_file(path, allow_pickle: bool = False) -> Any:
                     f"{path}: this pickle holds more than numpy arrays ({e}). Open it only if you trust "
                     f"its source, with allow_pickle=True (--allow-pickle on the command line)."
                 ) from e
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # neither torch's zip nor a pickle stream
+            raise CheckpointFormatError(
+                f"could not read checkpoint {path}: not a torch (.pth), safetensors or pickle file "
+                f"(it starts with {magic!r})")
         try:
             # The MAE / DeiT code stores its argparse.Namespace beside the weights: a plain
             # attribute container, safe to rebuild.
