@@ -283,12 +283,12 @@ def test_mmengine_checkpoint_globals_allow_exactly_the_history_buffer():
     torch.save(ckpt, buf)
     with pytest.raises(pickle.UnpicklingError):  # torch's default: weights only
         torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())  # a set in torch: order is arbitrary
     with mmengine_checkpoint_globals():
         with mmengine_checkpoint_globals():  # (an encoder loading its checkpoint inside the Runner's context)
             pass
         loaded = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
     history = loaded["message_hub"]["log_scalars"]["train/loss"]
     assert isinstance(history, HistoryBuffer) and history.mean() == pytest.approx(8 / 3)
     assert loaded["meta"]["seed"] == 7
