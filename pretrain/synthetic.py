@@ -3,8 +3,9 @@
 One generator serves every place that needs data without a dataset: the
 pretraining default (images only), and the demo's COCO-format detection set and
 semantic-segmentation set (instance masks and a label map come with each image).
-The class is the shape; colour and texture are drawn at random for every object
-so that recognising a class needs its shape, as in real data.
+The class is the shape; an object's colour is drawn at random, so recognising a
+class needs its outline. Objects are painted in shaded flat colours over textured
+backgrounds (gradients, stripes, checks), so where an object is can be seen.
 """
 from __future__ import annotations
 
@@ -59,8 +60,19 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(tex, 0, 1)
 
 
+def _fill(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """An object's paint: one colour with gentle shading and noise, so that objects stand out
+    from textured backgrounds by their surface and are told apart by their outline."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    colour = rng.uniform(0.05, 0.95, size=3).astype(np.float32)
+    theta = rng.uniform(0, 2 * np.pi)
+    shade = 0.15 * (np.cos(theta) * xx + np.sin(theta) * yy) / max(h, w)
+    paint = colour + shade[..., None] + rng.normal(0, 0.02, size=(h, w, 3)).astype(np.float32)
+    return np.clip(paint, 0, 1)
+
+
 def _shape_mask(rng: np.random.Generator, category: int, h: int, w: int) -> np.ndarray:
-    size = rng.uniform(0.18, 0.4) * min(h, w)
+    size = rng.uniform(0.3, 0.6) * min(h, w)
     cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
     r = size / 2
     img = Image.new("L", (w, h), 0)
@@ -88,7 +100,7 @@ def _shape_mask(rng: np.random.Generator, category: int, h: int, w: int) -> np.n
 
 
 def render_scene(
-    rng: np.random.Generator, size: Tuple[int, int] = (128, 128), max_objects: int = 4, min_pixels: int = 16
+    rng: np.random.Generator, size: Tuple[int, int] = (128, 128), max_objects: int = 3, min_pixels: int = 16
 ) -> Scene:
     """One scene of 1..max_objects objects; later objects occlude earlier ones.
 
@@ -101,7 +113,7 @@ def render_scene(
     for _ in range(int(rng.integers(1, max_objects + 1))):
         category = int(rng.integers(len(CLASSES)))
         mask = _shape_mask(rng, category, h, w)
-        canvas[mask] = _texture(rng, h, w)[mask]
+        canvas[mask] = _fill(rng, h, w)[mask]
         for inst in instances:
             inst.mask &= ~mask
         instances.append(Instance(category, mask))
@@ -129,7 +141,7 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 4.0) -> List[List[float
 
 
 def write_coco_dataset(root, split: str, n: int, size: Tuple[int, int] = (128, 128), seed: int = 0,
-                       max_objects: int = 4) -> Tuple[str, str]:
+                       max_objects: int = 3) -> Tuple[str, str]:
     """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json`` (COCO format).
 
     Category ids start at 1 in CLASSES order; masks are polygons (iscrowd 0).
@@ -166,7 +178,7 @@ def write_coco_dataset(root, split: str, n: int, size: Tuple[int, int] = (128, 1
 
 
 def write_segmentation_dataset(root, split: str, n: int, size: Tuple[int, int] = (128, 128), seed: int = 0,
-                               max_objects: int = 4) -> Tuple[str, str]:
+                               max_objects: int = 3) -> Tuple[str, str]:
     """Write ``root/images/<split>/*.png`` and ``root/labels/<split>/*.png`` (label PNGs) and
     ``root/classes.txt`` (one name a line; label value = line index: 0 background).
     Returns (image folder, label folder)."""

@@ -83,27 +83,33 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def start_run(t, config_yaml: str):
+    """What every training command does first, from its ``train`` config section: join the
+    processes, open the output folder and its log, save the config, seed, check the precision.
+    Returns (distributed context, output folder, autocast dtype or None)."""
+    dist = du.init_distributed(t.device, t.dist_backend)
+    out = Path(t.output_dir)
+    setup_logging(str(out), dist.is_main)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_yaml)
+    # Different masks / shuffles / augmentations per process, reproducible per run.
+    seed = t.seed + dist.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    if t.amp == "fp16" and dist.device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    return dist, out, {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+
+
 class Trainer:
     def __init__(self, cfg, resume: Optional[str] = None):
         self.cfg = cfg
         t = cfg.train
         self.method = METHODS[cfg.method]()
-        self.dist = du.init_distributed(t.device, t.dist_backend)
+        self.dist, self.out, self.amp_dtype = start_run(t, to_yaml(cfg))
         self.device = self.dist.device
-        self.out = Path(t.output_dir)
-        setup_logging(str(self.out), self.dist.is_main)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(cfg))
-        # Different masks / shuffles per process, reproducible per run.
-        seed = t.seed + self.dist.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
-
-        if t.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
 
         self.model = self.method.build_model(cfg, self.dist.world_size).to(self.device)
         configure_attention(self.model, self.device.type, self.amp_dtype)

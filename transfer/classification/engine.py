@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -29,10 +27,10 @@ from tqdm import tqdm
 from pretrain import distributed as du
 from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic, unwrap_state_dict
 from pretrain.data import ResumableSampler, worker_init
-from pretrain.logger import MetricLogger, setup_logging
+from pretrain.logger import MetricLogger
 from pretrain.mae import configure_attention
 from pretrain.schedule import lr_at, set_lr
-from pretrain.trainer import peak_memory_mb, rng_state, set_rng_state
+from pretrain.trainer import peak_memory_mb, rng_state, set_rng_state, start_run
 from transfer.results import write_results
 
 from .config import to_yaml
@@ -64,22 +62,10 @@ class ClassificationTrainer:
         self.cfg, self.eval_only = cfg, eval_only
         t, d, m = cfg.train, cfg.data, cfg.model
         self.protocol = protocol(cfg.protocol)
-        self.dist = du.init_distributed(t.device, t.dist_backend)
+        self.dist, self.out, self.amp_dtype = start_run(t, to_yaml(cfg))
         self.device = self.dist.device
-        self.out = Path(t.output_dir)
-        setup_logging(str(self.out), self.dist.is_main)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(cfg))
-        seed = t.seed + self.dist.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        if t.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
 
         # ---- data (rank 0 writes the synthetic folder when no dataset is given)
         if self.dist.is_main:

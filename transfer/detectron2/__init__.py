@@ -1,10 +1,10 @@
 """detectron2 transfer: MAE ViTs (ViTDet) and MoCo ResNets as detectron2 backbones.
 
-detectron2 is on no package registry; install it from its repository (and
-``shapely``, which its large-scale-jitter crop of polygons needs):
+detectron2 is on no package registry; install it from its repository (the
+project's requirements already hold ``shapely``, which its large-scale-jitter
+crop of polygons needs, and omegaconf / iopath versions it accepts):
 
-    pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
-    pip install shapely
+    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
 
 Nothing here imports it at import time: call ``require_detectron2()`` first.
 
@@ -21,8 +21,7 @@ from __future__ import annotations
 INSTALL_HINT = (
     "detectron2 is not installed. It is on no package registry; install it from its repository "
     "into this environment:\n"
-    "    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'\n"
-    "    .venv/bin/pip install shapely   # ViTDet's large-scale jitter crops polygons with it"
+    "    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 
 
