@@ -40,7 +40,7 @@ def load(name):
 def build(cfg):
     from detectron2.config import instantiate
 
-    from transfer.detectron2.utils import meta_init
+    from transfer.detection.utils import meta_init
 
     with meta_init():
         return instantiate(cfg.model)
@@ -119,7 +119,7 @@ def test_moco_configs_build_with_the_paper_recipe(name):
     from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
     from detectron2.modeling.backbone import ResNet
 
-    from transfer.detectron2.roi_heads import Res5ROIHeadsExtraNorm
+    from transfer.detection.roi_heads import Res5ROIHeadsExtraNorm
 
     kind, iters, steps, mask, classes = MOCO[name]
     cfg = load(name)
@@ -201,7 +201,7 @@ YACS_PAIRS = [
 
 
 def yacs(name, device="meta"):
-    from transfer.detectron2.config import get_cfg
+    from transfer.detection.config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIGS / name))
@@ -213,7 +213,7 @@ def yacs(name, device="meta"):
 def test_yacs_configs_build_the_lazyconfig_models(yaml_name, lazy_name):
     from detectron2.modeling import build_model
 
-    from transfer.detectron2.utils import meta_init
+    from transfer.detection.utils import meta_init
 
     cfg, lazy = yacs(yaml_name), load(lazy_name)
     with meta_init():
@@ -240,7 +240,7 @@ def test_yacs_configs_build_the_lazyconfig_models(yaml_name, lazy_name):
 def test_yacs_vitdet_optimizer_and_lsj_follow_vitdet():
     from detectron2.modeling import build_model
 
-    from transfer.detectron2.config import build_optimizer, build_train_mapper
+    from transfer.detection.config import build_optimizer, build_train_mapper
 
     cfg = yacs("yacs/tiny_mask_rcnn_vitdet_pico.yaml", device="cpu")
     model = build_model(cfg)

@@ -62,7 +62,7 @@ def reference_tokens(patch_embed, pos_embed, blocks, img, windows=None):
 # ------------------------------------------------------------------ ViTs
 def test_mae_to_vitdet_gives_the_source_features(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from transfer.detectron2.convert import convert, load_converted
+    from transfer.detection.convert import convert, load_converted
 
     mae = tiny_mae().eval()
     src = save_atomic({"model": mae.state_dict(), "epoch": 3}, tmp_path / "mae.pth")
@@ -95,7 +95,7 @@ def converted_equal(a, b):
 def test_encoder_only_releases_convert_and_are_labelled_by_what_is_known(tmp_path):
     from pretrain.checkpoint import save_atomic
     from pretrain.mae import encoder_state_dict
-    from transfer.detectron2.convert import load_converted
+    from transfer.detection.convert import load_converted
 
     mae = tiny_mae()
     encoder = encoder_state_dict(mae.state_dict())  # the layout of the authors' mae_pretrain_vit_*.pth
@@ -107,7 +107,7 @@ def test_encoder_only_releases_convert_and_are_labelled_by_what_is_known(tmp_pat
 
 
 def test_window_attention_blocks_match_the_source_blocks_within_windows():
-    from transfer.detectron2.convert import load_converted
+    from transfer.detection.convert import load_converted
 
     mae = tiny_mae().eval()
     weights = load_converted({"model": mae.state_dict()})[0]["model"]
@@ -126,7 +126,7 @@ def test_timm_and_deit_vits_convert_with_their_classifier_dropped(distilled):
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
-    from transfer.detectron2.convert import convert, load_converted
+    from transfer.detection.convert import convert, load_converted
 
     torch.manual_seed(0)
     cls = VisionTransformerDistilled if distilled else VisionTransformer
@@ -150,7 +150,7 @@ def test_patch_14_to_16_embeds_an_upsampled_patch_as_before():
     """ViT-H/14 -> /16: the resized kernel applied to a patch resized 14 -> 16 equals the old kernel on the patch."""
     import torch.nn.functional as F
 
-    from transfer.detectron2.convert import convert, load_converted
+    from transfer.detection.convert import convert, load_converted
 
     mae = tiny_mae(img_size=112, patch_size=14)
     report = convert({"model": mae.state_dict()}, patch_size=16)
@@ -199,7 +199,7 @@ def test_resnet_conversion_gives_the_torchvision_features(tmp_path, arch, moco):
 
     from pretrain.checkpoint import save_atomic
     from pretrain.moco import build_moco, moco_checkpoint
-    from transfer.detectron2.convert import convert
+    from transfer.detection.convert import convert
 
     if moco:
         model = build_moco(arch, K=16, mlp=True)
@@ -241,7 +241,7 @@ def test_moco_pkl_loads_into_c4_and_fpn_models_with_detectron2s_own_checkpointer
 
     from pretrain.checkpoint import save_atomic
     from pretrain.moco import build_moco, moco_checkpoint
-    from transfer.detectron2.convert import convert
+    from transfer.detection.convert import convert
 
     model = build_moco("resnet18", K=16)
     src = save_atomic(moco_checkpoint(model, "resnet18", 1), tmp_path / "moco.pth.tar")
@@ -261,7 +261,7 @@ def test_moco_pkl_loads_into_c4_and_fpn_models_with_detectron2s_own_checkpointer
 # ------------------------------------------------------------- bad inputs
 def test_wrong_inputs_say_what_was_expected_and_found(tmp_path):
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
-    from transfer.detectron2.convert import convert, load_converted
+    from transfer.detection.convert import convert, load_converted
 
     with pytest.raises(CheckpointFormatError, match="expected a MAE / ViT checkpoint.*found an unrecognised"):
         convert({"model": {"encoder.weight": torch.zeros(2)}})
@@ -304,7 +304,7 @@ def test_checkpointer_converts_in_memory_and_places_strictly(tmp_path):
 
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
     from pretrain.mae import create_mae
-    from transfer.detectron2.checkpoint import Checkpointer
+    from transfer.detection.checkpoint import Checkpointer
 
     cfg = LazyConfig.load(str(REPO / "configs/detectron2/tiny/mask_rcnn_vitdet_pico.py"))
     det = instantiate(cfg.model)
@@ -320,7 +320,7 @@ def test_checkpointer_converts_in_memory_and_places_strictly(tmp_path):
     # A converted file loads in detectron2's own checkpointer as well, under the same names.
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from transfer.detectron2.convert import convert
+    from transfer.detection.convert import convert
 
     at64 = create_mae("mae_vit_pico_patch8", img_size=64, decoder_depth=1, decoder_embed_dim=16,
                       decoder_num_heads=2).state_dict()

@@ -20,7 +20,7 @@ def no_detectron2(tmp_path):
 
 def test_project_imports_and_reports_the_install_command(no_detectron2, tmp_path):
     code = (
-        "import transfer, transfer.convert, transfer.detectron2 as d2, transfer.detectron2.convert as c\n"
+        "import transfer, transfer.convert, transfer.detection as d2, transfer.detection.convert as c\n"
         "assert not d2.detectron2_available()\n"
         "from pretrain.mae import create_mae\n"
         "m = create_mae('mae_vit_pico_patch8', img_size=32, decoder_depth=1, decoder_embed_dim=16,"

@@ -111,7 +111,7 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
 
 def test_tiny_r18_c4_from_yacs_with_a_moco_checkpoint(tmp_path, synthetic, moco_r18, one_thread):
     """The registered extra-norm ROI head from a yacs config, initialised from the MoCo authors' checkpoint layout."""
-    from transfer.detectron2.engine import Recipe, train
+    from transfer.detection.engine import Recipe, train
 
     train_json, val_json = synthetic
     recipe = Recipe.load(CONFIGS / "yacs/tiny_mask_rcnn_R_18_C4.yaml",
@@ -136,7 +136,7 @@ def test_tiny_models_on_coco_tiny50(tmp_path, config, moco_r18, one_thread):
     """Real COCO images: crowd regions and category-id gaps go through registration, training and evaluation."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from transfer.detectron2.engine import Recipe, train
+    from transfer.detection.engine import Recipe, train
 
     root = shared_data("coco_tiny50")
     val_json = str(root / "annotations/instances_val2017.json")
@@ -167,7 +167,7 @@ def test_voc_evaluation_writes_ap50_ap_ap75(tmp_path, one_thread):
     from PIL import Image
 
     from pretrain.synthetic import CLASSES, render_scene, scene_rng
-    from transfer.detectron2.engine import Recipe, evaluate
+    from transfer.detection.engine import Recipe, evaluate
 
     root = tmp_path / "VOC2007"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):

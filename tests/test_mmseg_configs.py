@@ -19,7 +19,7 @@ MAE_B = REPO / "configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py"
 
 
 def load(path):
-    from transfer.mmseg.runner import load_seg_config
+    from transfer.segmentation.runner import load_seg_config
 
     return load_seg_config(path)
 
@@ -30,7 +30,7 @@ def build(cfg):
     from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
     from mmseg.registry import MODELS
 
-    from transfer.mmseg.runner import adapt_to_device
+    from transfer.segmentation.runner import adapt_to_device
 
     cfg = copy.deepcopy(cfg)
     adapt_to_device(cfg, cuda=False)
@@ -124,7 +124,7 @@ def test_r50_moco_and_supervised_differ_only_in_the_checkpoint(iters):
 
 
 def test_cpu_fallbacks():
-    from transfer.mmseg.runner import adapt_to_device
+    from transfer.segmentation.runner import adapt_to_device
 
     cfg = load(MAE_B)
     assert adapt_to_device(copy.deepcopy(cfg), cuda=True) == []
@@ -135,7 +135,7 @@ def test_cpu_fallbacks():
 
 
 def test_set_iterations_scales_the_schedule():
-    from transfer.mmseg.runner import set_iterations
+    from transfer.segmentation.runner import set_iterations
 
     cfg = load(MAE_B)
     set_iterations(cfg, 320)

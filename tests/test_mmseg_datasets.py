@@ -20,7 +20,7 @@ def folder_dataset(**kw):
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
 
-    import transfer.mmseg.datasets  # noqa: F401  (registers SegFolderDataset)
+    import transfer.segmentation.datasets  # noqa: F401  (registers SegFolderDataset)
 
     init_default_scope("mmseg")
     return DATASETS.build(dict(type="SegFolderDataset", pipeline=LOAD, **kw))
@@ -71,7 +71,7 @@ def test_folder_errors_say_what_is_missing(tmp_path):
 
 def test_heads_follow_the_folder_class_list(tmp_path):
     from conftest import REPO
-    from transfer.mmseg.runner import load_seg_config, match_num_classes, set_data
+    from transfer.segmentation.runner import load_seg_config, match_num_classes, set_data
 
     (tmp_path / "classes.txt").write_text("sky\nroad\ncar\n")
     cfg = load_seg_config(REPO / "configs/mmseg/tiny/upernet_r18_folder-64x64.py")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, run_tool
+from conftest import run_tool
 
 # mmseg is looked up, not imported: collection stays light.
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("mmseg") is None,
@@ -45,7 +45,7 @@ def reference_block_maps(mae, x, pos_embed=None):
 
 
 def vit_encoder(checkpoint=None, img_size=32, **kw):
-    from transfer.mmseg.vit import MAEViTEncoder
+    from transfer.segmentation.vit import MAEViTEncoder
 
     init = dict(type="Pretrained", checkpoint=str(checkpoint)) if checkpoint else None
     enc = MAEViTEncoder(img_size=img_size, init_cfg=init, **{**PICO, **kw})
@@ -129,7 +129,7 @@ def test_converted_file_loads_into_stock_mmseg_mae_with_the_same_features(tmp_pa
 
 def test_vit_report_and_mismatch(tmp_path):
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
-    from transfer.mmseg.convert import convert
+    from transfer.segmentation.convert import convert
 
     mae = perturbed_mae()
     report = convert({"model": mae.state_dict()})
@@ -171,7 +171,7 @@ def perturbed_bn(net, seed=0):
 def test_moco_checkpoint_gives_the_source_features(tmp_path):
     from pretrain.checkpoint import save_atomic
     from pretrain.moco import build_moco, moco_checkpoint
-    from transfer.mmseg.resnet import ResNetEncoder
+    from transfer.segmentation.resnet import ResNetEncoder
 
     torch.manual_seed(0)
     moco = build_moco("resnet18", K=64, mlp=True)
@@ -193,8 +193,8 @@ def test_supervised_torchvision_checkpoint_and_report(tmp_path):
     import torchvision
 
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
-    from transfer.mmseg.convert import convert
-    from transfer.mmseg.resnet import ResNetEncoder
+    from transfer.segmentation.convert import convert
+    from transfer.segmentation.resnet import ResNetEncoder
 
     torch.manual_seed(0)
     net = perturbed_bn(torchvision.models.resnet50()).eval()
@@ -239,7 +239,7 @@ def test_layer_decay_constructor_groups_the_encoder_by_depth():
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import transfer.mmseg.vit  # noqa: F401  (registers MAEViTEncoder)
+    import transfer.segmentation.vit  # noqa: F401  (registers MAEViTEncoder)
 
     init_default_scope("mmseg")
     norm = dict(type="BN", requires_grad=True)
@@ -271,7 +271,7 @@ def test_mmengine_checkpoint_globals_allow_exactly_the_history_buffer():
     import numpy as np
     from mmengine.logging import HistoryBuffer, MessageHub
 
-    from transfer.mmseg.checkpoint import mmengine_checkpoint_globals
+    from transfer.segmentation.checkpoint import mmengine_checkpoint_globals
 
     hub = MessageHub.get_instance("test_mmseg_globals")
     for v in (1.5, 2.5, 4.0):

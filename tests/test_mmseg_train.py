@@ -79,7 +79,7 @@ def test_print_config_applies_the_command_line(tmp_path):
 def test_trained_record_labels_the_pretraining(tmp_path):
     from pretrain.checkpoint import save_atomic
     from pretrain.moco import build_moco, moco_checkpoint
-    from transfer.mmseg.runner import load_seg_config, set_backbone_checkpoint, trained_record
+    from transfer.segmentation.runner import load_seg_config, set_backbone_checkpoint, trained_record
 
     cfg = load_seg_config(TINY / "upernet_r18_folder-64x64.py")  # labelled moco_v2
     v1 = save_atomic(moco_checkpoint(build_moco("resnet18", K=64), "resnet18", epoch=200), tmp_path / "v1.pth.tar")
@@ -97,7 +97,7 @@ def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_res
         tiny_mae_overrides, synthetic_seg, tmp_path):
     from pretrain.config import load_config
     from pretrain.trainer import Trainer
-    from transfer.mmseg.checkpoint import mmengine_checkpoint_globals
+    from transfer.segmentation.checkpoint import mmengine_checkpoint_globals
 
     Trainer(load_config(None, tiny_mae_overrides + ["train.epochs=1"], method="mae")).fit()
     mae = tmp_path / "run" / "checkpoint-last.pth"  # the project's pretraining checkpoint (32 px)
@@ -147,7 +147,7 @@ def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_res
     assert rec["segmentor_checkpoint"] == str(work / "iter_8.pth")
 
     # The trained segmentor's backbone is itself a checkpoint the converter / encoders read.
-    from transfer.mmseg.convert import convert
+    from transfer.segmentation.convert import convert
 
     report = convert(str(work / "iter_8.pth"))
     # 60 tensors + the 4 trained relative position tables
@@ -169,7 +169,7 @@ def test_tiny_resnet_upernet_from_moco_on_ade20k_sample(tmp_path):
     assert "MoCo query encoder taken" in proc.stdout
     rec = check_results(work / "results.json", "ade20k_seg", "resnet18", "moco_v1", iterations=4, batch=2)
     assert rec["checkpoint"] == str(ckpt) and rec["recipe"]["pretrain_epochs"] == 1
-    from transfer.mmseg.convert import convert
+    from transfer.segmentation.convert import convert
 
     report = convert(str(work / "iter_4.pth"))  # the trained segmentor's backbone, for a next transfer
     assert report.ok and report.converted == 120 and any(k.startswith("decode_head.") for k in report.dropped)

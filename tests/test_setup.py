@@ -29,8 +29,8 @@ def test_collecting_tests_imports_no_heavy_framework(tmp_path):
 
 def test_packages_import_without_detectron2():
     code = ("import sys; sys.modules['detectron2'] = None\n"  # makes `import detectron2` fail
-            "import pretrain, transfer, transfer.detectron2, transfer.convert, transfer.results\n"
-            "from transfer.detectron2 import detectron2_available, require_detectron2\n"
+            "import pretrain, transfer, transfer.detection, transfer.convert, transfer.results\n"
+            "from transfer.detection import detectron2_available, require_detectron2\n"
             "assert not detectron2_available()\n"
             "try:\n    require_detectron2()\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

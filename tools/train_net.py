@@ -69,7 +69,7 @@ def main(args):
     from detectron2.engine import default_setup
 
     from pretrain.checkpoint import CheckpointFormatError
-    from transfer.detectron2.engine import Recipe, evaluate_checkpoint, train
+    from transfer.detection.engine import Recipe, evaluate_checkpoint, train
 
     try:
         recipe = Recipe.load(args.config_file, args.opts,
@@ -90,7 +90,7 @@ def main(args):
 
 def cli(argv=None):
     args = parse_args(argv)
-    from transfer.detectron2 import require_detectron2
+    from transfer.detection import require_detectron2
 
     try:
         require_detectron2()

@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    from transfer.mmseg.runner import (
+    from transfer.segmentation.runner import (
         adapt_to_device, load_seg_config, match_num_classes, set_backbone_checkpoint, set_data, set_iterations,
     )
     import torch
@@ -84,8 +84,8 @@ def main(argv=None):
     from mmengine.runner import Runner, find_latest_checkpoint
 
     from pretrain.checkpoint import CheckpointFormatError
-    from transfer.mmseg.checkpoint import mmengine_checkpoint_globals
-    from transfer.mmseg.runner import SegResultsHook, trained_record, write_seg_results
+    from transfer.segmentation.checkpoint import mmengine_checkpoint_globals
+    from transfer.segmentation.runner import SegResultsHook, trained_record, write_seg_results
 
     try:
         cfg, changes = build_config(args)

@@ -143,8 +143,8 @@ def to_timm(source, output=None, allow_pickle: bool = False, **_) -> ConversionR
 TARGETS: Dict[str, str] = {
     "timm": "transfer.convert:to_timm",
     "torchvision": "transfer.convert:to_torchvision",
-    "detectron2": "transfer.detectron2.convert:convert",
-    "mmseg": "transfer.mmseg.convert:convert",
+    "detectron2": "transfer.detection.convert:convert",
+    "mmseg": "transfer.segmentation.convert:convert",
 }
 
 

@@ -8,7 +8,7 @@ SyncBN in the FPN and in 4conv1fc box / mask heads (detectron2's SyncBN recipe).
 """
 from detectron2 import model_zoo
 
-from transfer.detectron2.roi_heads import Res5ROIHeadsExtraNorm
+from transfer.detection.roi_heads import Res5ROIHeadsExtraNorm
 
 from .constants import imagenet_rgb
 

@@ -11,7 +11,7 @@ from functools import partial
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
-from transfer.detectron2.backbones import last_level_max_pool
+from transfer.detection.backbones import last_level_max_pool
 
 from ..COCO.mask_rcnn_vitdet_b_100ep import dataloader, get_vit_lr_decay_rate, model, optimizer, train
 from .common import image_size, lr_multiplier, tiny_loader, tiny_train  # noqa: F401

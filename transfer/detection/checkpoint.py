@@ -7,7 +7,7 @@ files, ``?matching_heuristics=True`` URLs) with three differences:
   ``weights_only=True``; running a file's pickled code is the caller's choice
   (``allow_pickle=True``, ``--allow-pickle``), never the default;
 * a pretraining checkpoint (MAE, MoCo, timm, DeiT, torchvision; the authors'
-  or the project's) is converted in memory by ``transfer.detectron2.convert``,
+  or the project's) is converted in memory by ``transfer.detection.convert``,
   so ``train.init_checkpoint`` / ``MODEL.WEIGHTS`` can name it directly;
 * weights converted here (in memory or by ``tools/convert_checkpoint.py``) are
   placed strictly: every tensor must find exactly one place of its shape in the

@@ -32,7 +32,7 @@ from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, stri
 from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, checkpoint_filter_fn, encoder_state_dict
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport, compare_keys
-from transfer.mmseg.checkpoint import load_checkpoint_file
+from transfer.segmentation.checkpoint import load_checkpoint_file
 
 __all__ = ["MAEViTEncoder", "vit_to_mmseg", "mmseg_vit_kwargs", "RELATIVE_POSITION_KEYS"]
 

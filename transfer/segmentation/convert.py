@@ -29,7 +29,7 @@ def convert(source, output=None, allow_pickle: bool = False, img_size: Union[int
     """
     if patch_size is not None:
         raise ValueError("--patch-size is for detectron2's ViTDet; mmseg's MAE keeps the pretrained patch size")
-    from transfer.mmseg.checkpoint import load_checkpoint_file
+    from transfer.segmentation.checkpoint import load_checkpoint_file
 
     raw = load_checkpoint_file(source, allow_pickle=allow_pickle) if not isinstance(source, dict) else source
     name = str(source) if not isinstance(source, dict) else "<dict>"
@@ -46,7 +46,7 @@ def _convert_vit(raw, name, img_size, final_norm):
     from mmseg.models.backbones import MAE
 
     from pretrain.mae import arch_from_state_dict
-    from transfer.mmseg.vit import mmseg_vit_kwargs, vit_to_mmseg
+    from transfer.segmentation.vit import mmseg_vit_kwargs, vit_to_mmseg
 
     sd = unwrap_state_dict(raw)
     if describe_state_dict(sd) == "mmseg-vit":
@@ -70,7 +70,7 @@ def _convert_vit(raw, name, img_size, final_norm):
 
 def _mmseg_vit_info(sd):
     """Shape of an mmseg-named ViT (heads from the relative position table, else width / 64)."""
-    from transfer.mmseg.vit import _grid_of
+    from transfer.segmentation.vit import _grid_of
 
     sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
     w = sd["patch_embed.projection.weight"]
@@ -85,7 +85,7 @@ def _mmseg_vit_info(sd):
 def _convert_resnet(raw, name):
     from mmseg.models.backbones import ResNet
 
-    from transfer.mmseg.resnet import resnet_backbone, resnet_depth, resnet_to_mmseg
+    from transfer.segmentation.resnet import resnet_backbone, resnet_depth, resnet_to_mmseg
 
     depth = resnet_depth(resnet_backbone(raw))
     target = ResNet(depth=depth, style="pytorch").state_dict()

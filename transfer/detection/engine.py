@@ -50,7 +50,7 @@ class Recipe:
     every tool sets (``init_checkpoint``, ``output_dir``, ``max_iter``,
     ``train_datasets``, ``test_datasets``, ``device``), written into the config
     where its kind keeps them. Dataset names may be paths
-    (``transfer.detectron2.data``); the number of classes follows the data.
+    (``transfer.detection.data``); the number of classes follows the data.
     """
 
     def __init__(self, cfg, path: str):

@@ -74,7 +74,7 @@ def set_data(cfg: Config, data_root=None, classes=None, ignore_labels: Optional[
 
 def match_num_classes(cfg: Config) -> Optional[int]:
     """Size the heads to a ``SegFolderDataset``'s class list; returns the number of classes (or None)."""
-    from transfer.mmseg.datasets import read_classes
+    from transfer.segmentation.datasets import read_classes
 
     ds = cfg.train_dataloader.dataset
     if ds.get("type") != "SegFolderDataset":
@@ -181,7 +181,7 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
     info = cfg.get("sslkit_results") or {}
     label, epochs = info.get("pretrain") or "unknown", None
     if checkpoint and inspect_checkpoint and Path(checkpoint).is_file():
-        from transfer.mmseg.checkpoint import load_checkpoint_file
+        from transfer.segmentation.checkpoint import load_checkpoint_file
 
         loaded = load_checkpoint_file(checkpoint)
         guessed = guess_pretrain(loaded)

@@ -3,7 +3,7 @@
 detectron2 implements ViTDet (its ``ViT`` and ``SimpleFeaturePyramid``) for
 LazyConfigs only. ``build_vitdet_backbone``, registered in ``BACKBONE_REGISTRY``,
 builds those same modules from yacs keys (``MODEL.VIT``, ``MODEL.SFP``; see
-``transfer.detectron2.config``), so one checkpoint loads into either config
+``transfer.detection.config``), so one checkpoint loads into either config
 style under the same names (``backbone.net.*``). ResNets need no such builder:
 detectron2's ``build_resnet_backbone`` / ``build_resnet_fpn_backbone`` already
 build the networks of the MoCo recipes.

@@ -25,7 +25,7 @@ from mmseg.registry import MODELS
 from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, strip_prefix, unwrap_state_dict
 from pretrain.moco import backbone_state_dict
 from transfer.convert import ConversionReport, compare_keys, resnet_arch
-from transfer.mmseg.checkpoint import load_checkpoint_file
+from transfer.segmentation.checkpoint import load_checkpoint_file
 
 __all__ = ["ResNetEncoder", "resnet_to_mmseg", "resnet_backbone", "resnet_depth"]
 
