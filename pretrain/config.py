@@ -44,7 +44,9 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The ``train`` keys of every training command (pretraining, classification): schedule
+    length, batch, precision, processes, output, logging, stopping."""
     epochs: int = 800
     batch_size: int = 64  # per process
     accum_iter: int = 1  # effective batch = batch_size * accum_iter * world_size
@@ -55,11 +57,25 @@ class TrainConfig:
     ckpt_every_epochs: int = 20  # and always at the end
     ckpt_every_iters: int = 0  # also mid-epoch, every N optimizer steps (0: off)
     log_every: int = 20
-    max_iters: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
+    max_iters: Optional[int] = None  # stop after this many optimizer steps, with a checkpoint (smoke runs)
     tensorboard: bool = True
     progress: bool = True
-    knn_every_epochs: int = 0  # kNN monitor (needs data.knn_train / knn_val)
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+
+
+def validate_run(t: RunConfig, fail: Callable[[str], None]):
+    """Checks of the ``train`` keys that types cannot express."""
+    if t.amp not in ("none", "bf16", "fp16"):
+        fail(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
+    if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
+        fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    knn_every_epochs: int = 0  # kNN monitor (needs data.knn_train / knn_val)
 
 
 @dataclass
@@ -185,12 +201,7 @@ def _validate(cfg, path):
         raise ConfigError(f"{path or 'config'}: {msg}")
 
     t, o = cfg.train, cfg.optim
-    if t.amp not in ("none", "bf16", "fp16"):
-        fail(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-    if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
-        fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
+    validate_run(t, fail)
     if o.name not in ("adamw", "sgd"):
         fail(f"optim.name must be adamw or sgd, got {o.name!r}")
     if o.schedule not in ("cosine", "step"):

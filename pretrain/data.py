@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 

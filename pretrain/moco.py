@@ -137,7 +137,6 @@ class MoCo(nn.Module):
         if get_world_size() == 1:
             perm = torch.randperm(x.shape[0], device=x.device)
             return x[perm], torch.argsort(perm)
-        local = x.shape[0]
         gathered = all_gather_tensor(x)
         perm = torch.randperm(gathered.shape[0], device=x.device)
         dist.broadcast(perm, src=0)

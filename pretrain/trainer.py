@@ -16,7 +16,7 @@ import random
 import resource
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -103,7 +103,111 @@ def start_run(t, config_yaml: str):
     return dist, out, {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
 
 
-class Trainer:
+class TrainerBase:
+    """The training loop the pretraining Trainer and the classification trainer share, after
+    ``start_run``: one epoch from any position (per-iteration lr, gradient accumulation without DDP
+    sync in between, scaled backward, clipping, logging windows, mid-epoch checkpoints), autocast,
+    stopping at the same step on every process, restoring a checkpoint's position and RNG streams.
+
+    A subclass sets cfg, dist, device, amp_dtype, model, ddp, optimizer, scaler, lr, sampler,
+    train_loader, iters_per_epoch, metrics, epoch / iter / step, _stop_requested, stopped, and
+    defines ``batch_loss`` and ``save``.
+    """
+
+    def batch_loss(self, batch) -> Tuple[torch.Tensor, Dict, int]:
+        """(loss of one micro-batch under autocast, extra values to log, images in it)."""
+        raise NotImplementedError
+
+    def set_train_mode(self):
+        self.ddp.train()
+
+    def train_epoch(self) -> Dict:
+        """Run the current epoch from ``self.iter``; returns the last logged window's stats."""
+        t, o = self.cfg.train, self.cfg.optim
+        self.sampler.set_position(self.epoch, self.iter * t.batch_size)
+        self.set_train_mode()
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
+                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+        stats = {}
+        for batch in self.train_loader:
+            if self.iter >= self.iters_per_epoch:
+                break
+            boundary = (self.iter + 1) % t.accum_iter == 0
+            if self.iter % t.accum_iter == 0:
+                set_lr(self.optimizer, lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs,
+                                             o.schedule, o.warmup_epochs, o.min_lr, o.milestones))
+            sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
+            with sync:
+                loss, extra, images = self.batch_loss(batch)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
+                self.scaler.scale(loss / t.accum_iter).backward()
+            if boundary:
+                if o.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(trained, o.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+            self.iter += 1
+            window_loss.append(loss.item())
+            window_imgs += images * self.dist.world_size
+            bar.update(1)
+            if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
+                elapsed = time.perf_counter() - window_start
+                stats = {
+                    "epoch": self.epoch, "iter": self.iter,
+                    "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
+                    "lr": max(g["lr"] for g in self.optimizer.param_groups),  # the top layer's, under layer decay
+                    "images_per_s": window_imgs / max(elapsed, 1e-9),
+                    "memory_mb": peak_memory_mb(self.device), **extra,
+                }
+                self.metrics.log(self.step, **stats)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+            if boundary and t.ckpt_every_iters and self.step % t.ckpt_every_iters == 0 \
+                    and self.iter < self.iters_per_epoch:
+                self.save([LAST])
+            if boundary and self._should_stop():
+                self.stopped = True
+                break
+        bar.close()
+        return stats
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def request_stop(self, *_):
+        """Stop at the next optimizer step and write a checkpoint (SIGTERM / SIGINT handler)."""
+        self._stop_requested = True
+
+    def _should_stop(self) -> bool:
+        t = self.cfg.train
+        flag = self._stop_requested or (t.max_iters is not None and self.step >= t.max_iters)
+        if self.dist.distributed:  # every process must stop at the same step
+            flag = du.all_reduce_mean(float(flag), self._reduce_device()) > 0
+        return flag
+
+    def _reduce_device(self):
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def restore_position(self, tr: Dict):
+        """The position (epoch, iter, step) of a checkpoint's trainer state, and this process's RNG
+        streams when the run had as many processes."""
+        self.epoch, self.iter, self.step = tr["epoch"], tr["iter"], tr["step"]
+        if tr["world_size"] == self.dist.world_size:
+            set_rng_state(tr["rng"][self.dist.rank])
+        else:
+            log.warning("resuming on %d processes from a run on %d: data order and RNG streams change",
+                        self.dist.world_size, tr["world_size"])
+
+
+class Trainer(TrainerBase):
     def __init__(self, cfg, resume: Optional[str] = None):
         self.cfg = cfg
         t = cfg.train
@@ -117,7 +221,7 @@ class Trainer:
             cfg.data, self.method.build_transform(cfg), seed=t.seed, bad_list=str(self.out / "unreadable_images.txt")
         )
         self.sampler = ResumableSampler(len(dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
-        self.loader = DataLoader(
+        self.train_loader = DataLoader(
             dataset, batch_size=t.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
             # Its own generator: starting an epoch's iterator must not draw from the global RNG,
@@ -193,26 +297,15 @@ class Trainer:
             self.epoch = self.method.next_epoch(ckpt)
             self.iter, self.step = 0, self.epoch * (self.iters_per_epoch // self.cfg.train.accum_iter)
         else:
-            self.epoch, self.iter, self.step = tr["epoch"], tr["iter"], tr["step"]
-            if tr["world_size"] == self.dist.world_size:
-                set_rng_state(tr["rng"][self.dist.rank])
-            else:
-                log.warning("resuming on %d processes from a run on %d: data order and RNG streams change",
-                            self.dist.world_size, tr["world_size"])
+            self.restore_position(tr)
         log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
 
     # --------------------------------------------------------------- training
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def fit(self) -> Dict:
         t = self.cfg.train
-        steps_per_epoch = self.iters_per_epoch // t.accum_iter
         last = {}
         while self.epoch < t.epochs:
-            last = self.train_epoch(steps_per_epoch)
+            last = self.train_epoch()
             if self.stopped:
                 self.save([LAST])
                 log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
@@ -226,76 +319,11 @@ class Trainer:
         self.metrics.close()
         return last
 
-    def request_stop(self, *_):
-        """Stop at the next optimizer step and write a checkpoint (SIGTERM / SIGINT handler)."""
-        self._stop_requested = True
-
-    def _should_stop(self) -> bool:
-        t = self.cfg.train
-        flag = self._stop_requested or (t.max_iters is not None and self.step >= t.max_iters)
-        if self.dist.distributed:  # every process must stop at the same step
-            flag = du.all_reduce_mean(float(flag), self._reduce_device()) > 0
-        return flag
-
-    def train_epoch(self, steps_per_epoch: int) -> Dict:
-        t, o = self.cfg.train, self.cfg.optim
-        self.sampler.set_position(self.epoch, self.iter * t.batch_size)
-        self.ddp.train()
-        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
-                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
-        window_loss, window_imgs, window_start = [], 0, time.perf_counter()
-        stats = {}
-        for batch in self.loader:
-            if self.iter >= self.iters_per_epoch:
-                break
-            boundary = (self.iter + 1) % t.accum_iter == 0
-            if self.iter % t.accum_iter == 0:
-                lr = lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs, o.schedule,
-                           o.warmup_epochs, o.min_lr, o.milestones)
-                set_lr(self.optimizer, lr)
-            batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
-            sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
-            with sync:
-                with self.autocast():
-                    loss, extra = self.method.loss(self.ddp, batch, self.cfg)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
-                self.scaler.scale(loss / t.accum_iter).backward()
-            if boundary:
-                if o.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-            self.iter += 1
-            window_loss.append(loss.item())
-            window_imgs += batch[0].shape[0] * self.dist.world_size
-            bar.update(1)
-            if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
-                elapsed = time.perf_counter() - window_start
-                stats = {
-                    "epoch": self.epoch, "iter": self.iter,
-                    "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "images_per_s": window_imgs / max(elapsed, 1e-9),
-                    "memory_mb": peak_memory_mb(self.device), **extra,
-                }
-                self.metrics.log(self.step, **stats)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-                window_loss, window_imgs, window_start = [], 0, time.perf_counter()
-            if boundary and t.ckpt_every_iters and self.step % t.ckpt_every_iters == 0 \
-                    and self.iter < self.iters_per_epoch:
-                self.save([LAST])
-            if boundary and self._should_stop():
-                self.stopped = True
-                break
-        bar.close()
-        return stats
-
-    def _reduce_device(self):
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
+    def batch_loss(self, batch):
+        batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+        with self.autocast():
+            loss, extra = self.method.loss(self.ddp, batch, self.cfg)
+        return loss, extra, batch[0].shape[0]
 
     def knn_monitor(self):
         d = self.cfg.data

@@ -1,5 +1,4 @@
 import copy
-import os
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic
-from pretrain.moco import MoCo, SplitBatchNorm2d, backbone_state_dict, build_moco, convert_split_bn
+from pretrain.moco import SplitBatchNorm2d, backbone_state_dict, build_moco
 
 
 def small_moco(**kw):

@@ -220,7 +220,7 @@ def test_cli_reports_bad_config(tmp_path):
 
 
 def test_slurm_script(tmp_path):
-    proc = run_tool("tools/submit_slurm.py", "configs/pretrain/mae_vit_large_in1k.yaml", "--nodes", "8",
+    run_tool("tools/submit_slurm.py", "configs/pretrain/mae_vit_large_in1k.yaml", "--nodes", "8",
                     "--partition", "gpu", "--dry-run", f"train.output_dir={tmp_path}/out", "data.path=/data/in1k")
     script = (tmp_path / "out" / "slurm" / "mae_vit_large_in1k.sh").read_text()
     assert "#SBATCH --nodes=8" in script and "#SBATCH --gpus-per-node=8" in script

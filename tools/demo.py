@@ -22,7 +22,6 @@ continues from its last checkpoint. --fresh starts over.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -164,7 +163,7 @@ class Demo:
     def stage_detection(self):
         from tqdm import tqdm
 
-        from transfer.detectron2 import detectron2_available
+        from transfer.detection import detectron2_available
 
         if not detectron2_available():
             print("detectron2 is not installed: skipping the Mask R-CNN transfer (see docs/detectron2.md)")

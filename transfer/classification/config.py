@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from pretrain.config import ConfigError, OptimConfig, load_structured_config, to_yaml
+from pretrain.config import ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_run
 
 __all__ = ["PROTOCOL_SCHEMAS", "load_cls_config", "ConfigError", "to_yaml"]
 
@@ -73,23 +73,13 @@ class ClsDataConfig:
 
 
 @dataclass
-class ClsTrainConfig:
+class ClsTrainConfig(RunConfig):
     epochs: int = 90
-    batch_size: int = 64  # per process
-    accum_iter: int = 1  # effective batch = batch_size * accum_iter * world_size
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
     output_dir: str = "output/classification"
-    eval_every_epochs: int = 1  # and always at the end
     ckpt_every_epochs: int = 1  # checkpoint-last.pth (resume); numbered copies below
+    eval_every_epochs: int = 1  # and always at the end
     keep_every_epochs: int = 0  # also keep checkpoint-<epoch>.pth every N epochs (0: the last epoch only)
-    log_every: int = 20
-    max_iters: Optional[int] = None  # stop after this many optimizer steps, with a checkpoint (smoke runs)
     eval_batch_size: Optional[int] = None  # default: batch_size
-    tensorboard: bool = True
-    progress: bool = True
-    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
 
 
 def _mae_linear_optim() -> OptimConfig:
@@ -157,12 +147,7 @@ def _validate(cfg, path):
         raise ConfigError(f"{path or 'config'}: {msg}")
 
     t, o, m, d = cfg.train, cfg.optim, cfg.model, cfg.data
-    if t.amp not in ("none", "bf16", "fp16"):
-        fail(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-    if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
-        fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
+    validate_run(t, fail)
     if o.name not in ("lars", "sgd", "adamw"):
         fail(f"optim.name must be lars, sgd or adamw, got {o.name!r}")
     if o.schedule not in ("cosine", "step"):

@@ -11,10 +11,7 @@ tensor must equal the pretrained checkpoint's, or the run fails.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -22,15 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from pretrain import distributed as du
 from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic, unwrap_state_dict
 from pretrain.data import ResumableSampler, worker_init
 from pretrain.logger import MetricLogger
 from pretrain.mae import configure_attention
-from pretrain.schedule import lr_at, set_lr
-from pretrain.trainer import peak_memory_mb, rng_state, set_rng_state, start_run
+from pretrain.trainer import TrainerBase, rng_state, start_run
 from transfer.results import write_results
 
 from .config import to_yaml
@@ -57,7 +52,7 @@ class FrozenWeightsChanged(RuntimeError):
     """A linear protocol changed a tensor of the frozen backbone."""
 
 
-class ClassificationTrainer:
+class ClassificationTrainer(TrainerBase):
     def __init__(self, cfg, resume: Optional[str] = None, eval_only: bool = False):
         self.cfg, self.eval_only = cfg, eval_only
         t, d, m = cfg.train, cfg.data, cfg.model
@@ -197,35 +192,11 @@ class ClassificationTrainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.iter, self.step = tr["epoch"], tr["iter"], tr["step"]
+        self.restore_position(tr)
         self.last_eval = ckpt.get("metrics") or {}
-        if tr["world_size"] == self.dist.world_size:
-            set_rng_state(tr["rng"][self.dist.rank])
-        else:
-            log.warning("resuming on %d processes from a run on %d: data order and RNG streams change",
-                        self.dist.world_size, tr["world_size"])
         log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
 
     # --------------------------------------------------------------- training
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def request_stop(self, *_):
-        """Stop at the next optimizer step and write a checkpoint (SIGTERM / SIGINT handler)."""
-        self._stop_requested = True
-
-    def _should_stop(self) -> bool:
-        t = self.cfg.train
-        flag = self._stop_requested or (t.max_iters is not None and self.step >= t.max_iters)
-        if self.dist.distributed:  # every process stops at the same step
-            flag = du.all_reduce_mean(float(flag), self._reduce_device()) > 0
-        return flag
-
-    def _reduce_device(self):
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
-
     def fit(self) -> Dict:
         """Train to ``train.epochs``, evaluating and checkpointing; returns the final metrics."""
         t = self.cfg.train
@@ -256,59 +227,19 @@ class ClassificationTrainer:
         du.barrier()
         return self.last_eval
 
-    def train_epoch(self):
-        t, o = self.cfg.train, self.cfg.optim
-        self.sampler.set_position(self.epoch, self.iter * t.batch_size)
+    def set_train_mode(self):
         self.ddp.train()
         self.protocol.set_train_mode(self.model)
-        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
-                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
-        window_loss, window_imgs, window_start = [], 0, time.perf_counter()
-        for imgs, target in self.train_loader:
-            if self.iter >= self.iters_per_epoch:
-                break
-            boundary = (self.iter + 1) % t.accum_iter == 0
-            if self.iter % t.accum_iter == 0:
-                set_lr(self.optimizer, lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs,
-                                             o.schedule, o.warmup_epochs, o.min_lr, o.milestones))
-            imgs = imgs.to(self.device, non_blocking=True)
-            target = torch.as_tensor(target).to(self.device, non_blocking=True)
-            if self.mixup is not None:
-                imgs, target = self.mixup(imgs, target)  # soft targets
-            sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
-            with sync:
-                with self.autocast():
-                    loss = self.criterion(self.ddp(imgs), target)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
-                self.scaler.scale(loss / t.accum_iter).backward()
-            if boundary:
-                if o.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], o.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-            self.iter += 1
-            window_loss.append(loss.item())
-            window_imgs += imgs.shape[0] * self.dist.world_size
-            bar.update(1)
-            if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
-                elapsed = time.perf_counter() - window_start
-                stats = {
-                    "epoch": self.epoch, "iter": self.iter,
-                    "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
-                    "lr": max(g["lr"] for g in self.optimizer.param_groups),
-                    "images_per_s": window_imgs / max(elapsed, 1e-9), "memory_mb": peak_memory_mb(self.device),
-                }
-                self.metrics.log(self.step, **stats)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-                window_loss, window_imgs, window_start = [], 0, time.perf_counter()
-            if boundary and self._should_stop():
-                self.stopped = True
-                break
-        bar.close()
+
+    def batch_loss(self, batch):
+        imgs, target = batch
+        imgs = imgs.to(self.device, non_blocking=True)
+        target = torch.as_tensor(target).to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            imgs, target = self.mixup(imgs, target)  # soft targets
+        with self.autocast():
+            loss = self.criterion(self.ddp(imgs), target)
+        return loss, {}, imgs.shape[0]
 
     # ------------------------------------------------------------- evaluation
     @torch.no_grad()
