@@ -92,7 +92,9 @@ class ImageFolderDataset(Dataset):
     A file that cannot be decoded is logged (and listed in ``bad_list`` if set),
     and the next image takes its place; if ``max_bad_fraction`` of the set turns
     out unreadable the run stops with the list of files, instead of training on
-    the rest silently.
+    the rest silently. ``bad_list`` is the record that data-loader workers, which
+    each hold a copy of this dataset and are made anew every epoch, share: a file
+    is reported once, and the limit counts distinct files over the whole run.
     """
 
     def __init__(self, root, transform: Callable, bad_list: Optional[str] = None, max_bad_fraction: float = 0.01):
@@ -101,24 +103,26 @@ class ImageFolderDataset(Dataset):
         self.transform = SeededSample(transform)
         self.bad_list = bad_list
         self.max_bad = max(1, int(max_bad_fraction * len(self.files)))
-        self._bad: set = set()
+        self._bad: set = set()  # paths; this process's view when there is no bad_list
 
     def __len__(self) -> int:
         return len(self.files)
 
     def _report_bad(self, i: int, err: Exception):
-        if i in self._bad:
-            return
-        self._bad.add(i)
-        log.warning("skipping unreadable image %s: %s: %s", self.files[i], type(err).__name__, err)
-        if self.bad_list:
-            Path(self.bad_list).parent.mkdir(parents=True, exist_ok=True)
-            with open(self.bad_list, "a") as f:
-                f.write(f"{self.files[i]}\t{type(err).__name__}: {err}\n")
+        path = str(self.files[i])
+        if self.bad_list and Path(self.bad_list).is_file():
+            self._bad |= {line.split("\t", 1)[0] for line in Path(self.bad_list).read_text().splitlines()}
+        if path not in self._bad:
+            self._bad.add(path)
+            log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)
+            if self.bad_list:
+                Path(self.bad_list).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.bad_list, "a") as f:
+                    f.write(f"{path}\t{type(err).__name__}: {err}\n")
         if len(self._bad) > self.max_bad:
             raise RuntimeError(
                 f"{len(self._bad)} unreadable images in {self.root} (more than allowed); e.g. "
-                + ", ".join(str(self.files[j]) for j in sorted(self._bad)[:5])
+                + ", ".join(sorted(self._bad)[:5])
             )
 
     def __getitem__(self, item):

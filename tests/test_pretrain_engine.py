@@ -120,6 +120,24 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path, caplog):
         for i in range(len(strict)):
             strict[i]
 
+    # Workers hold copies of the dataset, made anew each epoch: the list is their shared record,
+    # so a file is listed once and the limit counts distinct files across copies.
+    for _ in range(2):
+        worker = ImageFolderDataset(tmp_path / "imgs", mae_transform(16), bad_list=str(bad_list), max_bad_fraction=0.5)
+        worker[0], worker[4]  # broken.jpg, truncated.jpg (sorted: broken, ok0-2, truncated)
+    assert bad_list.read_text() == reported
+    other = tmp_path / "other" / "cls"
+    other.mkdir(parents=True)
+    for name in ("a_ok", "b_bad", "c_ok", "d_bad", "e_ok"):
+        if "bad" in name:
+            (other / f"{name}.jpg").write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (20, 20)).save(other / f"{name}.jpg")
+    copies = [ImageFolderDataset(tmp_path / "other", mae_transform(16), bad_list=str(tmp_path / "b2.txt"),
+                                 max_bad_fraction=0.2) for _ in range(2)]  # 1 of 5 allowed
+    copies[0][1]  # one copy meets b_bad: 1 bad file, allowed
+    with pytest.raises(RuntimeError, match="2 unreadable images"):
+        copies[1][3]  # another meets d_bad: 2 distinct bad files over the run
 
 def test_flat_and_imagenet_style_folders(tmp_path):
     from PIL import Image
