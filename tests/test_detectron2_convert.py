@@ -193,6 +193,18 @@ def randomise_bn_statistics(net):
             m.bias.data.normal_(0, 0.1)
 
 
+def test_wide_resnet_is_refused_with_the_reason():
+    import torchvision
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer.detection.convert import convert
+
+    with torch.device("meta"):
+        sd = torchvision.models.wide_resnet50_2().state_dict()
+    with pytest.raises(CheckpointFormatError, match="wide_resnet50_2.*resnet18 to resnet152"):
+        convert(sd)
+
+
 @pytest.mark.parametrize("arch,moco", [("resnet18", True), ("resnet50", False)])
 def test_resnet_conversion_gives_the_torchvision_features(tmp_path, arch, moco):
     import torchvision

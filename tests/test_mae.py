@@ -236,6 +236,28 @@ def test_vit_base_export_loads_strictly_into_timm():
     vit.load_state_dict(sd, strict=True, assign=True)
 
 
+def test_to_timm_takes_deit_distilled_vits_and_refuses_a_patch_resize(tmp_path):
+    """The distillation token goes, with its position row; the classifier heads go; features match."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    from transfer.convert import to_timm
+
+    torch.manual_seed(0)
+    deit = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                      num_classes=5).eval()
+    report = to_timm({"model": deit.state_dict()}, tmp_path / "vit.pth")
+    assert report.ok, report.format()
+    assert {"dist_token", "head_dist.weight", "head.weight"} <= set(report.dropped)
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    vit.load_state_dict(torch.load(tmp_path / "vit.pth", weights_only=True), strict=True)
+    pe = deit.pos_embed.detach()
+    assert torch.equal(vit.pos_embed.detach(), torch.cat([pe[:, :1], pe[:, 2:]], dim=1))
+    with pytest.raises(ValueError, match="--patch-size"):
+        to_timm({"model": deit.state_dict()}, patch_size=16)
+
+
 # ------------------------------------------------------------------ figures
 def test_reconstruct_pastes_visible_and_unnormalises_with_true_patch_stats():
     from pretrain.visualize import reconstruct

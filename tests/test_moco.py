@@ -229,6 +229,26 @@ def test_query_backbone_exports_strictly_into_torchvision(tmp_path):
         backbone_state_dict({"model": vit.state_dict()})
 
 
+def test_to_torchvision_reports_every_dropped_tensor(tmp_path):
+    """MoCo v2: the key encoder, the queue and the MLP head; MoCo v3: the momentum encoder and predictor."""
+    from transfer.convert import to_torchvision
+
+    model = build_moco("resnet18", K=64, mlp=True)
+    v2 = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    report = to_torchvision(v2)
+    assert report.ok and report.converted == len(backbone_state_dict(v2))
+    assert set(report.dropped) == {k for k in model.state_dict()
+                                   if not k.startswith("encoder_q.") or k.startswith("encoder_q.fc.")}
+    r18 = torchvision.models.resnet18().state_dict()
+    v3 = {"state_dict": {**{f"module.base_encoder.{k}": v for k, v in r18.items()},
+                         **{f"module.momentum_encoder.{k}": v for k, v in r18.items()},
+                         "module.predictor.0.weight": torch.zeros(4, 4)}}
+    report = to_torchvision(v3)
+    assert report.ok and len(report.dropped) == len(r18) + 2 + 1  # momentum encoder, base fc (w, b), predictor
+    with pytest.raises(ValueError, match="--patch-size"):
+        to_torchvision(v2, patch_size=16)
+
+
 # ------------------------------------------------------------------ kNN
 def test_knn_scores_match_brute_force():
     from pretrain.knn import knn_scores

@@ -91,33 +91,45 @@ def resnet_arch(state_dict: Dict[str, torch.Tensor]) -> str:
     return name
 
 
-def to_torchvision(source, output=None, allow_pickle: bool = False, **_) -> ConversionReport:
+def _no_patch_resize(target: str, patch_size):
+    if patch_size is not None:
+        raise ValueError(f"--patch-size applies to --to detectron2 / mmseg ViTs, not to {target}")
+
+
+def to_torchvision(source, output=None, allow_pickle: bool = False, patch_size=None, **_) -> ConversionReport:
     """MoCo / torchvision checkpoint -> torchvision ResNet state dict (no fc)."""
     import torchvision
 
+    from pretrain.checkpoint import strip_prefix, unwrap_state_dict
     from pretrain.moco import backbone_state_dict
 
+    _no_patch_resize("torchvision", patch_size)
     raw = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else source
     sd = backbone_state_dict(raw)
+    # Dropped: every source tensor that is not the backbone's (key encoder, queue, heads, fc).
+    raw_sd = strip_prefix(unwrap_state_dict(raw), "module.")
+    prefix = next(p for p in ("encoder_q.", "base_encoder.", "") if all(p + k in raw_sd for k in sd))
+    dropped = sorted(k for k in raw_sd if not (k.startswith(prefix) and k[len(prefix):] in sd))
     arch = resnet_arch(sd)
     target = getattr(torchvision.models, arch)().state_dict()
     design, bad = compare_keys(sd, target, lambda k: k.startswith("fc."))
     report = ConversionReport(str(source if not isinstance(source, dict) else "<dict>"),
                               describe_state_dict(raw, verbose=True), f"torchvision {arch} (fc dropped)",
                               converted=len(sd), missing_by_design=design, mismatched=bad,
-                              dropped=sorted(k for k in raw if "fc." in k or "encoder_k" in k or "queue" in k)[:50])
+                              dropped=dropped)
     if output and report.ok:
         report.output = str(save_atomic(sd, output))
     return report
 
 
-def to_timm(source, output=None, allow_pickle: bool = False, **_) -> ConversionReport:
+def to_timm(source, output=None, allow_pickle: bool = False, patch_size=None, **_) -> ConversionReport:
     """MAE / ViT checkpoint -> timm VisionTransformer state dict (no head)."""
     from timm.models.vision_transformer import VisionTransformer
 
     from pretrain.mae import arch_from_state_dict, encoder_state_dict
     from pretrain.checkpoint import unwrap_state_dict
 
+    _no_patch_resize("timm", patch_size)
     raw = unwrap_state_dict(load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else source)
     kind = describe_state_dict(raw)
     if kind not in ("mae", "vit"):
@@ -125,6 +137,8 @@ def to_timm(source, output=None, allow_pickle: bool = False, **_) -> ConversionR
     info = arch_from_state_dict(raw)
     sd = {k: v for k, v in encoder_state_dict(raw).items()
           if not k.startswith(("head.", "fc_norm.", "head_dist.", "dist_token"))}
+    if "dist_token" in raw:  # DeiT distilled: drop the distillation token's position row too
+        sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
     with torch.device("meta"):
         vit = VisionTransformer(img_size=info["img_size"], patch_size=info["patch_size"], embed_dim=info["embed_dim"],
                                 depth=info["depth"], num_heads=info["num_heads"], mlp_ratio=info["mlp_ratio"],

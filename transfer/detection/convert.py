@@ -210,7 +210,10 @@ def _resnet_model_keys(arch: str) -> Dict[str, torch.Tensor]:
     require_detectron2()
     from detectron2.modeling.backbone import BasicStem, ResNet
 
-    depth = int(re.fullmatch(r"\D*resnet(\d+)\D*", arch).group(1))
+    match = re.fullmatch(r"resnet(\d+)", arch)
+    if match is None:
+        raise CheckpointFormatError(f"{arch}: detectron2's default ResNet stages cover resnet18 to resnet152 only")
+    depth = int(match.group(1))
     stages = ResNet.make_default_stages(depth, norm="FrozenBN", **({"stride_in_1x1": False} if depth >= 50 else {}))
     with meta_init():
         return ResNet(BasicStem(3, 64, norm="FrozenBN"), stages, out_features=["res5"]).state_dict()
