@@ -71,6 +71,8 @@ def validate_run(t: RunConfig, fail: Callable[[str], None]):
         fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
     if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
         fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
+    if t.log_every < 1 or t.ckpt_every_epochs < 1 or t.ckpt_every_iters < 0:
+        fail("train.log_every and train.ckpt_every_epochs must be >= 1 (train.ckpt_every_iters: 0 is off)")
 
 
 @dataclass

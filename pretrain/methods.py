@@ -20,9 +20,12 @@ from .mae import create_mae
 from .moco import build_moco, moco_checkpoint
 
 
-class MAEMethod:
-    name = "mae"
+class PretrainMethod:
+    def unpack(self, model: nn.Module, ckpt: Dict):
+        model.load_state_dict(unwrap_state_dict(ckpt))
 
+
+class MAEMethod(PretrainMethod):
     def build_model(self, cfg, world_size: int = 1) -> nn.Module:
         m = cfg.model
         return create_mae(
@@ -52,9 +55,6 @@ class MAEMethod:
         """The authors' layout: ``model``, ``epoch`` (the last finished), ``optimizer``, ``scaler``."""
         return {"model": model.state_dict(), "epoch": epoch}
 
-    def unpack(self, model: nn.Module, ckpt: Dict):
-        model.load_state_dict(unwrap_state_dict(ckpt))
-
     @staticmethod
     def next_epoch(ckpt: Dict) -> int:
         return int(ckpt["epoch"]) + 1
@@ -64,9 +64,7 @@ class MAEMethod:
         return model.forward_features(imgs)[:, 0]  # the cls token
 
 
-class MoCoMethod:
-    name = "moco"
-
+class MoCoMethod(PretrainMethod):
     def build_model(self, cfg, world_size: int = 1) -> nn.Module:
         m = cfg.model
         global_batch = cfg.train.batch_size * world_size
@@ -91,11 +89,11 @@ class MoCoMethod:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                fused=_fused_ok(model))
 
-    def loss(self, model: nn.Module, batch, cfg) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def loss(self, model: nn.Module, batch, cfg) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         views = batch[0]  # [N, 2, C, H, W]
         logits, labels = model(views[:, 0], views[:, 1])
         loss = F.cross_entropy(logits, labels)
-        acc = (logits.argmax(dim=1) == labels).float().mean().item()  # instance discrimination top-1
+        acc = (logits.argmax(dim=1) == labels).float().mean().detach()  # instance discrimination top-1
         return loss, {"acc1": acc}
 
     @staticmethod
@@ -105,9 +103,6 @@ class MoCoMethod:
     def pack(self, model: nn.Module, cfg, epoch: int) -> Dict:
         """The authors' layout; their ``epoch`` is the next one to run."""
         return moco_checkpoint(model, cfg.model.arch, epoch + 1)
-
-    def unpack(self, model: nn.Module, ckpt: Dict):
-        model.load_state_dict(unwrap_state_dict(ckpt))
 
     @staticmethod
     def next_epoch(ckpt: Dict) -> int:

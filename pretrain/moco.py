@@ -18,7 +18,7 @@ Shuffle BN, which keeps batch norm from leaking which key matches which query:
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.distributed as dist
@@ -177,16 +177,10 @@ def build_moco(arch: str = "resnet50", **kwargs) -> MoCo:
 
 
 # --------------------------------------------------------------- conversions
-def moco_checkpoint(model: MoCo, arch: str, epoch: int, optimizer=None) -> Dict:
-    """The authors' checkpoint layout: module.-prefixed state dict, epoch, arch, optimizer."""
-    ckpt = {
-        "epoch": epoch,
-        "arch": arch,
-        "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-    }
-    if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
-    return ckpt
+def moco_checkpoint(model: MoCo, arch: str, epoch: int) -> Dict:
+    """The authors' checkpoint layout: module.-prefixed state dict, epoch, arch (the trainer adds
+    the optimizer)."""
+    return {"epoch": epoch, "arch": arch, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
 
 
 def backbone_state_dict(source, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
@@ -210,6 +204,3 @@ def backbone_state_dict(source, allow_pickle: bool = False) -> Dict[str, torch.T
         )
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
-
-def query_encoder_keys(model: MoCo) -> List[str]:
-    return [k for k in model.state_dict() if k.startswith("encoder_q.")]

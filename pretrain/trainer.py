@@ -115,7 +115,8 @@ class TrainerBase:
     """
 
     def batch_loss(self, batch) -> Tuple[torch.Tensor, Dict, int]:
-        """(loss of one micro-batch under autocast, extra values to log, images in it)."""
+        """(loss of one micro-batch under autocast, extra values to log (numbers or 0-d tensors,
+        read only when logged), images in it)."""
         raise NotImplementedError
 
     def set_train_mode(self):
@@ -141,8 +142,9 @@ class TrainerBase:
             sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
             with sync:
                 loss, extra, images = self.batch_loss(batch)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} iter {self.iter}; stopping")
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at epoch {self.epoch} iter {self.iter}; stopping")
                 self.scaler.scale(loss / t.accum_iter).backward()
             if boundary:
                 if o.clip_grad:
@@ -153,7 +155,7 @@ class TrainerBase:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
             self.iter += 1
-            window_loss.append(loss.item())
+            window_loss.append(loss_value)
             window_imgs += images * self.dist.world_size
             bar.update(1)
             if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
@@ -163,7 +165,7 @@ class TrainerBase:
                     "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
                     "lr": max(g["lr"] for g in self.optimizer.param_groups),  # the top layer's, under layer decay
                     "images_per_s": window_imgs / max(elapsed, 1e-9),
-                    "memory_mb": peak_memory_mb(self.device), **extra,
+                    "memory_mb": peak_memory_mb(self.device), **{k: float(v) for k, v in extra.items()},
                 }
                 self.metrics.log(self.step, **stats)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")

@@ -89,8 +89,10 @@ class Demo:
         (self.stamps / stage).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
     def checkpoint(self, method: str) -> Path:
-        name = "checkpoint-last.pth" if method == "mae" else "checkpoint_last.pth.tar"
-        return self.out / "pretrain" / method / name
+        from pretrain.checkpoint import LAST
+        from pretrain.methods import METHODS
+
+        return self.out / "pretrain" / method / METHODS[method].checkpoint_name(LAST)
 
     def tool(self, name: str, *args, log: str) -> subprocess.CompletedProcess:
         """Run tools/<name> as a user would; its output goes to logs/<log>.log."""
@@ -135,7 +137,7 @@ class Demo:
             # A short schedule on a tiny model wants a larger step than the paper's 1.5e-4 base.
             overrides += ["optim.warmup_epochs=%g" % min(2, epochs / 4), "optim.base_lr=1.5e-3"]
         if method == "moco" and s is QUICK:
-            overrides += ["model.queue_size=256", "train.batch_size=32", "model.bn_splits=4"]
+            overrides += ["model.queue_size=256", "model.bn_splits=4"]
         if s is QUICK:
             overrides.append("train.batch_size=32")
         # fp32: bf16 autocast does not help models this small on a CPU (2 cores, AMX: MAE pico

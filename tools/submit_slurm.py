@@ -10,6 +10,7 @@ SIGTERM: the trainer checkpoints at the next step, and the requeued job resumes
 from it (--resume).
 """
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -39,13 +40,15 @@ def render(args, cfg) -> str:
     lines = ["#!/bin/bash"] + [f"#SBATCH --{k}" + ("" if v is None else f"={v}") for k, v in sbatch.items()]
     lines += [
         "set -euo pipefail",
-        f"cd {shlex.quote(str(REPO))}",
+        # Where the job was submitted from: relative paths in the config and overrides
+        # (train.output_dir, data.path) mean there what they meant here.
+        f"cd {shlex.quote(os.getcwd())}",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export OMP_NUM_THREADS=1",
         f"srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m torch.distributed.run "
         f"--nnodes \"$SLURM_NNODES\" --nproc_per_node {args.gpus_per_node} "
         f"--rdzv_backend c10d --rdzv_endpoint \"$MASTER_ADDR:{args.port}\" --rdzv_id \"$SLURM_JOB_ID\" "
-        f"tools/pretrain_net.py {shlex.quote(str(Path(args.config).resolve()))} {overrides} --resume",
+        f"{shlex.quote(str(REPO / 'tools' / 'pretrain_net.py'))} {shlex.quote(str(Path(args.config).resolve()))} {overrides} --resume",
     ]
     return "\n".join(lines) + "\n"
 

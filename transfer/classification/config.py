@@ -148,6 +148,8 @@ def _validate(cfg, path):
 
     t, o, m, d = cfg.train, cfg.optim, cfg.model, cfg.data
     validate_run(t, fail)
+    if t.eval_every_epochs < 1:
+        fail(f"train.eval_every_epochs must be >= 1, got {t.eval_every_epochs}")
     if o.name not in ("lars", "sgd", "adamw"):
         fail(f"optim.name must be lars, sgd or adamw, got {o.name!r}")
     if o.schedule not in ("cosine", "step"):
