@@ -90,6 +90,16 @@ def test_trained_record_labels_the_pretraining(tmp_path):
     assert "pretrain_epochs" not in trained_record(cfg, 1, inspect_checkpoint=False)
     set_backbone_checkpoint(cfg, None)
     assert trained_record(cfg, 1, pretrain="supervised")["pretrain"] == "random"  # no weights: random
+    # A supervised classifier through a MoCo config is recorded as supervised, not as the config's label;
+    # a bare backbone (e.g. a converted file) says nothing, and the config's label stands.
+    import torchvision
+
+    sup = save_atomic(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18-sup.pth")
+    set_backbone_checkpoint(cfg, sup)
+    assert trained_record(cfg, 1)["pretrain"] == "supervised"
+    bare = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    set_backbone_checkpoint(cfg, save_atomic(bare, tmp_path / "backbone.pth"))
+    assert trained_record(cfg, 1)["pretrain"] == "moco_v2"
 
 
 @pytest.mark.slow

@@ -18,11 +18,59 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_state_dict_file, save_atomic
+from pretrain.checkpoint import (
+    CheckpointFormatError, describe_state_dict, load_file, load_state_dict_file, save_atomic, strip_prefix,
+    unwrap_state_dict,
+)
+
+
+def guess_pretrain(source, allow_pickle: bool = False, path: str = "") -> str:
+    """The results label of a pretrained file (a path, or a loaded checkpoint and optionally its
+    path): ``mae``, ``moco_v1`` / ``_v2`` / ``_v3``, ``supervised`` or ``unknown``.
+
+    The project's trainer records its config, which says. Otherwise the key layout: MAE with
+    its decoder, MoCo's query encoder (v2: the MLP head), MoCo v3's base encoder, an ImageNet
+    classifier (timm, DeiT, torchvision: supervised). A bare ViT encoder is MAE's only when its
+    file name says so (the authors' ``mae_pretrain_vit_*.pth``); a bare ResNet, e.g. a converted
+    MoCo backbone, is ``unknown``: callers fall back on what their config or command line says.
+    """
+    if not isinstance(source, Mapping):
+        path = path or str(source)
+        source = load_file(source, allow_pickle)
+    config = source.get("config") if isinstance(source, Mapping) else None
+    if isinstance(config, str):  # the project's trainer: its config says
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(config)
+        if cfg.get("method") == "moco":
+            return "moco_v2" if cfg.model.get("mlp") else "moco_v1"
+        return str(cfg.get("method", "unknown"))
+    keys = set(strip_prefix(unwrap_state_dict(source), "module."))
+    if "decoder_embed.weight" in keys:
+        return "mae"
+    if any(k.startswith("encoder_q.") for k in keys):
+        return "moco_v2" if "encoder_q.fc.0.weight" in keys else "moco_v1"
+    if any(k.startswith("base_encoder.") for k in keys):
+        return "moco_v3"
+    if "head.weight" in keys or "fc.weight" in keys:
+        return "supervised"
+    if "mae" in Path(str(path)).name.lower():
+        return "mae"
+    return "unknown"
+
+
+def pretrain_epochs(checkpoint: Any) -> Optional[int]:
+    """Epochs of pretraining behind a loaded checkpoint, when it says: MAE's layout stores the
+    last finished epoch, MoCo's (``state_dict`` + ``arch``) the next one; released weights
+    without an ``epoch`` give None."""
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    return epoch if "state_dict" in checkpoint and "arch" in checkpoint else epoch + 1
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoint import describe_state_dict, load_file, load_state_dict_file, unwrap_state_dict
-from transfer.convert import ConversionReport, resnet_arch
+from pretrain.checkpoint import load_file, unwrap_state_dict
+from transfer.convert import ConversionReport, guess_pretrain, pretrain_epochs, resnet_arch  # noqa: F401 (re-exported)
 
 from .lars import LARS
 from .resnet import build_resnet_classifier, load_resnet_backbone, resnet_backbone_state
@@ -138,38 +138,6 @@ def _auto_state(cfg, checkpoint: Optional[Dict]) -> Optional[Dict[str, torch.Ten
     if checkpoint is None:
         checkpoint = load_file(cfg.model.checkpoint, cfg.model.allow_pickle)
     return unwrap_state_dict(checkpoint)
-
-
-def guess_pretrain(source, allow_pickle: bool = False) -> str:
-    """The results label of a pretrained file (path or loaded): mae, moco_v1/v2/v3, or supervised.
-
-    A ViT with a classifier, or a plain torchvision ResNet, is taken to be a
-    supervised ImageNet model; a bare ViT encoder to be MAE's (set model.pretrain
-    when that is wrong, e.g. for a timm export without its head).
-    """
-    sd = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
-    if any(k.startswith("base_encoder.") for k in sd):
-        return "moco_v3"
-    kind = describe_state_dict(sd)
-    if kind == "moco":
-        return "moco_v2" if any(k.startswith("encoder_q.fc.0.") for k in sd) else "moco_v1"
-    if kind == "mae":
-        return "mae"
-    if kind == "vit":
-        return "supervised" if "head.weight" in sd else "mae"
-    if kind == "resnet":
-        return "supervised"
-    return "unknown"
-
-
-def pretrain_epochs(checkpoint: Dict) -> Optional[int]:
-    """Epochs of pretraining behind a loaded checkpoint, when it says: MAE's layout stores the
-    last finished epoch, MoCo's (``state_dict`` + ``arch``) the next one; released weights
-    without an ``epoch`` give None."""
-    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
-        return None
-    return epoch if "state_dict" in checkpoint and "arch" in checkpoint else epoch + 1
 
 
 def protocol(name: str) -> Protocol:

@@ -40,14 +40,14 @@ from pretrain.checkpoint import (
 from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, MAE_ARCHS, arch_from_state_dict
 from pretrain.moco import backbone_state_dict
 from pretrain.pos_embed import resize_pos_embed
-from transfer.convert import ConversionReport, compare_keys, resnet_arch
+from transfer.convert import ConversionReport, compare_keys, guess_pretrain, resnet_arch
 
 from . import require_detectron2
 from .utils import meta_init
 
 __all__ = [
     "convert", "load_converted", "vit_to_detectron2", "resnet_to_detectron2", "resize_patch_embed",
-    "pretrain_label", "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX",
+    "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX",
 ]
 
 AUTHOR = "sslkit"  # the "__author__" of the files written here
@@ -83,30 +83,6 @@ def backbone_name(model: torch.nn.Module) -> str:
     if basics:
         return f"resnet{2 * basics + 2}"
     return type(getattr(model, "backbone", model)).__name__.lower()
-
-
-def pretrain_label(checkpoint: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], path: str = "") -> str:
-    """What pretrained a checkpoint: ``mae``, ``moco_v1`` / ``_v2`` / ``_v3``, ``supervised`` or ``unknown``."""
-    config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
-    if isinstance(config, str):  # the project's trainer: its config says
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.create(config)
-        if cfg.get("method") == "moco":
-            return "moco_v2" if cfg.model.get("mlp") else "moco_v1"
-        return str(cfg.get("method", "unknown"))
-    keys = set(state_dict)
-    if "decoder_embed.weight" in keys:
-        return "mae"
-    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in keys):
-        return "moco_v2" if any(k.endswith("encoder_q.fc.2.weight") for k in keys) else "moco_v1"
-    if any(k.startswith(("base_encoder.", "module.base_encoder.")) for k in keys):
-        return "moco_v3"
-    if "head.weight" in keys or "fc.weight" in keys:
-        return "supervised"  # an ImageNet classifier: timm, DeiT, torchvision
-    if "mae" in Path(str(path)).name.lower():  # the MAE authors' encoder-only releases
-        return "mae"
-    return "unknown"
 
 
 # ------------------------------------------------------------------------ ViT
@@ -258,7 +234,7 @@ def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Op
         weights, dropped, arch = resnet_to_detectron2(sd)
         info = meta = {"backbone": arch}
         heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)
-    meta.update(pretrain=pretrain_label(ckpt, sd, name), source=name)
+    meta.update(pretrain=guess_pretrain(ckpt, path=name), source=name)
     converted = {"model": weights, "__author__": AUTHOR, "matching_heuristics": heuristics, "sslkit": meta}
     return converted, notes, {**info, "dropped": dropped}
 

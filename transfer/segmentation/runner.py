@@ -170,12 +170,13 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
     """What a training run of ``cfg`` on ``world_size`` processes trains (see ``SegResultsHook``).
 
     The pretraining label: "random" without a checkpoint, else ``pretrain`` if
-    given, the MoCo version a MoCo checkpoint's layout states, else the config's
+    given, what the checkpoint says (``transfer.convert.guess_pretrain``: the
+    project's config, the MoCo version, a supervised classifier), else the config's
     (``sslkit_results.pretrain``). ``inspect_checkpoint`` reads the checkpoint
     for that and for its pretraining epochs (released weights without an epoch
     record none).
     """
-    from transfer.classification.protocols import guess_pretrain, pretrain_epochs
+    from transfer.convert import guess_pretrain, pretrain_epochs
 
     checkpoint = backbone_checkpoint(cfg)
     info = cfg.get("sslkit_results") or {}
@@ -184,8 +185,8 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
         from transfer.segmentation.checkpoint import load_checkpoint_file
 
         loaded = load_checkpoint_file(checkpoint)
-        guessed = guess_pretrain(loaded)
-        label = guessed if guessed.startswith("moco") else label  # other guesses are weaker than the config
+        guessed = guess_pretrain(loaded, path=checkpoint)
+        label = guessed if guessed != "unknown" else label  # the file knows better than the config
         epochs = pretrain_epochs(loaded)
     record = {"pretrain": (pretrain or label) if checkpoint else "random", "checkpoint": checkpoint,
               "iterations": cfg.train_cfg.max_iters, "batch": cfg.train_dataloader.batch_size * world_size}
