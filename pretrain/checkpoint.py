@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -167,7 +168,9 @@ def describe_state_dict(state_dict: Mapping[str, Any], verbose: bool = False) ->
 
 # ----------------------------------------------------------------- writing
 def save_atomic(obj: Any, path) -> Path:
-    """``torch.save`` (or safetensors for ``.safetensors``) via a temp file + rename."""
+    """Write ``obj`` by the file's suffix via a temp file + rename, so that a reader never sees a
+    half-written file: ``.safetensors``, ``.pkl`` (a plain pickle: detectron2's model zoo),
+    ``.json`` (indented), else ``torch.save``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -177,6 +180,13 @@ def save_atomic(obj: Any, path) -> Path:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        elif path.suffix in (".pkl", ".json"):
+            with open(tmp, "wb" if path.suffix == ".pkl" else "w") as f:
+                if path.suffix == ".pkl":
+                    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+                else:
+                    json.dump(obj, f, indent=2)
+                    f.write("\n")
         else:
             torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -82,14 +80,9 @@ def write_results(output_dir, task: str, backbone: str, pretrain: str, metrics: 
         **extra,
     }
     validate(record, f"results for {output_dir}")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, out / RESULTS_FILE)
-    return out / RESULTS_FILE
+    from pretrain.checkpoint import save_atomic
+
+    return save_atomic(record, Path(output_dir) / RESULTS_FILE)
 
 
 def read_results(path) -> Dict[str, Any]:

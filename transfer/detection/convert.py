@@ -27,7 +27,6 @@ meta device), and the report separates what is dropped or missing by design
 """
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -288,13 +287,6 @@ def convert(source, output=None, allow_pickle: bool = False, patch_size: Optiona
 
 def write(converted: Dict[str, Any], output) -> Path:
     """Write a converted checkpoint: ``.pkl`` as numpy arrays (detectron2's model zoo), ``.pth`` as tensors."""
-    output = Path(output)
-    if output.suffix == ".pkl":
-        obj = {**converted, "model": {k: v.detach().cpu().numpy() for k, v in converted["model"].items()}}
-        tmp = output.with_name(f".{output.name}.tmp")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(output)
-        return output
+    if Path(output).suffix == ".pkl":
+        converted = {**converted, "model": {k: v.detach().cpu().numpy() for k, v in converted["model"].items()}}
     return save_atomic(converted, output)
