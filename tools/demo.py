@@ -89,7 +89,7 @@ class Demo:
         (self.stamps / stage).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
     def checkpoint(self, method: str) -> Path:
-        from pretrain.checkpoint import LAST
+        from pretrain.trainer import LAST
         from pretrain.methods import METHODS
 
         return self.out / "pretrain" / method / METHODS[method].checkpoint_name(LAST)
