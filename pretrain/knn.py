@@ -40,8 +40,9 @@ def knn_scores(
     for start in range(0, test_feats.shape[0], chunk):
         sim = test_feats[start : start + chunk] @ train_feats.T
         top_sim, top_idx = sim.topk(k, dim=1)
-        votes = F.one_hot(train_labels[top_idx], num_classes).float()  # [n, k, C]
-        out.append((votes * (top_sim / temperature).exp().unsqueeze(-1)).sum(dim=1))
+        # Each neighbour adds exp(sim / T) to its class: a scatter, not an [n, k, C] one-hot.
+        scores = torch.zeros(top_idx.shape[0], num_classes, device=top_sim.device, dtype=top_sim.dtype)
+        out.append(scores.scatter_add_(1, train_labels[top_idx], (top_sim / temperature).exp()))
     return torch.cat(out)
 
 

@@ -335,7 +335,7 @@ class Trainer(TrainerBase):
         if self.dist.is_main:
             self.model.eval()
             res = knn_evaluate(lambda x: self.method.features(self.model, x), d.knn_train, d.knn_val,
-                               img_size=d.img_size, device=self.device)
+                               img_size=d.img_size, device=self.device, num_workers=d.num_workers)
             self.model.train()
             log.info("kNN monitor after epoch %d: %s", self.epoch, res)
             self.metrics.log(self.step, prefix="knn", epoch=self.epoch, **{f"knn_{k}": v for k, v in res.items()})
