@@ -81,6 +81,7 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
     assert_box_and_mask_ap(first)
     assert (first["backbone"], first["pretrain"], first["checkpoint"]) == ("vit_pico_patch8", "mae", str(mae))
     assert first["recipe"]["iterations"] == 8 and first["recipe"]["img_size"] == 128
+    assert first["recipe"]["pretrain_epochs"] == 1  # the report compares it with the published rows'
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
     assert get_unsafe_globals_in_checkpoint(out / "model_final.pth") == []  # resumable with weights_only=True
@@ -91,6 +92,7 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
     run_tool("tools/train_net.py", *common, "--eval-only", "--resume", env=ONE_THREAD)
     again = read(out)
     assert again["metrics"] == first["metrics"] and again["pretrain"] == "mae"
+    assert again["recipe"]["pretrain_epochs"] == 1
     assert again["checkpoint"].endswith("model_final.pth")
 
     # Resume: continues from iteration 8 to 12.
@@ -106,6 +108,7 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
              "--output-dir", rnd, "--max-iter", 2, "--random-init", env=ONE_THREAD)
     record = read(rnd)
     assert (record["pretrain"], record["checkpoint"]) == ("random", None)
+    assert "pretrain_epochs" not in record["recipe"]
     assert_box_and_mask_ap(record)
 
 

@@ -39,7 +39,7 @@ from pretrain.checkpoint import (
 from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, MAE_ARCHS, arch_from_state_dict
 from pretrain.moco import backbone_state_dict
 from pretrain.pos_embed import resize_pos_embed
-from transfer.convert import ConversionReport, compare_keys, guess_pretrain, resnet_arch
+from transfer.convert import ConversionReport, compare_keys, guess_pretrain, pretrain_epochs, resnet_arch
 
 from . import require_detectron2
 from .utils import meta_init
@@ -234,6 +234,9 @@ def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Op
         info = meta = {"backbone": arch}
         heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)
     meta.update(pretrain=guess_pretrain(ckpt, path=name), source=name)
+    epochs = pretrain_epochs(ckpt)
+    if epochs is not None:
+        meta["pretrain_epochs"] = epochs
     converted = {"model": weights, "__author__": AUTHOR, "matching_heuristics": heuristics, "sslkit": meta}
     return converted, notes, {**info, "dropped": dropped}
 

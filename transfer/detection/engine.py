@@ -285,9 +285,11 @@ def results_record(evaluator, results: Dict[str, Dict[str, float]]) -> Tuple[str
 
 # ----------------------------------------------------------------------- loop
 def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-             pretrain: Optional[str] = None) -> Dict[str, Dict]:
-    """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process."""
+             pretrain: Optional[str] = None, pretrain_epochs: Optional[int] = None) -> Dict[str, Dict]:
+    """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process.
+    ``pretrain_epochs`` (when the pretrained checkpoint said) joins the recipe, as the report compares it."""
     output_dir = output_dir or recipe.output_dir
+    summary = {**recipe.recipe_summary(), **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {})}
     all_results = OrderedDict()  # inference_on_dataset evaluates in eval mode and restores the mode after
     tests = recipe.build_test(os.path.join(output_dir, "inference"))
     for name, loader, evaluator in tests:
@@ -299,7 +301,7 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
         task, metrics = results_record(evaluator, results)
         folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
         path = write_results(folder, task=task, backbone=backbone_name(model), pretrain=pretrain or "unknown",
-                             metrics=metrics, recipe=recipe.recipe_summary(), checkpoint=checkpoint,
+                             metrics=metrics, recipe=summary, checkpoint=checkpoint,
                              dataset=name, tool="tools/train_net.py")
         log.info("wrote %s", path)
     return all_results
@@ -321,7 +323,7 @@ def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool
     if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
         info.info = checkpointer.pretrained
     return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
-                    pretrain=_pretrain_label(info.info, pretrain, path))
+                    pretrain=_pretrain_label(info.info, pretrain, path), pretrain_epochs=info.info.get("pretrain_epochs"))
 
 
 def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pretrain: Optional[str] = None
@@ -341,7 +343,8 @@ def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pret
 
     def test_and_save():
         label = _pretrain_label(info.info, pretrain, recipe.init_checkpoint)
-        final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label))
+        final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label,
+                              pretrain_epochs=info.info.get("pretrain_epochs")))
         return final
 
     from fvcore.nn.precise_bn import get_bn_modules
