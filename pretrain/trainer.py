@@ -16,7 +16,7 @@ import random
 import resource
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +113,48 @@ class TrainerBase:
     train_loader, iters_per_epoch, metrics, epoch / iter / step, _stop_requested, stopped, and
     defines ``batch_loss`` and ``save``.
     """
+
+    def setup_training(self, dataset, build_optimizer: Callable[[float], torch.optim.Optimizer]):
+        """Sampler, loader, whole steps per epoch, effective batch, lr (``optim.lr``, else
+        ``optim.base_lr`` x effective batch / 256), optimizer, grad scaler, DDP wrapper."""
+        t, o = self.cfg.train, self.cfg.optim
+        self.sampler = ResumableSampler(len(dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
+        self.train_loader = DataLoader(
+            dataset, batch_size=t.batch_size, sampler=self.sampler, num_workers=self.cfg.data.num_workers,
+            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+            # Its own generator: starting an epoch's iterator must not draw from the global RNG,
+            # whose state the checkpoint restores.
+            generator=torch.Generator().manual_seed(t.seed),
+        )
+        # Whole optimizer steps per epoch (a partial accumulation at the end is dropped).
+        self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} training images make no full step of batch_size={t.batch_size} "
+                f"x accum_iter={t.accum_iter} x {self.dist.world_size} processes"
+            )
+        self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
+        self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
+        self.optimizer = build_optimizer(self.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+        self.ddp = (
+            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.distributed else self.model
+        )
+
+    def position_state(self) -> Dict:
+        """The trainer's position for a checkpoint: where the run is, and every process's RNG streams."""
+        return {"epoch": self.epoch, "iter": self.iter, "step": self.step,
+                "rng": du.all_gather_object(rng_state()), "world_size": self.dist.world_size}
+
+    def write_checkpoint(self, ckpt: Dict, tags, name: Callable[[Any], str]):
+        """Write ``ckpt`` as ``name(tag)`` for each tag (main process), then wait for every process."""
+        if self.dist.is_main:
+            for tag in tags:
+                save_atomic(ckpt, self.out / name(tag))
+            log.info("saved %s (epoch %d, iter %d, step %d)", ", ".join(name(t) for t in tags),
+                     self.epoch, self.iter, self.step)
+        du.barrier()
 
     def batch_loss(self, batch) -> Tuple[torch.Tensor, Dict, int]:
         """(loss of one micro-batch under autocast, extra values to log (numbers or 0-d tensors,
@@ -222,30 +264,7 @@ class Trainer(TrainerBase):
         dataset = build_pretrain_dataset(
             cfg.data, self.method.build_transform(cfg), seed=t.seed, bad_list=str(self.out / "unreadable_images.txt")
         )
-        self.sampler = ResumableSampler(len(dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
-        self.train_loader = DataLoader(
-            dataset, batch_size=t.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
-            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
-            # Its own generator: starting an epoch's iterator must not draw from the global RNG,
-            # whose state the checkpoint restores.
-            generator=torch.Generator().manual_seed(t.seed),
-        )
-        # Whole optimizer steps per epoch (a partial accumulation at the end is dropped).
-        self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
-        if self.iters_per_epoch == 0:
-            raise ValueError(
-                f"{len(dataset)} images make no full step of batch_size={t.batch_size} x accum_iter={t.accum_iter} "
-                f"x {self.dist.world_size} processes"
-            )
-        self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
-        o = cfg.optim
-        self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
-        self.optimizer = self.method.build_optimizer(self.model, cfg, self.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
-        self.ddp = (
-            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.dist.distributed else self.model
-        )
+        self.setup_training(dataset, lambda lr: self.method.build_optimizer(self.model, cfg, lr))
         self.epoch, self.iter, self.step = 0, 0, 0  # position: next micro-batch to run
         self._stop_requested = self.stopped = False
         self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
@@ -263,22 +282,12 @@ class Trainer(TrainerBase):
         ckpt = self.method.pack(self.model, self.cfg, finished_epoch)
         ckpt["optimizer"] = self.optimizer.state_dict()
         ckpt["scaler"] = self.scaler.state_dict()
-        ckpt["trainer"] = {
-            "epoch": self.epoch, "iter": self.iter, "step": self.step,
-            "rng": du.all_gather_object(rng_state()),  # one per process
-            "world_size": self.dist.world_size,
-        }
+        ckpt["trainer"] = self.position_state()
         ckpt["config"] = to_yaml(self.cfg)
         return ckpt
 
     def save(self, tags):
-        ckpt = self.state(finished_epoch=self.epoch - 1)
-        if self.dist.is_main:
-            for tag in tags:
-                save_atomic(ckpt, self.checkpoint_path(tag))
-            log.info("saved %s (epoch %d, iter %d, step %d)", ", ".join(self.method.checkpoint_name(t) for t in tags),
-                     self.epoch, self.iter, self.step)
-        du.barrier()
+        self.write_checkpoint(self.state(finished_epoch=self.epoch - 1), tags, self.method.checkpoint_name)
 
     def resume(self, path: str):
         """Restore from ``path``, or from the newest checkpoint in output_dir when path is 'auto'."""

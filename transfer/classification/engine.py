@@ -17,15 +17,15 @@ from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
 from pretrain import distributed as du
-from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic, unwrap_state_dict
-from pretrain.data import ResumableSampler, worker_init
+from pretrain.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
+from pretrain.data import worker_init
 from pretrain.logger import MetricLogger
 from pretrain.mae import configure_attention
-from pretrain.trainer import TrainerBase, rng_state, start_run
+from pretrain.methods import MAEMethod
+from pretrain.trainer import LAST, TrainerBase, start_run
 from transfer.results import write_results
 
 from .config import to_yaml
@@ -34,11 +34,8 @@ from .protocols import build_optimizer, guess_pretrain, pretrain_epochs, protoco
 
 log = logging.getLogger(__name__)
 
-LAST = "last"
-
-
-def checkpoint_name(tag) -> str:
-    return f"checkpoint-{tag}.pth"
+# The MAE authors' names (checkpoint-<epoch>.pth, checkpoint-last.pth), as their fine-tuning code writes.
+checkpoint_name = MAEMethod.checkpoint_name
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> Dict[int, int]:
@@ -108,25 +105,10 @@ class ClassificationTrainer(TrainerBase):
             return
 
         # ---- training data, optimizer, DDP
-        self.sampler = ResumableSampler(len(self.train_set), self.dist.rank, self.dist.world_size, seed=t.seed)
-        self.train_loader = DataLoader(
-            self.train_set, batch_size=t.batch_size, sampler=self.sampler, num_workers=d.num_workers, drop_last=True,
-            pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
-            generator=torch.Generator().manual_seed(t.seed),
-        )
-        self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
-        if self.iters_per_epoch == 0:
-            raise ValueError(f"{len(self.train_set)} training images make no full step of batch_size={t.batch_size} "
-                             f"x accum_iter={t.accum_iter} x {self.dist.world_size} processes")
-        self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
-        o = cfg.optim
-        self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
-        self.optimizer = build_optimizer(self.protocol.param_groups(self.model, cfg), o, self.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+        self.setup_training(self.train_set,
+                            lambda lr: build_optimizer(self.protocol.param_groups(self.model, cfg), cfg.optim, lr))
         self.mixup = build_mixup(d, self.num_classes)
         self.criterion = build_criterion(d, self.mixup)
-        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                    if self.dist.distributed else self.model)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if resume:
             self.resume(resume)
@@ -144,16 +126,9 @@ class ClassificationTrainer(TrainerBase):
             "protocol": self.cfg.protocol, "metrics": self.last_eval, "backbone": self.backbone,
             "pretrain": self.pretrain, "pretrained_checkpoint": self.pretrained_checkpoint,
             "pretrain_epochs": self.pretrain_epochs,
-            "trainer": {"epoch": self.epoch, "iter": self.iter, "step": self.step,
-                        "rng": du.all_gather_object(rng_state()), "world_size": self.dist.world_size},
-            "config": to_yaml(self.cfg),
+            "trainer": self.position_state(), "config": to_yaml(self.cfg),
         }
-        if self.dist.is_main:
-            for tag in tags:
-                save_atomic(ckpt, self.out / checkpoint_name(tag))
-            log.info("saved %s (epoch %d, iter %d, step %d)", ", ".join(checkpoint_name(t) for t in tags),
-                     self.epoch, self.iter, self.step)
-        du.barrier()
+        self.write_checkpoint(ckpt, tags, checkpoint_name)
 
     def resume(self, path: str):
         """Restore a run from ``path`` ('auto': the newest in output_dir). With --eval-only, the
