@@ -17,8 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 @dataclass
 class DataConfig:
     # ImageNet-style root (``<path>/train/<class>/*`` or ``<path>/<class>/*``) or a flat
-    # folder of images. None: the built-in synthetic scenes, so a run needs no dataset.
+    # folder of images. A run needs one, or ``synthetic: true``: never a silent substitute.
     path: Optional[str] = None
+    synthetic: bool = False  # the built-in synthetic scenes when data.path is unset (CPU demos, tests)
     synthetic_images: int = 512
     img_size: int = 224
     crop_min_scale: float = 0.2  # RandomResizedCrop scale = (crop_min_scale, 1.0)
@@ -50,7 +51,7 @@ class RunConfig:
     epochs: int = 800
     batch_size: int = 64  # per process
     accum_iter: int = 1  # effective batch = batch_size * accum_iter * world_size
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only) | auto (bf16 on a bf16 GPU or an AMX CPU, else none)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     output_dir: str = "output/pretrain"
@@ -63,10 +64,19 @@ class RunConfig:
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
 
 
+def validate_data_source(d, fail: Callable[[str], None], folder: str = "an image folder"):
+    """A run trains on data.path, or on the synthetic scenes when the config says so; never on a default.
+    A dataset given wins over ``synthetic`` (a CPU config pointed at real images)."""
+    given = bool(d.path) or bool(getattr(d, "train", None)) or bool(getattr(d, "val", None))
+    if not d.synthetic and not given:
+        fail(f"data.path is not set: give the dataset (data.path={folder}), or data.synthetic=true for the "
+             f"built-in synthetic scenes")
+
+
 def validate_run(t: RunConfig, fail: Callable[[str], None]):
     """Checks of the ``train`` keys that types cannot express."""
-    if t.amp not in ("none", "bf16", "fp16"):
-        fail(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+    if t.amp not in ("none", "bf16", "fp16", "auto"):
+        fail(f"train.amp must be none, bf16, fp16 or auto, got {t.amp!r}")
     if t.device not in ("auto", "cpu", "cuda"):
         fail(f"train.device must be auto, cpu or cuda, got {t.device!r}")
     if t.batch_size < 1 or t.accum_iter < 1 or t.epochs < 1:
@@ -212,6 +222,7 @@ def _validate(cfg, path):
         fail(f"model.mask_ratio must be in [0, 1), got {cfg.model.mask_ratio}")
     if cfg.method == "moco" and cfg.model.aug not in ("v1", "v2"):
         fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+    validate_data_source(cfg.data, fail, "/data/imagenet")
 
 
 def to_yaml(cfg) -> str:

@@ -250,8 +250,15 @@ def eval_transform(img_size: int = 224, crop_pct: float = 0.875) -> Callable:
 
 
 def build_pretrain_dataset(data_cfg, transform: Callable, seed: int = 0, bad_list: Optional[str] = None) -> Dataset:
+    """data.path's images, or the synthetic scenes where ``data.synthetic`` says so (the config refuses neither)."""
     if data_cfg.path:
-        return ImageFolderDataset(data_cfg.path, transform, bad_list=bad_list)
+        dataset = ImageFolderDataset(data_cfg.path, transform, bad_list=bad_list)
+        log.info("data: %d images from %s", len(dataset), Path(data_cfg.path).resolve())
+        return dataset
+    if not data_cfg.synthetic:
+        raise ValueError("data.path is not set: give the dataset, or data.synthetic=true for the synthetic scenes")
+    log.info("data: %d built-in synthetic scenes (data.synthetic=true), not a real dataset",
+             data_cfg.synthetic_images)
     return SyntheticImageDataset(data_cfg.synthetic_images, transform, size=max(64, data_cfg.img_size), seed=seed)
 
 

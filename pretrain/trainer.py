@@ -83,6 +83,31 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): without it, bf16 autocast on the
+    CPU is slower than fp32 (MAE ViT-B, batch 8: 4.38 s vs 2.51 s per step measured on such a Xeon)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """``train.amp`` -> the autocast dtype. ``auto``: bf16 where the hardware runs it fast (a CUDA GPU with
+    bf16, a CPU with AMX), else fp32. An explicit ``bf16`` on a CPU without AMX runs, with a warning."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    if amp == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx()
+        amp = "bf16" if fast else "none"
+        log.info("train.amp=auto: %s on this %s", amp, "GPU" if device.type == "cuda" else "CPU")
+    elif amp == "bf16" and device.type == "cpu" and not cpu_has_amx():
+        log.warning("train.amp=bf16 on a CPU without AMX is slower than fp32 (no bf16 matrix unit); "
+                    "train.amp=none or auto picks fp32 here")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 def start_run(t, config_yaml: str):
     """What every training command does first, from its ``train`` config section: join the
     processes, open the output folder and its log, save the config, seed, check the precision.
@@ -98,9 +123,7 @@ def start_run(t, config_yaml: str):
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    if t.amp == "fp16" and dist.device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-    return dist, out, {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+    return dist, out, autocast_dtype(t.amp, dist.device)
 
 
 class TrainerBase:

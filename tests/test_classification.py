@@ -245,7 +245,7 @@ def test_finetune_wires_timm_randaugment_erasing_mixup_and_soft_targets():
     from transfer.classification.config import load_cls_config
     from transfer.classification.data import build_criterion, build_mixup, train_transform
 
-    cfg = load_cls_config(None, ["data.img_size=32"], protocol="mae_finetune")
+    cfg = load_cls_config(None, ["data.synthetic=true", "data.img_size=32"], protocol="mae_finetune")
     parts = _flatten(train_transform(cfg.data))
     crop = next(t for t in parts if isinstance(t, RandomResizedCropAndInterpolation))
     assert crop.scale == (0.08, 1.0) and "bicubic" in str(crop.interpolation).lower()
@@ -278,7 +278,7 @@ def test_linear_protocols_use_crop_and_flip_only():
     from transfer.classification.data import build_criterion, build_mixup, train_transform
 
     for protocol, interp in (("mae_linear", "bicubic"), ("moco_linear", "bilinear")):
-        cfg = load_cls_config(None, ["data.img_size=32"], protocol=protocol)
+        cfg = load_cls_config(None, ["data.synthetic=true", "data.img_size=32"], protocol=protocol)
         parts = _flatten(train_transform(cfg.data))
         names = [type(t).__name__ for t in parts]
         assert names == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"]
@@ -297,7 +297,7 @@ def test_posterize_at_magnitude_ten_gives_black_instead_of_failing():
     from transfer.classification.data import train_transform
     from timm.data.auto_augment import RandAugment
 
-    cfg = load_cls_config(None, ["data.img_size=32"], protocol="mae_finetune")
+    cfg = load_cls_config(None, ["data.synthetic=true", "data.img_size=32"], protocol="mae_finetune")
     ra = next(t for t in _flatten(train_transform(cfg.data)) if isinstance(t, RandAugment))
     op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
@@ -314,7 +314,7 @@ def test_augmentation_is_reproducible_per_sample_and_leaves_global_rngs_alone():
     from transfer.classification.config import load_cls_config
     from transfer.classification.data import train_transform
 
-    cfg = load_cls_config(None, ["data.img_size=32"], protocol="mae_finetune")
+    cfg = load_cls_config(None, ["data.synthetic=true", "data.img_size=32"], protocol="mae_finetune")
     sample = SeededSample(train_transform(cfg.data))
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 40, 3), dtype=np.uint8))
     random.seed(123)
@@ -334,7 +334,7 @@ def test_eval_transform_is_a_centre_crop_at_ratio_0875():
     from transfer.classification.config import load_cls_config
     from transfer.classification.data import eval_transform
 
-    cfg = load_cls_config(None, [], protocol="mae_finetune")
+    cfg = load_cls_config(None, ["data.synthetic=true"], protocol="mae_finetune")
     tf = eval_transform(cfg.data)
     resize = next(t for t in tf.transforms if isinstance(t, T.Resize))
     crop = next(t for t in tf.transforms if isinstance(t, T.CenterCrop))
@@ -423,4 +423,4 @@ def test_config_errors_name_the_key():
 
     for name in ("mae_linear", "moco_linear"):  # arch=auto reads the shape off the checkpoint: needs one
         with pytest.raises(ValueError, match="model.checkpoint"):
-            PROTOCOLS[name]().build_model(load_cls_config(None, ["model.arch=auto"], protocol=name), 10)
+            PROTOCOLS[name]().build_model(load_cls_config(None, ["model.arch=auto", "data.synthetic=true"], protocol=name), 10)

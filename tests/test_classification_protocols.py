@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_tool, shared_data
+from conftest import free_port, run_tool, shared_data
 
 CLASSES = 4  # chance: 25 %
 
@@ -98,6 +98,12 @@ def test_mae_linear_probe_learns_with_the_encoder_frozen(mae_linear_run, mae_fil
     assert res["metrics"]["top5"] is None  # 4 classes: top-5 says nothing
     assert res["recipe"]["optimizer"] == "lars" and res["recipe"]["epochs"] == 8 and res["checkpoint"] == str(mae_file)
     assert res["recipe"]["pretrain_epochs"] == 800  # the authors' layout stores the last finished epoch, 799
+    # Both the final epoch's top-1 and the best epoch's (what the authors report), with its epoch.
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "images" in r]
+    assert len(evals) == 8 and res["metrics"]["top1"] == evals[-1]["top1"]
+    best = max(evals, key=lambda r: r["top1"])
+    assert res["metrics"]["top1_best"] == best["top1"] >= res["metrics"]["top1"]
+    assert res["best_epoch"] == best["epoch"] and [r["top1_best"] for r in evals][-1] == best["top1"]
     # Independently of the tool's own check: every encoder tensor equals the MAE file's, bit for bit.
     trained = torch.load(out / "checkpoint-last.pth")["model"]
     pretrained = torch.load(mae_file)["model"]
@@ -278,7 +284,7 @@ def test_real_photos_arranged_into_classes(tmp_path):
 @pytest.mark.slow
 def test_two_gloo_processes_count_every_validation_image_once(data, mae_file, tmp_path):
     out = tmp_path / "ddp"
-    proc = run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    proc = run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                     "tools/train_cls.py", "--protocol", "mae_linear", *overrides(data, out),
                     "model.arch=auto", f"model.checkpoint={mae_file}", "train.epochs=2", "optim.lr=4.0",
                     "optim.warmup_epochs=1", "train.dist_backend=gloo", env={"OMP_NUM_THREADS": "1"})

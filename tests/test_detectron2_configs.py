@@ -4,17 +4,13 @@ configs build the same models as the LazyConfigs through the registered backbone
 Skipped without detectron2 (pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git').
 """
 import functools
-import importlib.util
 
 import pytest
 import torch
 
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("detectron2") is None,
-    reason="detectron2 is not installed (it is on no registry: pip install --no-build-isolation "
-           "'git+https://github.com/facebookresearch/detectron2.git')")
+pytestmark = pytest.mark.detectron2  # skips without detectron2 (fails where CI requires it)
 
 CONFIGS = REPO / "configs" / "detectron2"
 IMAGENET_RGB = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])

@@ -54,11 +54,38 @@ def test_tools_exit_with_the_install_command(no_detectron2, tmp_path):
     assert not (tmp_path / "out.pkl").exists()
 
 
+D2_TESTS = ("tests/test_detectron2_convert.py", "tests/test_detectron2_configs.py", "tests/test_detectron2_train.py")
+
+
+def child_pytest(env, *args):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_detectron2_tests_skip_with_the_reason(no_detectron2):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_detectron2_convert.py",
-         "tests/test_detectron2_configs.py", "tests/test_detectron2_train.py"],
-        cwd=REPO, env={**os.environ, **no_detectron2}, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "SSLKIT_REQUIRE_DETECTRON2"}
+    proc = child_pytest({**env, **no_detectron2}, *D2_TESTS)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "passed" not in proc.stdout and "failed" not in proc.stdout
     assert "SKIPPED" in proc.stdout and "detectron2 is not installed" in proc.stdout
+    assert "SSLKIT_DETECTRON2=<wheel folder>" in proc.stdout  # the reason says how to install it
+
+
+def test_detectron2_tests_fail_where_required(no_detectron2):
+    """CI sets SSLKIT_REQUIRE_DETECTRON2 where a wheel exists: a missing detectron2 fails the run, not skips."""
+    proc = child_pytest({**os.environ, **no_detectron2, "SSLKIT_REQUIRE_DETECTRON2": "1"},
+                        "tests/test_detectron2_convert.py")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "skipped" not in proc.stdout.splitlines()[-1] and " failed" in proc.stdout.splitlines()[-1]
+    assert "detectron2 is not installed" in proc.stdout and "SSLKIT_REQUIRE_DETECTRON2 is set" in proc.stdout
+
+
+@pytest.mark.detectron2
+def test_broken_detectron2_fails_instead_of_skipping(tmp_path):
+    """An installed detectron2 whose compiled ops do not load (built against another torch) is a failure."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['detectron2._C'] = None\n")
+    env = {k: v for k, v in os.environ.items() if k != "SSLKIT_REQUIRE_DETECTRON2"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    proc = child_pytest(env, "tests/test_detectron2_convert.py")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "detectron2 is installed but does not import" in proc.stdout

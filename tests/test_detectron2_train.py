@@ -4,7 +4,6 @@ results file with box and mask AP; resume and evaluation-only runs pick up where
 
 Skipped without detectron2 (pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git').
 """
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,12 +12,7 @@ import torch
 
 from conftest import REPO, run_tool, shared_data
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("detectron2") is None,
-                       reason="detectron2 is not installed (it is on no registry: pip install "
-                              "--no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git')"),
-    pytest.mark.slow,
-]
+pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 CONFIGS = REPO / "configs" / "detectron2"
 # Two processes' OpenMP threads fighting over two cores slow detectron2 down ten-fold: one thread each.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

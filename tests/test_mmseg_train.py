@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import REPO, run_tool, shared_data
+from conftest import REPO, free_port, run_tool, shared_data
 
 # mmseg is looked up, not imported: collection stays light.
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("mmseg") is None,
@@ -199,7 +199,7 @@ def test_tiny_vit_upernet_random_init_on_camvid(tmp_path):
 @pytest.mark.slow
 def test_two_process_torchrun_on_cpu(synthetic_seg, tmp_path):
     work = tmp_path / "ddp"
-    run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
              "tools/train_seg.py", TINY / "upernet_r18_folder-64x64.py", "--data-root", synthetic_seg,
              "--work-dir", work, "--iters", "2", "--pretrain", "supervised",
              "--cfg-options", "train_dataloader.batch_size=2", env={"OMP_NUM_THREADS": "1"})

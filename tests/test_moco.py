@@ -168,7 +168,7 @@ def test_authors_checkpoint_format_roundtrip_and_resume(tmp_path):
     from pretrain.trainer import Trainer
 
     overrides = ["model.arch=resnet18", "model.queue_size=64", "model.bn_splits=2", "model.aug=v2", "model.mlp=true",
-                 "model.temperature=0.2", "data.img_size=32", "data.synthetic_images=32", "data.num_workers=0",
+                 "model.temperature=0.2", "data.img_size=32", "data.synthetic=true", "data.synthetic_images=32", "data.num_workers=0",
                  "train.batch_size=8", "train.epochs=2", "train.device=cpu", "train.progress=false",
                  "train.tensorboard=false", "train.log_every=1", f"train.output_dir={tmp_path}/run",
                  "optim.schedule=cosine"]
@@ -200,7 +200,7 @@ def test_queue_must_divide_by_global_batch_at_start():
     from pretrain.trainer import Trainer
 
     cfg = load_config(None, ["model.arch=resnet18", "model.queue_size=100", "train.batch_size=8", "train.device=cpu",
-                             "data.synthetic_images=16", "train.output_dir=/tmp/unused"], method="moco")
+                             "data.synthetic=true", "data.synthetic_images=16", "train.output_dir=/tmp/unused"], method="moco")
     with pytest.raises(ValueError, match="multiple of the global batch"):
         Trainer(cfg)
 

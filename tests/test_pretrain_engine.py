@@ -1,11 +1,14 @@
 """The shared pretraining machinery: config, data, schedule, checkpoint/resume, DDP."""
 import json
+import logging
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import REPO, run_tool, shared_data
+from conftest import REPO, free_port, run_tool, shared_data
 from pretrain.checkpoint import load_file
 from pretrain.config import ConfigError, load_config
 from pretrain.data import ImageFolderDataset, ResumableSampler, mae_transform
@@ -47,12 +50,44 @@ def test_shipped_pretrain_configs_load():
     configs = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
     assert configs, "no pretraining configs shipped"
     for path in configs:
-        cfg = load_config(path)
+        cfg = load_config(path, [] if path.stem.endswith("_cpu") else ["data.path=/data/imagenet"])
         assert cfg.method in ("mae", "moco")
-    base = load_config(REPO / "configs/pretrain/mae_vit_base_in1k.yaml")
+    base = load_config(REPO / "configs/pretrain/mae_vit_base_in1k.yaml", ["data.path=/data/imagenet"])
     assert base.model.norm_pix_loss and base.model.mask_ratio == 0.75 and base.optim.base_lr == 1.5e-4
     assert list(base.optim.betas) == [0.9, 0.95] and base.optim.weight_decay == 0.05
     assert base.train.batch_size * base.train.accum_iter * 8 * 8 == 4096  # 64 GPUs
+
+
+def test_recipes_refuse_to_start_without_their_dataset(tmp_path):
+    """An ImageNet recipe never pretrains on the synthetic scenes by default: it stops, naming data.path."""
+    for path in sorted((REPO / "configs" / "pretrain").glob("*_in1k.yaml")):
+        with pytest.raises(ConfigError, match="data.path"):
+            load_config(path)
+    with pytest.raises(ConfigError, match="data.path is not set.*data.synthetic=true"):
+        load_config(None, ["train.device=cpu"], method="moco")  # the schema's defaults need a dataset too
+    assert load_config(None, ["data.synthetic=true"]).data.synthetic
+    cpu = load_config(REPO / "configs/pretrain/mae_vit_tiny_cpu.yaml")
+    assert cpu.data.synthetic and cpu.data.path is None  # the CPU configs say so explicitly
+    out = tmp_path / "vit_b"
+    proc = run_tool("tools/pretrain_net.py", "configs/pretrain/mae_vit_base_in1k.yaml", "train.device=cpu",
+                    f"train.output_dir={out}", check=False)
+    assert proc.returncode != 0 and "data.path" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()  # refused before anything was written
+
+
+def test_every_run_logs_the_data_it_trains_on(tiny_mae_overrides, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    train(tiny_mae_overrides + ["train.epochs=1", "train.max_iters=1"])
+    assert "data: 32 built-in synthetic scenes (data.synthetic=true), not a real dataset" in caplog.text
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((40, 40, 3), 30 * i, np.uint8)).save(folder / f"{i}.png")
+    caplog.clear()
+    # A dataset given wins over the config's synthetic default (a CPU config pointed at real images).
+    train([o for o in tiny_mae_overrides if "output_dir" not in o]
+          + [f"data.path={folder}", f"train.output_dir={tmp_path}/real", "train.max_iters=1"])
+    assert f"data: 8 images from {folder.resolve()}" in caplog.text and "synthetic scenes" not in caplog.text
 
 
 # -------------------------------------------------------------- schedules
@@ -220,7 +255,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tiny_mae_overrides, tmp_pat
 def test_ddp_two_processes_gloo(tiny_mae_overrides, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train in step; rank 0 writes."""
     overrides = [o.replace(f"{tmp_path}/run", f"{tmp_path}/ddp") for o in tiny_mae_overrides]
-    proc = run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    proc = run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                     "tools/pretrain_net.py", "--method", "mae", *overrides, "train.dist_backend=gloo",
                     env={"OMP_NUM_THREADS": "1"})
     assert "2 process(es)" in proc.stderr
@@ -247,3 +282,21 @@ def test_slurm_script(tmp_path):
     bad = run_tool("tools/submit_slurm.py", "configs/pretrain/mae_vit_large_in1k.yaml", "--dry-run",
                    "train.nope=1", check=False)
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+def test_precision_follows_the_hardware(monkeypatch, caplog):
+    """bf16 autocast pays on a CPU only with AMX: ``auto`` picks fp32 without it, and an explicit bf16 warns."""
+    import pretrain.trainer as tr
+
+    cpu = torch.device("cpu")
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(tr, "cpu_has_amx", lambda: False)
+    assert tr.autocast_dtype("auto", cpu) is None
+    assert tr.autocast_dtype("bf16", cpu) is torch.bfloat16 and "without AMX is slower than fp32" in caplog.text
+    monkeypatch.setattr(tr, "cpu_has_amx", lambda: True)
+    caplog.clear()
+    assert tr.autocast_dtype("auto", cpu) is torch.bfloat16
+    assert tr.autocast_dtype("bf16", cpu) is torch.bfloat16 and "slower" not in caplog.text
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        tr.autocast_dtype("fp16", cpu)
+    assert load_config(None, ["train.amp=auto", "data.synthetic=true"]).train.amp == "auto"

@@ -13,10 +13,11 @@ LIN = {"epochs": 90, "batch": 16384, "img_size": 224}
 
 
 def make_runs(root):
-    write_results(root / "mae_lin", "imagenet_linear", "vit_base_patch16", "mae", {"top1": 61.37, "top5": 83.21},
-                  {**LIN, "pretrain_epochs": 1600}, checkpoint="mae.pth")
-    write_results(root / "sup_lin", "imagenet_linear", "vit_base_patch16", "supervised", {"top1": 70.12, "top5": None},
-                  LIN)
+    write_results(root / "mae_lin", "imagenet_linear", "vit_base_patch16", "mae",
+                  {"top1": 61.37, "top5": 83.21, "top1_best": 61.52}, {**LIN, "pretrain_epochs": 1600},
+                  checkpoint="mae.pth")
+    write_results(root / "sup_lin", "imagenet_linear", "vit_base_patch16", "supervised",
+                  {"top1": 70.12, "top5": None, "top1_best": 70.12}, LIN)
     write_results(root / "moco_seg", "ade20k_seg", "resnet50", "moco_v2", {"mIoU": 38.44, "mAcc": 49.1, "aAcc": 78.9},
                   {"iterations": 80000, "batch": 16, "crop_size": 512, "pretrain_epochs": 200})
     write_results(root / "sup_seg", "ade20k_seg", "resnet50", "supervised", {"mIoU": 40.02, "mAcc": 50.5, "aAcc": 79.3},
@@ -35,10 +36,12 @@ def test_numbers_reach_tables_unchanged(tmp_path):
     assert float(mae["top1"]) == 61.37 and float(mae["top5"]) == 83.21 and float(sup["top1"]) == 70.12
     assert sup["top5"] == ""  # partial result: missing, not zero
     assert float(mae["d_supervised_top1"]) == pytest.approx(61.37 - 70.12)
-    assert float(mae["d_published_top1"]) == pytest.approx(61.37 - 68.0)  # MAE ViT-B linear, published 68.0
+    # MAE ViT-B linear, published 68.0: a best-epoch number, compared with the run's best epoch, not its last.
+    assert float(mae["d_published_top1_best"]) == pytest.approx(61.52 - 68.0) and mae["d_published_top1"] == ""
     assert mae["d_supervised_top5"] == ""  # no baseline value to compare with
     md = (out / "imagenet_linear.md").read_text()
-    assert "61.37" in md and "83.21" in md and "70.12" in md and "68.00" in md and "—" in md
+    assert "61.37" in md and "83.21" in md and "70.12" in md and "68.00" in md and "61.52" in md and "—" in md
+    assert "top1_best: the best epoch's" in md  # says which one the published number is
     # Every source of a published number shown is cited.
     assert "facebookresearch/mae" in md
     report = (out / "report.md").read_text()
@@ -63,8 +66,8 @@ def test_unlike_recipes_are_marked(tmp_path):
 
 def test_baseline_choice_and_published_data():
     assert all(p.source for p in PUBLISHED)
-    expected = {("imagenet_finetune", "vit_base_patch16", "mae"): {"top1": 83.6},
-                ("imagenet_linear", "resnet50", "moco_v2"): {"top1": 67.5},
+    expected = {("imagenet_finetune", "vit_base_patch16", "mae"): {"top1_best": 83.6},
+                ("imagenet_linear", "resnet50", "moco_v2"): {"top1_best": 67.5},
                 ("voc_det", "resnet50", "supervised"): {"AP50": 81.3, "AP": 53.5, "AP75": 58.8},
                 ("coco_instance_seg", "vit_large_patch16", "mae"): {"box_AP": 55.5, "mask_AP": 49.2}}
     have = {(p.task, p.backbone, p.pretrain): p.metrics for p in PUBLISHED}
@@ -102,3 +105,33 @@ def test_report_on_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     path = write_report(load_runs([tmp_path / "empty"]), tmp_path / "out")
     assert "No results found" in path.read_text()
+
+
+def test_baselines_with_other_weights_than_the_published_ones_are_marked(tmp_path):
+    """The supervised R-50 rows of the MoCo papers use the MSRA R-50, mmseg's use ResNetV1c; the project's
+    supervised counterparts use torchvision's ResNet. Such a comparison is marked as a recipe difference is."""
+    voc = {"iterations": 24000, "batch": 16, "img_size": 800, "detector": "C4", "pretrain_epochs": 800}
+    write_results(tmp_path / "moco", "voc_det", "resnet50", "moco_v2", {"AP50": 82.0, "AP": 57.0, "AP75": 63.0},
+                  voc, weights="torchvision")
+    write_results(tmp_path / "sup", "voc_det", "resnet50", "supervised", {"AP50": 81.0, "AP": 54.0, "AP75": 59.0},
+                  {**voc, "pretrain_epochs": 90}, weights="torchvision")
+    table = build_table("voc_det", load_runs([tmp_path]) + published_rows(["voc_det"]), "supervised")
+    notes = {(c.row.pretrain, c.row.origin): c.notes for c in table.comparisons}
+    sup = " ".join(notes[("supervised", "run")])
+    assert "baseline weights differ from the published baseline's" in sup and "MSRA R-50" in sup
+    # The MoCo run against its own 800-epoch published row and against the run baseline: nothing to mark.
+    assert notes[("moco_v2", "run")] == []
+    line = next(ln for ln in to_markdown(table).splitlines() if "supervised (sup)" in ln)
+    assert "†" in line
+    # Without a supervised run the MoCo run's baseline is the published (MSRA) row: marked too.
+    alone = build_table("voc_det", load_runs([tmp_path / "moco"]) + published_rows(["voc_det"]), "supervised")
+    moco = next(c for c in alone.comparisons if c.row.origin == "run")
+    assert moco.baseline.origin == "published" and "baseline weights differ" in " ".join(moco.notes)
+
+
+def test_runs_nobody_published_say_so(tmp_path):
+    write_results(tmp_path / "r", "ade20k_seg", "resnet50", "moco_v2", {"mIoU": 39.0},
+                  {"iterations": 80000, "batch": 16, "crop_size": 512})
+    table = build_table("ade20k_seg", load_runs([tmp_path]) + published_rows(["ade20k_seg"]), "supervised")
+    run = next(c for c in table.comparisons if c.row.origin == "run")
+    assert run.published is None and any(n.startswith("none published: ") for n in run.notes)

@@ -26,6 +26,9 @@ def main(argv=None):
     p.add_argument("--allow-pickle", action="store_true", help="trust the source file's pickled objects")
     p.add_argument("--patch-size", type=int, default=None,
                    help="resize the patch embedding to this patch size (e.g. ViT-H/14 -> 16 for ViTDet)")
+    p.add_argument("--patch-resize", choices=["bicubic", "pinv"], default=None,
+                   help="how --patch-size resizes the kernel: bicubic (default; as the ViTDet authors made their "
+                        "ViT-H/14 -> 16 file) or pinv (FlexiViT's pseudo-inverse resize, a deviation)")
     args = p.parse_args(argv)
 
     from pretrain.checkpoint import CheckpointFormatError
@@ -34,6 +37,12 @@ def main(argv=None):
     opts = {"allow_pickle": args.allow_pickle}
     if args.patch_size:
         opts["patch_size"] = args.patch_size
+    if args.patch_resize:
+        if not args.patch_size:
+            sys.exit("error: --patch-resize goes with --patch-size")
+        if args.to != "detectron2":
+            sys.exit(f"error: --patch-resize applies to --to detectron2, not to {args.to}")
+        opts["patch_resize"] = args.patch_resize
     try:
         report = convert(args.source, args.to, args.output, **opts)
     except (CheckpointFormatError, FileNotFoundError, ImportError, ValueError) as e:

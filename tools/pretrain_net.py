@@ -4,7 +4,7 @@
   python tools/pretrain_net.py configs/pretrain/mae_vit_base_in1k.yaml data.path=/data/imagenet
   python tools/pretrain_net.py configs/pretrain/moco_v2_r50_in1k.yaml --resume        # newest checkpoint
   torchrun --nproc_per_node 8 tools/pretrain_net.py configs/pretrain/mae_vit_large_in1k.yaml
-  python tools/pretrain_net.py --method mae train.device=cpu   # defaults + synthetic data, no config
+  python tools/pretrain_net.py --method mae train.device=cpu data.synthetic=true   # defaults, synthetic scenes
 
 Overrides are ``section.key=value`` (e.g. ``train.epochs=10 optim.base_lr=1e-4``).
 SIGTERM / Ctrl-C stop at the next step with a checkpoint that --resume continues.

@@ -10,6 +10,10 @@
 #   SSLKIT_VENV    where the venv lives           (default: <repo>/.venv)
 #   SSLKIT_CACHE   where built wheels are cached  (default: ~/.cache/sslkit)
 #   SSLKIT_PYTHON  interpreter to create it with  (default: python3.11, else python3)
+#   SSLKIT_DETECTRON2  also install detectron2 (on no package registry), from
+#                  a folder holding a detectron2-*.whl built for this Python and torch, or
+#                  "git": from its repository (needs network access to it and a compiler);
+#                  unset: detectron2 is left out and its tests skip, saying how to install it
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,8 +29,20 @@ trap 'echo "[setup_env] FAILED at step: ${CURRENT_STEP:-start} (see the output a
 
 # The stamp records the hash of every input that decides what is installed, so
 # an unchanged environment is verified in a second instead of re-resolved.
+D2_SOURCE="${SSLKIT_DETECTRON2:-}"
+D2_WHEEL=""
+if [[ -n "$D2_SOURCE" && "$D2_SOURCE" != "git" ]]; then
+  D2_WHEEL="$(ls "$D2_SOURCE"/detectron2-*.whl 2>/dev/null | head -n1 || true)"
+  if [[ -z "$D2_WHEEL" ]]; then
+    echo "[setup_env] FAILED at step: detectron2: SSLKIT_DETECTRON2=$D2_SOURCE holds no detectron2-*.whl" \
+         "(give a folder with a wheel built for Python 3.11 and torch 2.9.1, or 'git')" >&2
+    exit 1
+  fi
+fi
+
 inputs_hash() {
-  cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+  { cat "$ROOT/requirements.txt" "$ROOT/requirements-detectron2.txt" "$ROOT/setup.py" "$ROOT/tools/setup_env.sh"
+    echo "detectron2: ${D2_SOURCE:+${D2_WHEEL:-git}}"; } | sha256sum | cut -d' ' -f1
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(inputs_hash)" && -x "$VENV/bin/python" ]]; then
@@ -82,6 +98,18 @@ fi
 step "pinned Python dependencies (requirements.txt)"
 "${PIP[@]}" install -q -r "$ROOT/requirements.txt"
 
+if [[ -n "$D2_SOURCE" ]]; then
+  step "detectron2 (from ${D2_WHEEL:-its git repository})"
+  # Its other needs come from the registry, pinned (requirements-detectron2.txt); the pins of
+  # requirements.txt hold (omegaconf, iopath, fvcore are versions detectron2 accepts).
+  "${PIP[@]}" install -q -r "$ROOT/requirements-detectron2.txt" -c "$ROOT/requirements.txt"
+  if [[ -n "$D2_WHEEL" ]]; then
+    "${PIP[@]}" install -q --no-deps --force-reinstall "$D2_WHEEL"
+  elif ! have detectron2 0.6; then
+    "${PIP[@]}" install -q --no-deps --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+  fi
+fi
+
 step "the project (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
@@ -92,6 +120,13 @@ from mmcv.ops import roi_align  # the compiled ops mmseg needs
 assert torch.__version__.startswith("2.9.1"), torch.__version__
 print(f"[setup_env] torch {torch.__version__}, mmcv ops OK, mmseg {mmseg.__version__}")
 EOF
+if [[ -n "$D2_SOURCE" ]]; then
+  "$VENV/bin/python" - <<'EOF'
+import detectron2, detectron2._C  # the compiled ops: fail here if built against another torch
+from detectron2.modeling.backbone import ViT  # noqa: F401
+print(f"[setup_env] detectron2 {detectron2.__version__} with its compiled ops")
+EOF
+fi
 
 inputs_hash > "$STAMP"
 echo "[setup_env] ready: $VENV"

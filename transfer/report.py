@@ -7,7 +7,11 @@ column per metric, the difference to the baseline counterpart (supervised by
 default; ``random`` for from-scratch comparisons) and to the published number of
 the same backbone and pretraining, and each row's recipe. Differences between
 rows whose recipes differ are marked (``†``) with the differing keys in the
-note, so unlike recipes are never compared silently. Missing metrics show as ``—``.
+note, so unlike recipes are never compared silently; so are differences to a
+published baseline whose supervised weights are not the run's (``weights``:
+the MSRA R-50 behind the MoCo papers' rows, mmseg's ResNetV1c). ImageNet runs
+report the final epoch (``top1``) and the best (``top1_best``, what the authors
+publish). Missing metrics show as ``—``.
 """
 from __future__ import annotations
 
@@ -17,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from .published import PUBLISHED, Published
+from .published import NOT_PUBLISHED, PUBLISHED, WEIGHTS, Published
 from .results import TASKS, ResultsError, find_results, read_results
 
 # Recipe keys that make two evaluations comparable; against the published number of the
 # same method, the pretraining length must match too.
-EVAL_RECIPE_KEYS = ("epochs", "iterations", "batch", "img_size", "crop_size")
+EVAL_RECIPE_KEYS = ("epochs", "iterations", "batch", "img_size", "crop_size", "detector")
 COMPARED_RECIPE_KEYS = EVAL_RECIPE_KEYS + ("pretrain_epochs",)
 # Shown in the recipe column too; free text, so not compared.
 DISPLAY_RECIPE_KEYS = COMPARED_RECIPE_KEYS + ("schedule", "lr_schedule")
@@ -40,6 +44,7 @@ class Row:
     recipe: Dict = field(default_factory=dict)
     source: str = ""
     name: str = ""
+    weights: Optional[str] = None  # the backbone's weights layout where it matters (transfer.published.WEIGHTS)
 
 
 @dataclass
@@ -69,13 +74,22 @@ def load_runs(paths: Iterable) -> List[Row]:
         for f in files:
             r = read_results(f)
             rows.append(Row(r["task"], r["backbone"], r["pretrain"], "run", dict(r["metrics"]), dict(r["recipe"]),
-                            str(f), r.get("name") or f.parent.name))
+                            str(f), r.get("name") or f.parent.name, r.get("weights")))
     return rows
 
 
 def published_rows(tasks: Optional[Sequence[str]] = None, published: Sequence[Published] = PUBLISHED) -> List[Row]:
     return [Row(p.task, p.backbone, p.pretrain, "published", dict(p.metrics), dict(p.recipe), p.source,
-                "published") for p in published if tasks is None or p.task in tasks]
+                "published", p.weights) for p in published if tasks is None or p.task in tasks]
+
+
+def weights_difference(row: Row, other: Row) -> Optional[str]:
+    """A note when ``other`` is a published row whose supervised weights are not ``row``'s."""
+    if other.origin != "published" or other.weights is None or other.weights == row.weights:
+        return None
+    mine = WEIGHTS.get(row.weights, row.weights or "unrecorded weights")
+    theirs = WEIGHTS.get(other.weights, other.weights)
+    return f"baseline weights differ from the published baseline's: {mine} vs {theirs}"
 
 
 def recipe_differences(a: Dict, b: Dict, keys: Sequence[str] = COMPARED_RECIPE_KEYS) -> List[str]:
@@ -115,14 +129,18 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
                             EVAL_RECIPE_KEYS)
             if base is not None:
                 diffs = recipe_differences(r.recipe, base.recipe, EVAL_RECIPE_KEYS)
+                diffs += [w for w in [weights_difference(r, base)] if w]
                 if diffs:
                     notes.append(f"{MARK} vs {baseline} ({base.origin}): " + ", ".join(diffs))
         pub = None
         if r.origin == "run":
             pub = _closest([p for p in task_rows if p.origin == "published" and p.backbone == r.backbone
                             and p.pretrain == r.pretrain], r.recipe, COMPARED_RECIPE_KEYS)
+            if pub is None and (task, r.backbone, r.pretrain) in NOT_PUBLISHED:
+                notes.append(f"none published: {NOT_PUBLISHED[(task, r.backbone, r.pretrain)]}")
             if pub is not None:
                 diffs = recipe_differences(r.recipe, pub.recipe)
+                diffs += [w for w in [weights_difference(r, pub)] if w]
                 if diffs:
                     notes.append(f"{MARK} vs published: " + ", ".join(diffs))
         missing = [m for m in metrics if r.metrics.get(m) is None and m in TASKS[task]]
@@ -196,7 +214,10 @@ def to_markdown(t: TaskTable) -> str:
     sources = sorted({c.row.source for c in t.comparisons if c.row.origin == "published"})
     if sources:
         lines += ["", "Published numbers: " + "; ".join(sources) + "."]
-    lines += ["", f"{MARK}: the compared rows' recipes differ (see notes); {MISSING}: missing."]
+    if any(m.endswith("_best") for m in shown):
+        lines += ["", "top1 / top5: the final epoch's; top1_best: the best epoch's, as the MAE and MoCo authors "
+                      "report (the published ImageNet numbers are best-epoch numbers)."]
+    lines += ["", f"{MARK}: the compared rows' recipes or baseline weights differ (see notes); {MISSING}: missing."]
     return "\n".join(lines) + "\n"
 
 

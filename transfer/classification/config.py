@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from pretrain.config import ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_run
+from pretrain.config import (
+    ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_data_source, validate_run,
+)
 
 __all__ = ["PROTOCOL_SCHEMAS", "load_cls_config", "ConfigError", "to_yaml"]
 
@@ -48,11 +50,12 @@ class ClsModelConfig:
 @dataclass
 class ClsDataConfig:
     # A root holding train/ and val/ (ImageNet-style <split>/<class>/*); or set train / val.
-    # All None: a synthetic labelled folder of the built-in shapes is written under
-    # train.output_dir, so a run needs no dataset.
+    # Or ``synthetic: true``: a labelled folder of the built-in shapes is written under
+    # train.output_dir (CPU demos, tests); never substituted for a missing dataset.
     path: Optional[str] = None
     train: Optional[str] = None
     val: Optional[str] = None
+    synthetic: bool = False
     synthetic_per_class: int = 60  # synthetic data: training images per class (a quarter as many for val)
     img_size: int = 224
     crop_min_scale: float = 0.08  # RandomResizedCrop scale = (crop_min_scale, 1.0)
@@ -168,3 +171,4 @@ def _validate(cfg, path):
         fail(f"moco_linear trains a torchvision ResNet; model.arch must name one (e.g. resnet50), got {m.arch!r}")
     if cfg.protocol.startswith("mae_") and m.arch.startswith(("resnet", "resnext", "wide_")):
         fail(f"{cfg.protocol} trains a ViT; model.arch must name one (e.g. vit_base_patch16), got {m.arch!r}")
+    validate_data_source(d, fail, "/data/imagenet holding train/ and val/; or data.train and data.val")

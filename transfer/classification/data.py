@@ -10,6 +10,7 @@ transform runs with both seeded from the per-sample torch seed that
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -29,6 +30,7 @@ __all__ = [
     "SeedGlobalRandom", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
     "write_synthetic_folder", "build_mixup", "build_criterion",
 ]
+log = logging.getLogger(__name__)
 
 
 class SeedGlobalRandom:
@@ -90,7 +92,8 @@ def eval_transform(d) -> Callable:
 
 # ------------------------------------------------------------------ folders
 def resolve_splits(d, output_dir) -> Tuple[Path, Path]:
-    """(train folder, val folder): data.train / data.val, else data.path/{train,val}, else synthetic."""
+    """(train folder, val folder): data.train / data.val, else data.path/{train,val}, else (data.synthetic) the
+    synthetic folder, written under output_dir."""
     if d.train or d.val:
         if not (d.train and d.val):
             raise ValueError("set both data.train and data.val (labelled folders <dir>/<class>/*), or data.path")
@@ -105,6 +108,9 @@ def resolve_splits(d, output_dir) -> Tuple[Path, Path]:
                     f"or set data.train and data.val"
                 )
         return train, val
+    if not d.synthetic:
+        raise ValueError("no dataset: set data.path (train/ and val/), or data.train and data.val, "
+                         "or data.synthetic=true")
     root = Path(output_dir) / "synthetic_data"
     write_synthetic_folder(root, d.synthetic_per_class, max(64, d.img_size))
     return root / "train", root / "val"
@@ -125,6 +131,10 @@ def build_datasets(d, output_dir, eval_only: bool = False):
         only_val = sorted(set(val.classes) - set(train.classes))[:5]
         raise ValueError(f"class folders differ between {train_dir} and {val_dir}: "
                          f"only in train {only_train}, only in val {only_val}")
+    real = d.path or d.train
+    source = "files" if real else "built-in synthetic shapes (data.synthetic=true), not a real dataset"
+    log.info("data: %d train images from %s, %d val images from %s (%s)", len(train), train_dir.resolve(),
+             len(val), val_dir.resolve(), source)
     return train, val, train.classes
 
 

@@ -97,6 +97,7 @@ class ClassificationTrainer(TrainerBase):
         configure_attention(self.model, self.device.type, self.amp_dtype if not eval_only else None)
         self.epoch, self.iter, self.step = 0, 0, 0
         self.last_eval: Dict = {}
+        self.best_eval: Dict = {}  # the evaluation with the highest top-1 so far (the authors report it)
         self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
         self._stop_requested = self.stopped = False
 
@@ -123,7 +124,8 @@ class ClassificationTrainer(TrainerBase):
         ckpt = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch - 1,  # the last finished (authors' layout)
-            "protocol": self.cfg.protocol, "metrics": self.last_eval, "backbone": self.backbone,
+            "protocol": self.cfg.protocol, "metrics": self.last_eval, "best_metrics": self.best_eval,
+            "backbone": self.backbone,
             "pretrain": self.pretrain, "pretrained_checkpoint": self.pretrained_checkpoint,
             "pretrain_epochs": self.pretrain_epochs,
             "trainer": self.position_state(), "config": to_yaml(self.cfg),
@@ -169,6 +171,7 @@ class ClassificationTrainer(TrainerBase):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.restore_position(tr)
         self.last_eval = ckpt.get("metrics") or {}
+        self.best_eval = ckpt.get("best_metrics") or {}
         log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
 
     # --------------------------------------------------------------- training
@@ -186,7 +189,9 @@ class ClassificationTrainer(TrainerBase):
             done = self.epoch == t.epochs
             if done or self.epoch % t.eval_every_epochs == 0:
                 self.last_eval = {**self.evaluate(), "epoch": self.epoch - 1}
-                self.metrics.log(self.step, prefix="eval", **self.last_eval)
+                if not self.best_eval or self.last_eval["top1"] > self.best_eval["top1"]:
+                    self.best_eval = dict(self.last_eval)
+                self.metrics.log(self.step, prefix="eval", **self.last_eval, top1_best=self.best_eval["top1"])
             tags = []
             if done or self.epoch % t.ckpt_every_epochs == 0:
                 tags.append(LAST)
@@ -287,9 +292,13 @@ class ClassificationTrainer(TrainerBase):
         return r
 
     def write_results(self, res: Dict, classifier: Optional[str] = None) -> Path:
+        """The final evaluation's top-1 / top-5 and, after training, the best epoch's top-1 (``top1_best``,
+        the number the MAE code's "max accuracy" and MoCo's ``best_acc1`` report) with its epoch."""
+        best = {} if self.eval_only else self.best_eval
         path = write_results(
             self.out, task=self.protocol.task, backbone=self.backbone, pretrain=self.pretrain,
-            metrics={"top1": res["top1"], "top5": res["top5"]}, recipe=self.recipe(),
+            metrics={"top1": res["top1"], "top5": res["top5"], "top1_best": best.get("top1")},
+            best_epoch=best.get("epoch"), recipe=self.recipe(),
             checkpoint=self.pretrained_checkpoint, tool="tools/train_cls.py", config=to_yaml(self.cfg),
             classifier=classifier or str(self.out / checkpoint_name(LAST)), val_images=res["images"],
         )

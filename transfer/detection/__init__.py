@@ -1,10 +1,10 @@
 """detectron2 transfer: MAE ViTs (ViTDet) and MoCo ResNets as detectron2 backbones.
 
-detectron2 is on no package registry; install it from its repository (the
-project's requirements already hold ``shapely``, which its large-scale-jitter
-crop of polygons needs, and omegaconf / iopath versions it accepts):
-
-    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+detectron2 is on no package registry; ``SSLKIT_DETECTRON2=git bash tools/setup_env.sh``
+installs it from its repository (or from a folder holding its wheel) with its pinned
+needs (``requirements-detectron2.txt``; the project's requirements already hold
+``shapely``, which its large-scale-jitter crop of polygons needs, and omegaconf /
+iopath versions it accepts).
 
 Nothing here imports it at import time: call ``require_detectron2()`` first.
 
@@ -20,7 +20,10 @@ from __future__ import annotations
 
 INSTALL_HINT = (
     "detectron2 is not installed. It is on no package registry; install it from its repository "
-    "into this environment:\n"
+    "into this environment, with its pinned needs:\n"
+    "    SSLKIT_DETECTRON2=git bash tools/setup_env.sh     (or SSLKIT_DETECTRON2=<folder with a detectron2 wheel>)\n"
+    "or by hand:\n"
+    "    .venv/bin/pip install -r requirements-detectron2.txt\n"
     "    .venv/bin/pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 

@@ -14,7 +14,8 @@ files, ``?matching_heuristics=True`` URLs) with three differences:
   model, and every backbone tensor a pretraining provides must be filled, else
   ``CheckpointFormatError`` names the keys. detectron2's own heuristics would
   skip a tensor of the wrong shape with a log line. A position table for another
-  grid is interpolated and a patch embedding for another patch size resized.
+  grid is interpolated and a patch embedding for another patch size resized
+  (``patch_resize``: ``bicubic`` as the ViTDet authors, or ``pinv``).
 """
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ def _pretrained_part(key: str, vit: bool) -> bool:
                                                                 ".res5.norm.running_mean", ".res5.norm.running_var"))
 
 
-def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]
-                  ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
+                  patch_resize: str = "bicubic") -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
     """Put converted backbone weights at their place in a model's state dict.
 
     A key is placed at the model key equal to it, else at the one model key
@@ -87,8 +88,8 @@ def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str,
             notes.append(f"{target}: interpolated the position table to {tuple(value.shape)}")
         if (tuple(value.shape) != want and target.endswith("patch_embed.proj.weight")
                 and value.shape[:2] == want[:2]):
-            value = resize_patch_embed(value, want[-1])
-            notes.append(f"{target}: resized the patch embedding to {want[-2]}x{want[-1]}")
+            value = resize_patch_embed(value, want[-1], patch_resize)
+            notes.append(f"{target}: resized the patch embedding to {want[-2]}x{want[-1]} ({patch_resize})")
         if tuple(value.shape) != want:
             problems.append(f"{key}: shape {tuple(value.shape)} != {want} of {target} in the model")
             continue
@@ -109,9 +110,10 @@ class Checkpointer(DetectionCheckpointer):
     or a file converted here, else None.
     """
 
-    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **checkpointables):
+    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, patch_resize: str = "bicubic",
+                 **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
-        self.allow_pickle = allow_pickle
+        self.allow_pickle, self.patch_resize = allow_pickle, patch_resize
         self.pretrained = None
 
     def _load_file(self, filename: str):
@@ -140,7 +142,8 @@ class Checkpointer(DetectionCheckpointer):
         self.pretrained = None
         if checkpoint.get("__author__") == AUTHOR:
             meta = dict(checkpoint.get("sslkit") or {})
-            placed, notes, problems = place_weights(unwrap_state_dict(checkpoint["model"]), self.model.state_dict())
+            placed, notes, problems = place_weights(unwrap_state_dict(checkpoint["model"]), self.model.state_dict(),
+                                                    self.patch_resize)
             if problems:
                 raise CheckpointFormatError(
                     f"{meta.get('source', 'checkpoint')} ({meta.get('backbone', '?')}) does not fit this model "

@@ -36,6 +36,7 @@ def add_sslkit_config(cfg: CN) -> CN:
     cfg.MODEL.VIT = CN()
     cfg.MODEL.VIT.IMG_SIZE = 1024  # input size; global blocks' relative position tables are made for it
     cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.PATCH_EMBED_RESIZE = "bicubic"  # a pretrained patch size of another size: bicubic | pinv
     cfg.MODEL.VIT.EMBED_DIM = 768
     cfg.MODEL.VIT.DEPTH = 12
     cfg.MODEL.VIT.NUM_HEADS = 12

@@ -8,9 +8,12 @@ Two families, each into the detectron2 module behind the published numbers:
   ``cls_token`` are dropped by design (ViTDet has no class token and no final
   norm); the position table keeps its class row, as detectron2's ViT expects
   with ``pretrain_use_cls_token=True``. ``patch_size`` resizes the patch
-  embedding (ViT-H/14 -> 16 for ViTDet) with the pseudo-inverse resize of
-  FlexiViT, so that a patch upsampled to the new size embeds as before, and
-  resizes the position table to keep the pretraining image size.
+  embedding (ViT-H/14 -> 16 for ViTDet) and the position table, keeping the
+  pretraining image size. The kernel is resized as the ViTDet authors made
+  ``mae_pretrain_vit_huge_p14to16.pth`` behind the published ViTDet-H numbers:
+  bicubic interpolation (``patch_resize="bicubic"``, the default). FlexiViT's
+  pseudo-inverse resize (``"pinv"``: a patch upsampled to the new size embeds as
+  before) is an option, and a deviation from the published recipe.
 * ResNets (MoCo v1/v2/v3, the project's MoCo checkpoints, torchvision) ->
   detectron2's ``ResNet`` names (``stem``, ``res2``-``res5``, ``shortcut``,
   ``convK.norm``), with ``matching_heuristics`` so that detectron2 places
@@ -46,7 +49,7 @@ from .utils import meta_init
 
 __all__ = [
     "convert", "load_converted", "vit_to_detectron2", "resnet_to_detectron2", "resize_patch_embed",
-    "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX",
+    "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX", "PATCH_RESIZE",
 ]
 
 AUTHOR = "sslkit"  # the "__author__" of the files written here
@@ -55,6 +58,9 @@ VIT_PREFIX = "backbone.net."  # where detectron2's ViTDet keeps the ViT
 # output), the class token (no class token), the classifier (a new task).
 _VIT_UNUSED = ("cls_token", "norm.", "dist_token") + CLASSIFIER_KEYS
 _VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+# How a patch embedding is resized to another patch size: the ViTDet authors' bicubic
+# interpolation of the kernel (their ViT-H/14 -> 16 file), or FlexiViT's pseudo-inverse resize.
+PATCH_RESIZE = ("bicubic", "pinv")
 
 
 # --------------------------------------------------------------------- labels
@@ -85,23 +91,35 @@ def backbone_name(model: torch.nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------ ViT
-def resize_patch_embed(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[D, C, p, p] -> [D, C, q, q] by FlexiViT's pseudo-inverse resize (timm's implementation).
+def resize_patch_embed(weight: torch.Tensor, patch_size: int, method: str = "bicubic") -> torch.Tensor:
+    """[D, C, p, p] -> [D, C, q, q].
 
-    For a patch x and its bicubic resize B x to q x q, <B x, w'> = <x, w> when
-    q >= p: the new kernel embeds an upsampled patch as the old kernel did.
+    ``bicubic``: the kernel interpolated as an image (``F.interpolate``, bicubic,
+    ``align_corners=False``), as the ViTDet authors resized MAE's ViT-H/14 for
+    their published ViTDet-H. ``pinv``: FlexiViT's pseudo-inverse resize (timm's
+    implementation): for a patch x and its bicubic resize B x to q x q,
+    <B x, w'> = <x, w> when q >= p, so an upsampled patch embeds as before.
     """
-    from timm.layers import resample_patch_embed
+    if method == "bicubic":
+        resized = torch.nn.functional.interpolate(weight.float(), size=(patch_size, patch_size), mode="bicubic",
+                                                  align_corners=False)
+    elif method == "pinv":
+        from timm.layers import resample_patch_embed
 
-    return resample_patch_embed(weight.float(), [patch_size, patch_size]).to(weight.dtype)
+        resized = resample_patch_embed(weight.float(), [patch_size, patch_size])
+    else:
+        raise ValueError(f"patch embedding resize must be one of {', '.join(PATCH_RESIZE)}, got {method!r}")
+    return resized.to(weight.dtype)
 
 
-def vit_to_detectron2(state_dict: Mapping[str, torch.Tensor], patch_size: Optional[int] = None
-                      ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
+def vit_to_detectron2(state_dict: Mapping[str, torch.Tensor], patch_size: Optional[int] = None,
+                      patch_resize: str = "bicubic") -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
     """A MAE / timm / DeiT ViT state dict -> detectron2 ``ViT`` weights under ``backbone.net.``.
 
     Returns (weights, dropped source keys, notes, shape info with the
-    ``pretrain_img_size`` the position table was made for).
+    ``pretrain_img_size`` the position table was made for). The info's
+    ``backbone`` names the pretrained ViT (``vit_huge_patch14`` also when its
+    patch embedding is resized to 16), as the published numbers do.
     """
     sd = unwrap_state_dict(dict(state_dict))
     if describe_state_dict(sd) not in ("mae", "vit"):
@@ -120,17 +138,20 @@ def vit_to_detectron2(state_dict: Mapping[str, torch.Tensor], patch_size: Option
     if pos.shape[1] != grid * grid + 1:
         raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected a class row and a square grid")
     old_patch = info["patch_size"]
+    pretrained_name = vit_name(info["embed_dim"], info["depth"], old_patch)
     if patch_size and patch_size != old_patch:
-        out["patch_embed.proj.weight"] = resize_patch_embed(out["patch_embed.proj.weight"], patch_size)
+        out["patch_embed.proj.weight"] = resize_patch_embed(out["patch_embed.proj.weight"], patch_size, patch_resize)
         new_grid = max(1, round(grid * old_patch / patch_size))
         pos = resize_pos_embed(pos, new_grid)
+        how = ("bicubic, as the ViTDet authors" if patch_resize == "bicubic"
+               else "pseudo-inverse resize: a deviation from the ViTDet authors' bicubic kernel")
         notes.append(f"patch embedding resized {old_patch}x{old_patch} -> {patch_size}x{patch_size} "
-                     f"(pseudo-inverse resize); position grid {grid}x{grid} -> {new_grid}x{new_grid}")
+                     f"({how}); position grid {grid}x{grid} -> {new_grid}x{new_grid}")
         info.update(patch_size=patch_size, img_size=new_grid * patch_size)
         grid = new_grid
     out["pos_embed"] = pos
     info["pretrain_img_size"] = grid * info["patch_size"]
-    info["backbone"] = vit_name(info["embed_dim"], info["depth"], info["patch_size"])
+    info["backbone"] = pretrained_name
     return {VIT_PREFIX + k: v for k, v in out.items()}, dropped, notes, info
 
 
@@ -220,18 +241,18 @@ def family(state_dict: Mapping[str, torch.Tensor]) -> str:
         + (" (already converted: load it as it is)" if kind.startswith("detectron2") else ""))
 
 
-def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Optional[int]
-                    ) -> Tuple[Dict[str, Any], List[str], Dict]:
+def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Optional[int],
+                    patch_resize: str = "bicubic") -> Tuple[Dict[str, Any], List[str], Dict]:
     notes: List[str] = []
     if family(sd) == "vit":
-        weights, dropped, notes, info = vit_to_detectron2(sd, patch_size)
+        weights, dropped, notes, info = vit_to_detectron2(sd, patch_size, patch_resize)
         meta = {k: info[k] for k in ("backbone", "pretrain_img_size", "patch_size", "embed_dim", "depth", "num_heads")}
         heuristics = False  # full names: loads into any ViTDet model as it is
     else:
         if patch_size:
             raise ValueError("patch_size applies to ViTs; this is a ResNet checkpoint")
         weights, dropped, arch = resnet_to_detectron2(sd)
-        info = meta = {"backbone": arch}
+        info = meta = {"backbone": arch, "weights": "torchvision"}  # the layout it converts into (7x7 stem, stride 3x3)
         heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)
     meta.update(pretrain=guess_pretrain(ckpt, path=name), source=name)
     epochs = pretrain_epochs(ckpt)
@@ -241,34 +262,35 @@ def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Op
     return converted, notes, {**info, "dropped": dropped}
 
 
-def load_converted(source, allow_pickle: bool = False, patch_size: Optional[int] = None, name: Optional[str] = None
-                   ) -> Tuple[Dict[str, Any], List[str]]:
+def load_converted(source, allow_pickle: bool = False, patch_size: Optional[int] = None, name: Optional[str] = None,
+                   patch_resize: str = "bicubic") -> Tuple[Dict[str, Any], List[str]]:
     """A checkpoint converted in memory: the dict detectron2's checkpointer loads, and notes.
 
     ``{"model": weights, "__author__": "sslkit", "matching_heuristics": bool,
     "sslkit": {"pretrain", "backbone", "source", ...}}``. ``name``: the file a loaded ``source`` came from.
     """
     ckpt, sd, loaded_name = _load(source, allow_pickle)
-    converted, notes, _ = _convert_loaded(ckpt, sd, name or loaded_name, patch_size)
+    converted, notes, _ = _convert_loaded(ckpt, sd, name or loaded_name, patch_size, patch_resize)
     return converted, notes
 
 
-def convert(source, output=None, allow_pickle: bool = False, patch_size: Optional[int] = None, **_
-            ) -> ConversionReport:
+def convert(source, output=None, allow_pickle: bool = False, patch_size: Optional[int] = None,
+            patch_resize: str = "bicubic", **_) -> ConversionReport:
     """Convert a MAE / ViT or MoCo / ResNet checkpoint for detectron2; write ``output`` when it matches.
 
-    ``output``: ``.pkl`` (detectron2 model-zoo pickle of numpy arrays) or ``.pth``.
+    ``output``: ``.pkl`` (detectron2 model-zoo pickle of numpy arrays) or ``.pth``. ``patch_size``
+    resizes a ViT's patch embedding by ``patch_resize`` (``bicubic``, the ViTDet authors'; ``pinv``).
     """
     if output is not None and Path(output).suffix not in (".pkl", ".pth"):
         raise ValueError(f"detectron2 reads .pkl or .pth files; got output {output}")
     ckpt, sd, name = _load(source, allow_pickle)
-    converted, notes, info = _convert_loaded(ckpt, sd, name, patch_size)
+    converted, notes, info = _convert_loaded(ckpt, sd, name, patch_size, patch_resize)
     weights, meta = converted["model"], converted["sslkit"]
     if family(sd) == "vit":
         target = _vitdet_model_keys(info)
         design, bad = compare_keys(weights, target, _vit_by_design)
         target_name = (f"detectron2 ViTDet Mask R-CNN ({meta['backbone']}, ViT under {VIT_PREFIX}; "
-                       f"pretrain_img_size={meta['pretrain_img_size']})")
+                       f"patch_size={meta['patch_size']}, pretrain_img_size={meta['pretrain_img_size']})")
         rel = sum(k.startswith(VIT_PREFIX) for k in design)
         notes.append(f"missing by design: {rel} relative position terms (zero-initialised) and "
                      f"{len(design) - rel} tensors of the pyramid and the heads")

@@ -35,7 +35,7 @@ from detectron2.evaluation import (  # noqa: E402
 )
 
 from .checkpoint import Checkpointer  # noqa: E402
-from .convert import backbone_name  # noqa: E402
+from .convert import PATCH_RESIZE, backbone_name  # noqa: E402
 from .data import MetadataCatalog, num_classes, resolve_datasets  # noqa: E402
 
 __all__ = ["Recipe", "train", "evaluate", "evaluate_checkpoint", "results_record"]
@@ -147,9 +147,41 @@ class Recipe:
         return int(self.get("train.max_iter", "SOLVER.MAX_ITER"))
 
     @property
+    def patch_resize(self) -> str:
+        """How a pretrained patch embedding of another size is resized (``train.patch_embed_resize`` /
+        ``MODEL.VIT.PATCH_EMBED_RESIZE``): ``bicubic``, as the ViTDet authors, or ``pinv`` (a deviation)."""
+        method = self.get("train.patch_embed_resize", "MODEL.VIT.PATCH_EMBED_RESIZE", "bicubic")
+        if method not in PATCH_RESIZE:
+            raise ValueError(f"{self.path}: the patch embedding resize must be one of {', '.join(PATCH_RESIZE)}, "
+                             f"got {method!r}")
+        return method
+
+    @property
     def test_datasets(self) -> Tuple[str, ...]:
         names = self.get("dataloader.test.dataset.names", "DATASETS.TEST", ())
         return (names,) if isinstance(names, str) else tuple(names)
+
+    @property
+    def detector(self) -> str:
+        """``ViTDet`` (simple feature pyramid), ``FPN`` or ``C4``: the detector family the published rows name."""
+        if self.lazy:
+            target = self.cfg.model.backbone._target_
+            name = target if isinstance(target, str) else target.__name__
+            return next((kind for key, kind in (("SimpleFeaturePyramid", "ViTDet"), ("FPN", "FPN"))
+                         if key in name), "C4")
+        name = self.cfg.MODEL.BACKBONE.NAME.lower()
+        return "ViTDet" if "vitdet" in name else "FPN" if "fpn" in name else "C4"
+
+    @property
+    def task(self) -> str:
+        """The results task its evaluation writes: ``voc_det``, ``coco_instance_seg`` or ``coco_det``."""
+        if self.lazy:
+            target = self.cfg.dataloader.evaluator._target_
+            voc = "PascalVOC" in (target if isinstance(target, str) else target.__name__)
+        else:
+            meta = MetadataCatalog.get(self.test_datasets[0])
+            voc = meta.get("evaluator_type", None) == "pascal_voc" or meta.get("year", None) in (2007, 2012)
+        return "voc_det" if voc else "coco_instance_seg" if "segm" in self.coco_tasks else "coco_det"
 
     @property
     def coco_tasks(self) -> Tuple[str, ...]:
@@ -179,8 +211,8 @@ class Recipe:
         else:
             batch = self.cfg.SOLVER.IMS_PER_BATCH
             size = self.cfg.INPUT.MIN_SIZE_TEST
-        return {"iterations": self.max_iter, "batch": batch, "img_size": size, "schedule": Path(self.path).stem,
-                "config": self.path}
+        return {"iterations": self.max_iter, "batch": batch, "img_size": size, "detector": self.detector,
+                "schedule": Path(self.path).stem, "config": self.path}
 
     # -------------------------------------------------------------- builders
     def build_model(self) -> torch.nn.Module:
@@ -285,9 +317,14 @@ def results_record(evaluator, results: Dict[str, Dict[str, float]]) -> Tuple[str
 
 # ----------------------------------------------------------------------- loop
 def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-             pretrain: Optional[str] = None, pretrain_epochs: Optional[int] = None) -> Dict[str, Dict]:
+             pretrain: Optional[str] = None, pretrain_epochs: Optional[int] = None,
+             backbone: Optional[str] = None, weights: Optional[str] = None) -> Dict[str, Dict]:
     """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process.
-    ``pretrain_epochs`` (when the pretrained checkpoint said) joins the recipe, as the report compares it."""
+    ``pretrain_epochs`` (when the pretrained checkpoint said) joins the recipe, as the report compares it.
+    ``backbone``: the pretrained backbone's name (``vit_huge_patch14`` for ViTDet-H, whose patch embedding
+    the checkpointer resized to 16), as the published numbers name it; default: read off the model.
+    ``weights``: the backbone's weights layout (``torchvision`` for the ResNets converted here), which the
+    report checks against the published baselines'."""
     output_dir = output_dir or recipe.output_dir
     summary = {**recipe.recipe_summary(), **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {})}
     all_results = OrderedDict()  # inference_on_dataset evaluates in eval mode and restores the mode after
@@ -300,9 +337,9 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
         print_csv_format(results)
         task, metrics = results_record(evaluator, results)
         folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
-        path = write_results(folder, task=task, backbone=backbone_name(model), pretrain=pretrain or "unknown",
-                             metrics=metrics, recipe=summary, checkpoint=checkpoint,
-                             dataset=name, tool="tools/train_net.py")
+        path = write_results(folder, task=task, backbone=backbone or backbone_name(model),
+                             pretrain=pretrain or "unknown", metrics=metrics, recipe=summary, checkpoint=checkpoint,
+                             dataset=name, tool="tools/train_net.py", **({"weights": weights} if weights else {}))
         log.info("wrote %s", path)
     return all_results
 
@@ -316,14 +353,16 @@ def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool
     """``--eval-only``: load the recipe's checkpoint (or the last one in output_dir with ``resume``) and evaluate."""
     model = recipe.build_model()
     info = PretrainInfo()
-    checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info)
+    checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info,
+                                patch_resize=recipe.patch_resize)
     path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else recipe.init_checkpoint
     if path:
         checkpointer.load(path, checkpointables=["pretrain_info"])  # a training checkpoint knows its pretraining
     if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
         info.info = checkpointer.pretrained
     return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
-                    pretrain=_pretrain_label(info.info, pretrain, path), pretrain_epochs=info.info.get("pretrain_epochs"))
+                    pretrain=_pretrain_label(info.info, pretrain, path), pretrain_epochs=info.info.get("pretrain_epochs"),
+                    backbone=info.info.get("backbone"), weights=info.info.get("weights"))
 
 
 def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pretrain: Optional[str] = None
@@ -338,13 +377,14 @@ def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pret
     trainer = (AMPTrainer if s["amp"] else SimpleTrainer)(model, train_loader, optimizer)
     info = PretrainInfo()
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, trainer=trainer,
-                                pretrain_info=info)
+                                patch_resize=recipe.patch_resize, pretrain_info=info)
     final: Dict[str, Dict] = {}
 
     def test_and_save():
         label = _pretrain_label(info.info, pretrain, recipe.init_checkpoint)
         final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label,
-                              pretrain_epochs=info.info.get("pretrain_epochs")))
+                              pretrain_epochs=info.info.get("pretrain_epochs"), backbone=info.info.get("backbone"),
+                              weights=info.info.get("weights")))
         return final
 
     from fvcore.nn.precise_bn import get_bn_modules

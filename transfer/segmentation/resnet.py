@@ -93,6 +93,12 @@ class ResNetEncoder(ResNet):
         kwargs.setdefault("style", "pytorch")
         super().__init__(depth=depth, **kwargs)
 
+    @staticmethod
+    def weights_layout(backbone_cfg) -> str:
+        """``torchvision`` (7x7 stem, the layout of MoCo and torchvision files) or ``resnet_v1c`` (deep stem):
+        what the report compares with the published baselines' weights (``transfer.published.WEIGHTS``)."""
+        return "resnet_v1c" if backbone_cfg.get("deep_stem") else "torchvision"
+
     def init_weights(self):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":

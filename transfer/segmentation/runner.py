@@ -220,6 +220,10 @@ def write_seg_results(cfg: Config, metrics: Dict[str, float], trained: Dict, too
                       **extra) -> Path:
     """``<work_dir>/results.json`` for a segmentation run; ``trained``: ``trained_record`` / the hook's."""
     info = cfg.get("sslkit_results") or {}
+    if cfg.model.backbone.type == "ResNetEncoder":
+        from .resnet import ResNetEncoder
+
+        extra.setdefault("weights", ResNetEncoder.weights_layout(cfg.model.backbone))
     missing = [m for m in SEG_METRICS if m not in metrics]
     if missing:
         raise KeyError(f"the evaluator returned {sorted(metrics)}, not {missing} (IoUMetric with 'mIoU' expected)")

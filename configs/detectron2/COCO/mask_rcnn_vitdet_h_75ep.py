@@ -2,8 +2,12 @@
 0.5, lr decay 0.9, 75 epochs (Li et al. 2022).
 
 The authors' MAE ViT-H/14 loads directly: the checkpointer resizes the patch
-embedding to 16 x 16 and the position table to the 14 x 14 grid of 224 px (or
-convert once with ``tools/convert_checkpoint.py ... --to detectron2 --patch-size 16``).
+embedding to 16 x 16 by bicubic interpolation of the kernel, as the ViTDet authors
+made ``mae_pretrain_vit_huge_p14to16.pth`` for the published 56.7 / 50.2, and the
+position table to the 14 x 14 grid of 224 px (or convert once with
+``tools/convert_checkpoint.py ... --to detectron2 --patch-size 16``).
+``train.patch_embed_resize="pinv"`` takes FlexiViT's pseudo-inverse resize instead:
+a deviation from the published recipe.
 As ViTDet-H, weight decay applies to norms and the position table too.
 """
 from functools import partial
@@ -13,6 +17,7 @@ from .mask_rcnn_vitdet_b_100ep import (  # noqa: F401
 )
 
 train.init_checkpoint = MAE.format("huge")
+train.patch_embed_resize = "bicubic"  # the ViTDet authors' 14 -> 16 kernel resize ("pinv": FlexiViT's, a deviation)
 model.backbone.net.update(
     embed_dim=1280, depth=32, num_heads=16, drop_path_rate=0.5,
     window_block_indexes=[i for i in range(32) if i not in (7, 15, 23, 31)],
