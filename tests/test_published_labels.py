@@ -74,17 +74,24 @@ def shipped(folder, pattern):
 @pytest.mark.detectron2
 @pytest.mark.parametrize("config", [str(p.relative_to(REPO)) for p in shipped("detectron2", "*.py")])
 def test_detectron2_recipes_find_their_published_rows(config):
+    from detectron2.config import instantiate
+
     from transfer.detection.convert import load_converted
-    from transfer.detection.engine import Recipe
+    from transfer.detection.engine import Recipe, backbone_label
+    from transfer.detection.utils import meta_init
 
     recipe = Recipe.load(REPO / config, device="cpu")
-    converted, _ = load_converted(authors_file(recipe.init_checkpoint)[0], name=authors_file(recipe.init_checkpoint)[1])
-    meta = converted["sslkit"]
+    ckpt, name = authors_file(recipe.init_checkpoint)
+    meta = load_converted(ckpt, name=name)[0]["sslkit"]  # what the checkpointer records as PretrainInfo
+    with meta_init():
+        model = instantiate(recipe.cfg.model)
+    backbone = backbone_label(model, meta)  # what evaluate() writes
     summary = {**recipe.recipe_summary(), **({"pretrain_epochs": meta["pretrain_epochs"]}
                                              if meta.get("pretrain_epochs") else {})}
-    row = check_label(config, recipe.task, meta["backbone"], meta["pretrain"], summary)
-    if "vitdet_h" in config:
-        assert meta["backbone"] == "vit_huge_patch14" and row is not None and row.metrics["box_AP"] == 56.7
+    row = check_label(config, recipe.task, backbone, meta["pretrain"], summary)
+    if "vitdet_h" in config:  # the model's patch embedding is 16: the label is the pretrained ViT-H/14's
+        assert backbone_label(model) == "vit_huge_patch16"
+        assert backbone == "vit_huge_patch14" and row is not None and row.metrics["box_AP"] == 56.7
 
 
 @pytest.mark.parametrize("config", [str(p.relative_to(REPO)) for p in shipped("mmseg", "*.py")])

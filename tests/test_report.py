@@ -70,7 +70,8 @@ def test_baseline_choice_and_published_data():
                 ("imagenet_linear", "resnet50", "moco_v2"): {"top1_best": 67.5},
                 ("voc_det", "resnet50", "supervised"): {"AP50": 81.3, "AP": 53.5, "AP75": 58.8},
                 ("coco_instance_seg", "vit_large_patch16", "mae"): {"box_AP": 55.5, "mask_AP": 49.2}}
-    have = {(p.task, p.backbone, p.pretrain): p.metrics for p in PUBLISHED}
+    have = {(p.task, p.backbone, p.pretrain): p.metrics for p in PUBLISHED  # the default pretraining lengths
+            if p.recipe.get("pretrain_epochs") in (None, 90, 200, 1600)}
     for key, metrics in expected.items():
         assert have[key] == metrics
 

@@ -83,13 +83,15 @@ def published_rows(tasks: Optional[Sequence[str]] = None, published: Sequence[Pu
                 "published", p.weights) for p in published if tasks is None or p.task in tasks]
 
 
-def weights_difference(row: Row, other: Row) -> Optional[str]:
-    """A note when ``other`` is a published row whose supervised weights are not ``row``'s."""
-    if other.origin != "published" or other.weights is None or other.weights == row.weights:
-        return None
-    mine = WEIGHTS.get(row.weights, row.weights or "unrecorded weights")
-    theirs = WEIGHTS.get(other.weights, other.weights)
-    return f"baseline weights differ from the published baseline's: {mine} vs {theirs}"
+def differences(row: Row, other: Row, keys: Sequence[str]) -> List[str]:
+    """What makes ``row`` and ``other`` unlike: recipe keys, and the supervised weights when ``other`` is a
+    published baseline that names weights ``row`` does not use."""
+    diffs = recipe_differences(row.recipe, other.recipe, keys)
+    if other.origin == "published" and other.weights is not None and other.weights != row.weights:
+        mine = WEIGHTS.get(row.weights, row.weights or "unrecorded weights")
+        diffs.append(f"baseline weights differ from the published baseline's: {mine} vs "
+                     f"{WEIGHTS.get(other.weights, other.weights)}")
+    return diffs
 
 
 def recipe_differences(a: Dict, b: Dict, keys: Sequence[str] = COMPARED_RECIPE_KEYS) -> List[str]:
@@ -128,8 +130,7 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
             base = _closest([b for b in task_rows if b.backbone == r.backbone and b.pretrain == baseline], r.recipe,
                             EVAL_RECIPE_KEYS)
             if base is not None:
-                diffs = recipe_differences(r.recipe, base.recipe, EVAL_RECIPE_KEYS)
-                diffs += [w for w in [weights_difference(r, base)] if w]
+                diffs = differences(r, base, EVAL_RECIPE_KEYS)
                 if diffs:
                     notes.append(f"{MARK} vs {baseline} ({base.origin}): " + ", ".join(diffs))
         pub = None
@@ -139,8 +140,7 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
             if pub is None and (task, r.backbone, r.pretrain) in NOT_PUBLISHED:
                 notes.append(f"none published: {NOT_PUBLISHED[(task, r.backbone, r.pretrain)]}")
             if pub is not None:
-                diffs = recipe_differences(r.recipe, pub.recipe)
-                diffs += [w for w in [weights_difference(r, pub)] if w]
+                diffs = differences(r, pub, COMPARED_RECIPE_KEYS)
                 if diffs:
                     notes.append(f"{MARK} vs published: " + ", ".join(diffs))
         missing = [m for m in metrics if r.metrics.get(m) is None and m in TASKS[task]]

@@ -38,7 +38,7 @@ from .checkpoint import Checkpointer  # noqa: E402
 from .convert import PATCH_RESIZE, backbone_name  # noqa: E402
 from .data import MetadataCatalog, num_classes, resolve_datasets  # noqa: E402
 
-__all__ = ["Recipe", "train", "evaluate", "evaluate_checkpoint", "results_record"]
+__all__ = ["Recipe", "train", "evaluate", "evaluate_checkpoint", "results_record", "backbone_label"]
 log = logging.getLogger("sslkit.detectron2")
 
 
@@ -316,17 +316,23 @@ def results_record(evaluator, results: Dict[str, Dict[str, float]]) -> Tuple[str
 
 
 # ----------------------------------------------------------------------- loop
+def backbone_label(model, pretrained: Optional[Dict[str, Any]] = None) -> str:
+    """The backbone's name in results files: the pretrained one's when a checkpoint said
+    (``vit_huge_patch14`` for ViTDet-H, whose patch embedding the checkpointer resized to 16),
+    as the published numbers name it; else read off the model."""
+    return (pretrained or {}).get("backbone") or backbone_name(model)
+
+
 def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-             pretrain: Optional[str] = None, pretrain_epochs: Optional[int] = None,
-             backbone: Optional[str] = None, weights: Optional[str] = None) -> Dict[str, Dict]:
+             pretrain: Optional[str] = None, pretrained: Optional[Dict[str, Any]] = None) -> Dict[str, Dict]:
     """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process.
-    ``pretrain_epochs`` (when the pretrained checkpoint said) joins the recipe, as the report compares it.
-    ``backbone``: the pretrained backbone's name (``vit_huge_patch14`` for ViTDet-H, whose patch embedding
-    the checkpointer resized to 16), as the published numbers name it; default: read off the model.
-    ``weights``: the backbone's weights layout (``torchvision`` for the ResNets converted here), which the
-    report checks against the published baselines'."""
+    ``pretrained``: what the pretrained checkpoint said (``PretrainInfo``): its backbone name, its
+    pretraining epochs (they join the recipe, as the report compares them) and its weights layout
+    (``torchvision`` for the ResNets converted here, checked against the published baselines')."""
     output_dir = output_dir or recipe.output_dir
-    summary = {**recipe.recipe_summary(), **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {})}
+    pretrained = pretrained or {}
+    epochs, weights = pretrained.get("pretrain_epochs"), pretrained.get("weights")
+    summary = {**recipe.recipe_summary(), **({"pretrain_epochs": epochs} if epochs else {})}
     all_results = OrderedDict()  # inference_on_dataset evaluates in eval mode and restores the mode after
     tests = recipe.build_test(os.path.join(output_dir, "inference"))
     for name, loader, evaluator in tests:
@@ -337,7 +343,7 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
         print_csv_format(results)
         task, metrics = results_record(evaluator, results)
         folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
-        path = write_results(folder, task=task, backbone=backbone or backbone_name(model),
+        path = write_results(folder, task=task, backbone=backbone_label(model, pretrained),
                              pretrain=pretrain or "unknown", metrics=metrics, recipe=summary, checkpoint=checkpoint,
                              dataset=name, tool="tools/train_net.py", **({"weights": weights} if weights else {}))
         log.info("wrote %s", path)
@@ -361,8 +367,7 @@ def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool
     if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
         info.info = checkpointer.pretrained
     return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
-                    pretrain=_pretrain_label(info.info, pretrain, path), pretrain_epochs=info.info.get("pretrain_epochs"),
-                    backbone=info.info.get("backbone"), weights=info.info.get("weights"))
+                    pretrain=_pretrain_label(info.info, pretrain, path), pretrained=info.info)
 
 
 def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pretrain: Optional[str] = None
@@ -383,8 +388,7 @@ def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pret
     def test_and_save():
         label = _pretrain_label(info.info, pretrain, recipe.init_checkpoint)
         final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label,
-                              pretrain_epochs=info.info.get("pretrain_epochs"), backbone=info.info.get("backbone"),
-                              weights=info.info.get("weights")))
+                              pretrained=info.info))
         return final
 
     from fvcore.nn.precise_bn import get_bn_modules
