@@ -45,6 +45,10 @@ class Row:
     source: str = ""
     name: str = ""
     weights: Optional[str] = None  # the backbone's weights layout where it matters (transfer.published.WEIGHTS)
+    # Several seeds of one run (tools/evaluate.py): metrics are their means, std their standard deviations.
+    std: Dict[str, float] = field(default_factory=dict)
+    n: int = 1
+    status: str = ""  # e.g. "failed: 1 of 3 seeds (log ...)": shown, never silently missing
 
 
 @dataclass
@@ -143,6 +147,8 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
                 diffs = differences(r, pub, COMPARED_RECIPE_KEYS)
                 if diffs:
                     notes.append(f"{MARK} vs published: " + ", ".join(diffs))
+        if r.status:
+            notes.append(r.status)
         missing = [m for m in metrics if r.metrics.get(m) is None and m in TASKS[task]]
         if missing and r.origin == "run":
             notes.append("missing: " + ", ".join(missing))
@@ -175,6 +181,9 @@ def table_records(t: TaskTable) -> List[Dict[str, object]]:
                                   "name": r.name}
         for m in t.metrics:
             rec[m] = r.metrics.get(m)
+        rec["n"] = r.n if r.origin == "run" else None
+        for m in t.metrics:
+            rec[f"{m}_std"] = r.std.get(m) if r.n > 1 else None
         for m in t.metrics:
             rec[f"d_{t.baseline_name}_{m}"] = _delta(r.metrics.get(m), c.baseline.metrics.get(m)) if c.baseline else None
         for m in t.metrics:
@@ -202,7 +211,8 @@ def to_markdown(t: TaskTable) -> str:
         mp = MARK if marked(c, "published") else ""
         cells = [rec["backbone"], rec["pretrain"] + (f" ({rec['name']})" if c.row.origin == "run" else ""),
                  rec["origin"]]
-        cells += [_fmt(rec[m]) for m in shown]
+        cells += [_fmt(rec[m]) + (f" ± {rec[m + '_std']:.2f} (n={c.row.n})" if rec[m + "_std"] is not None
+                                  and rec[m] is not None else "") for m in shown]
         if with_base:
             cells += [_fmt(rec[f"d_{t.baseline_name}_{m}"], True)
                       + (mb if rec[f"d_{t.baseline_name}_{m}"] is not None else "") for m in shown]
@@ -254,8 +264,10 @@ def write_chart(t: TaskTable, path) -> Optional[Path]:
             if v is None:
                 continue
             x = i + (j - (k - 1) / 2) * width
+            err = c.row.std.get(m) if c.row.n > 1 else None  # seeds' standard deviation
             # Published numbers hatched, the project's runs solid.
-            ax.bar(x, v, width, color=color, hatch="//" if c.row.origin == "published" else None,
+            ax.bar(x, v, width, yerr=err, capsize=3 if err else 0, color=color,
+                   hatch="//" if c.row.origin == "published" else None,
                    edgecolor="white" if c.row.origin == "published" else color, label=m if i == 0 or
                    all(cc.row.metrics.get(m) is None for cc in t.comparisons[:i]) else None)
             ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=7)

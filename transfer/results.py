@@ -29,6 +29,7 @@ TASKS: Dict[str, List[str]] = {
     # top1 / top5: the final epoch's; top1_best: the best epoch's (what the MAE and MoCo authors report)
     "imagenet_linear": ["top1", "top5", "top1_best"],
     "imagenet_finetune": ["top1", "top5", "top1_best"],
+    "knn": ["top1", "top5"],  # weighted k-NN on frozen features of a labelled folder (the ladder's first rung)
     "coco_det": ["box_AP", "box_AP50", "box_AP75"],
     "coco_instance_seg": ["box_AP", "mask_AP", "box_AP50", "box_AP75", "mask_AP50", "mask_AP75"],
     "voc_det": ["AP50", "AP", "AP75"],

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""The evaluation ladder: one command from a checkpoint to a seeded verdict, cheapest rungs first.
+
+  python tools/evaluate.py CKPT --suite quick --data imagenet=/data/imagenet ade20k=/data/ADEChallengeData2016
+  python tools/evaluate.py CKPT --suite full --data-file data.yaml --dry-run          # jobs, GPUs, GPU-hours
+  python tools/evaluate.py CKPT --suite full --data-file data.yaml --launcher slurm --partition gpu
+  python tools/evaluate.py CKPT --rungs knn,dense_probe --seeds 5 --baseline random --data ...
+
+Rungs (``--suite quick`` = the first three): knn (weighted kNN, k = 20, T = 0.07), linear (the MAE /
+MoCo linear protocols), dense_probe (BN + 1x1 conv on frozen patch features, the DINOv2 linear head),
+finetune, detection (detectron2), segmentation (mmseg UperNet). Each runs for the checkpoint and for its
+baseline (``--baseline random`` or a checkpoint file), ``--seeds`` times. A rung whose data is absent
+is skipped with a line saying so. Results go to ``<out>/<name>-<sha256[:12]>/``; a rerun skips what
+finished and resumes what was interrupted. See docs/ladder.md.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+
+def parse_data(pairs, data_file):
+    data = {}
+    if data_file:
+        import yaml
+
+        loaded = yaml.safe_load(Path(data_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{data_file}: expected a mapping like 'imagenet: /data/imagenet'")
+        data.update({str(k): str(v) for k, v in loaded.items()})
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--data takes KEY=PATH (imagenet=..., ade20k=..., coco=...), got {pair!r}")
+        data[key] = value
+    return data
+
+
+def parse_rung_args(items):
+    out = {}
+    for item in items or []:
+        rung, sep, args = item.partition("=")
+        if not sep:
+            raise ValueError(f"--rung-args takes RUNG='ARGS' (e.g. linear='train.epochs=2'), got {item!r}")
+        out.setdefault(rung, []).extend(shlex.split(args))
+    return out
+
+
+def main(argv=None):
+    from transfer.ladder import RUNGS, SUITES
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="any checkpoint the project reads (MAE, MoCo, timm, DeiT, torchvision)")
+    p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="quick = knn, linear, dense_probe")
+    p.add_argument("--rungs", help=f"comma-separated rungs instead of a suite ({', '.join(RUNGS)})")
+    p.add_argument("--baseline", default="random",
+                   help="random | supervised (needs the file: pass its path) | PATH of a checkpoint | none")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per rung and subject (2+ for a verdict)")
+    p.add_argument("--rung-seeds", nargs="*", default=[], metavar="RUNG=N",
+                   help="another seed count for some rungs, e.g. detection=1")
+    p.add_argument("--data", nargs="*", metavar="KEY=PATH", help="imagenet=DIR (train/ val/), ade20k=DIR, coco=DIR")
+    p.add_argument("--data-file", help="YAML mapping of the same keys to paths")
+    p.add_argument("--rung-args", nargs="*", metavar="RUNG=ARGS", help="extra arguments of a rung's tool")
+    p.add_argument("--out", default="output/ladder", help="root of the per-checkpoint folders")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit's cluster: "local" in tests
+    p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, GPUs, GPU-hours); run nothing")
+    p.add_argument("--report-only", action="store_true", help="summarise what finished; run nothing")
+    p.add_argument("--allow-pickle", action="store_true", help="trust the checkpoint's pickled objects")
+    args = p.parse_args(argv)
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer import ladder
+
+    try:
+        rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
+        rung_seeds = {k: int(v) for k, v in (item.split("=", 1) for item in args.rung_seeds)}
+        plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
+                           args.baseline, parse_rung_args(args.rung_args), rung_seeds, args.allow_pickle)
+    except (CheckpointFormatError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    info = plan.checkpoint
+    print(f"{info.path}: {info.family} {info.backbone}, pretraining {info.pretrain}, sha256 {info.digest[:12]}")
+    print(f"output: {plan.folder}")
+    for line in plan.skipped:
+        print(f"skipped {line}")
+    if args.dry_run:
+        print_plan(plan)
+        return
+    from pretrain.checkpoint import save_atomic
+
+    Path(plan.folder).mkdir(parents=True, exist_ok=True)
+
+    save_atomic(plan.to_json(), Path(plan.folder) / "plan.json")
+    if not args.report_only:
+        if args.launcher == "local":
+            ladder.run_local(plan)
+        else:
+            jobs = ladder.run_slurm(plan, partition=args.partition, cluster=args.cluster)
+            if args.cluster != "local":
+                print(f"submitted {len(jobs)} jobs; when they end: python tools/evaluate.py {args.checkpoint} "
+                      f"... --report-only (the same arguments)")
+                return
+            for job in jobs:  # the local executor: wait, then report
+                try:
+                    job.result()
+                except Exception as e:  # noqa: BLE001  (recorded in failed.json; the others go on)
+                    print(f"{job.job_id}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    report = ladder.write_ladder_report(plan)
+    print(f"report: {report}")
+    verdicts = report.read_text().split("## Verdicts", 1)[-1].split("## Training curves")[0]
+    print("\n".join(line for line in verdicts.splitlines() if line.startswith("- ")))
+
+
+def print_plan(plan):
+    from collections import OrderedDict
+
+    rows = OrderedDict()
+    for job in plan.jobs:
+        key = (job.rung, job.subject.role)
+        n, gpus, hours, cmd = rows.get(key, (0, job.gpus, 0.0, job.command))
+        rows[key] = (n + 1, gpus, hours + job.gpu_hours, cmd)
+    print(f"{'rung':<14}{'subject':<12}{'seeds':>6}{'GPUs/job':>10}{'GPU-hours':>11}  command (first seed)")
+    for (rung, role), (n, gpus, hours, cmd) in rows.items():
+        print(f"{rung:<14}{role:<12}{n:>6}{gpus:>10}{hours:>11.1f}  {shlex.join(cmd)}")
+    print(f"{len(plan.jobs)} jobs, about {plan.gpu_hours:.1f} GPU-hours (A100-class estimates: docs/ladder.md)")
+
+
+if __name__ == "__main__":
+    main()

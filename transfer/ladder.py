@@ -1,0 +1,613 @@
+"""The evaluation ladder: from one checkpoint to seeded results of every rung, cheapest first.
+
+A *rung* is one protocol (weighted kNN, linear probe, frozen dense probe, fine-tuning,
+detectron2, mmseg UperNet) run by the project's own tool for it as a subprocess, so that
+every rung is the same code a user runs by hand. ``plan`` turns a checkpoint into *jobs*:
+rung x subject (the checkpoint, and its baseline through the same protocol) x seed, each
+with its command, its output folder, the GPUs its recipe needs and an estimate of its cost.
+``run_local`` runs them one after another (a finished job is skipped, an interrupted one
+resumed, a failed one recorded with its log and the rest go on); ``run_slurm`` submits one
+job each through submitit. ``summarise`` aggregates the seeds (mean, standard deviation, n)
+and gives each rung a verdict from the seeds' spread (Welch's t-test, see ``verdict``).
+
+Output folder, one per checkpoint *content* (two files named alike never mix):
+``<out>/<file stem>-<sha256[:12]>/plan.json``, ``<rung>/<subject>/seed<k>/results.json``
+(``transfer.results``' schema, with ``seed``), ``failed.json`` beside a failed job's log,
+and ``report/`` (tables with mean ± std, the published numbers, charts with error bars,
+training curves).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+RUNGS = ("knn", "linear", "dense_probe", "finetune", "detection", "segmentation")
+SUITES = {"quick": RUNGS[:3], "standard": RUNGS[:4], "full": RUNGS}
+# The dataset each rung reads (``--data KEY=PATH``), and the task its results file names.
+DATA_OF = {"knn": "imagenet", "linear": "imagenet", "dense_probe": "ade20k", "finetune": "imagenet",
+           "detection": "coco", "segmentation": "ade20k"}
+PRIMARY_METRIC = {"knn": "top1", "imagenet_linear": "top1", "imagenet_finetune": "top1",
+                  "ade20k_seg": "mIoU", "semantic_seg": "mIoU", "coco_instance_seg": "mask_AP",
+                  "coco_det": "box_AP", "voc_det": "AP"}
+SIGNIFICANCE = 0.05  # two-sided p of Welch's t-test below which a gap is called a difference
+
+
+# ----------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class RungRecipe:
+    """What a rung runs for one backbone: the tool, its config, the GPUs it was published with and
+    the cost estimate (GPU-hours on A100-class GPUs, see docs/ladder.md's cost table)."""
+    tool: str
+    config: Optional[str] = None
+    gpus: int = 1
+    gpu_hours: float = 0.0
+    args: Tuple[str, ...] = ()
+
+
+def _recipes(vit: Optional[str], linear: str, finetune: Optional[str], detection: Optional[str],
+             segmentation: Optional[str], gpu_hours: Mapping[str, float], gpus: Mapping[str, int],
+             cpu: bool = False) -> Dict[str, RungRecipe]:
+    knn_args = ("--img-size", "64", "--batch", "64") if cpu else ()
+    probe = (("--iters", "300", "--batch", "8", "--crop", "64") if cpu else
+             ("--iters", "40000", "--batch", "16", "--crop", "512"))  # DINOv2's linear ADE20K probe: 40k x 16
+    out = {"knn": RungRecipe("tools/knn_eval.py", None, 1, gpu_hours["knn"], knn_args),
+           "linear": RungRecipe("tools/train_cls.py", linear, gpus.get("linear", 1), gpu_hours["linear"]),
+           "dense_probe": RungRecipe("tools/dense_probe.py", None, 1, gpu_hours["dense_probe"], probe)}
+    if finetune:
+        out["finetune"] = RungRecipe("tools/train_cls.py", finetune, gpus.get("finetune", 1), gpu_hours["finetune"])
+    if detection:
+        out["detection"] = RungRecipe("tools/train_net.py", detection, gpus.get("detection", 1),
+                                      gpu_hours["detection"])
+    if segmentation:
+        out["segmentation"] = RungRecipe("tools/train_seg.py", segmentation, gpus.get("segmentation", 1),
+                                         gpu_hours["segmentation"])
+    return out
+
+
+C, D, M = "configs/classification/", "configs/detectron2/", "configs/mmseg/"
+# Per backbone: the shipped recipe of each rung. GPU counts are the recipes' own (their headers);
+# GPU-hours are estimates documented in docs/ladder.md (iterations x s/iter x GPUs, or images / throughput).
+RECIPES: Dict[str, Dict[str, RungRecipe]] = {
+    "vit_base_patch16": _recipes(
+        "base", C + "mae_vit_base_linear.yaml", C + "mae_vit_base_finetune.yaml", D + "COCO/mask_rcnn_vitdet_b_100ep.py",
+        M + "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py",
+        {"knn": 0.2, "linear": 13, "dense_probe": 0.5, "finetune": 90, "detection": 1030, "segmentation": 125},
+        {"linear": 32, "finetune": 32, "detection": 64, "segmentation": 8}),
+    "vit_large_patch16": _recipes(
+        "large", C + "mae_vit_large_linear.yaml", C + "mae_vit_large_finetune.yaml",
+        D + "COCO/mask_rcnn_vitdet_l_100ep.py", None,
+        {"knn": 0.6, "linear": 40, "dense_probe": 1.5, "finetune": 160, "detection": 2900},
+        {"linear": 32, "finetune": 32, "detection": 64}),
+    "resnet50": _recipes(
+        None, C + "moco_r50_linear.yaml", None, D + "COCO/mask_rcnn_R_50_C4_2x_moco.py",
+        M + "upernet_r50-moco_4xb4-80k_ade20k-512x512.py",
+        {"knn": 0.2, "linear": 18, "dense_probe": 0.4, "detection": 200, "segmentation": 36},
+        {"linear": 8, "detection": 8, "segmentation": 4}),
+    # CPU-sized twins (the demo's backbones): minutes on a laptop, not comparable with published numbers.
+    "vit_pico_patch8": _recipes(
+        "pico", C + "mae_vit_pico_linear_cpu.yaml", C + "mae_vit_pico_finetune_cpu.yaml",
+        D + "tiny/mask_rcnn_vitdet_pico.py", M + "tiny/upernet_vit-pico_folder-64x64.py",
+        {"knn": 0, "linear": 0, "dense_probe": 0, "finetune": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
+    "resnet18": _recipes(
+        None, C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py",
+        M + "tiny/upernet_r18_folder-64x64.py",
+        {"knn": 0, "linear": 0, "dense_probe": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
+}
+
+
+# --------------------------------------------------------------- subjects
+@dataclass(frozen=True)
+class Subject:
+    """What a job evaluates: the checkpoint, or its baseline (a checkpoint, or random initialisation)."""
+    role: str  # "pretrained" | "baseline"
+    checkpoint: Optional[str]  # None: random initialisation of the backbone
+    label: Optional[str] = None  # results' pretraining label to force (random init: "random")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    digest: str  # sha256 of the file's bytes
+    family: str  # vit | resnet
+    backbone: str  # results name: vit_base_patch16, resnet50, ...
+    arch: str  # what the tools build for random initialisation: mae_vit_base_patch16, resnet50, ...
+    pretrain: str
+
+
+def file_digest(path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inspect_checkpoint(path, allow_pickle: bool = False) -> CheckpointInfo:
+    """Family, backbone name and pretraining of any checkpoint the project reads."""
+    from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict
+    from transfer.convert import guess_pretrain, resnet_arch
+
+    path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = load_file(path, allow_pickle=allow_pickle)
+    sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
+    kind = describe_state_dict(sd)
+    if kind in ("mae", "vit"):
+        from transfer.classification.vit import vit_arch
+
+        name = vit_arch("auto", sd)["name"]
+        family, arch = "vit", f"mae_{name}"
+    elif kind in ("moco", "resnet") or any(k.startswith("base_encoder.") for k in sd):
+        from pretrain.moco import backbone_state_dict
+
+        name = arch = resnet_arch(backbone_state_dict(ckpt))
+        family = "resnet"
+    else:
+        raise CheckpointFormatError(f"{path}: expected a ViT (MAE, timm, DeiT) or ResNet (MoCo, torchvision) "
+                                    f"checkpoint, found {describe_state_dict(sd, verbose=True)}")
+    return CheckpointInfo(path, file_digest(path), family, name, arch, guess_pretrain(ckpt, path=path))
+
+
+# -------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    rung: str
+    subject: Subject
+    seed: int
+    folder: str
+    command: List[str]
+    gpus: int
+    gpu_hours: float
+    task: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.rung}/{self.subject.role}/seed{self.seed}"
+
+    @property
+    def results(self) -> Path:
+        return Path(self.folder) / "results.json"
+
+    @property
+    def failure(self) -> Path:
+        return Path(self.folder) / "failed.json"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.folder) / "log.txt"
+
+
+@dataclass
+class Plan:
+    checkpoint: CheckpointInfo
+    baseline: str
+    seeds: int
+    folder: str
+    jobs: List[Job] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)  # rungs that cannot run here, with the reason
+
+    def to_json(self) -> Dict:
+        return {"checkpoint": dataclasses.asdict(self.checkpoint), "baseline": self.baseline, "seeds": self.seeds,
+                "skipped": self.skipped, "gpu_hours": self.gpu_hours,
+                "jobs": [{**dataclasses.asdict(j), "subject": dataclasses.asdict(j.subject), "key": j.key}
+                         for j in self.jobs]}
+
+    @property
+    def gpu_hours(self) -> float:
+        return round(sum(j.gpu_hours for j in self.jobs), 2)
+
+
+def checkpoint_folder(out_root, info: CheckpointInfo) -> Path:
+    return Path(out_root) / f"{Path(info.path).name.split('.')[0]}-{info.digest[:12]}"
+
+
+def _subjects(info: CheckpointInfo, baseline: str) -> List[Subject]:
+    """The checkpoint and its baseline. ``supervised`` needs the supervised twin's file (no weights are
+    downloaded here): pass it as ``--baseline PATH``."""
+    subjects = [Subject("pretrained", info.path)]
+    if baseline == "random":
+        subjects.append(Subject("baseline", None, "random"))
+    elif baseline == "supervised":
+        raise ValueError("--baseline supervised needs the supervised twin's weights, which cannot be fetched here: "
+                         "pass the file (e.g. --baseline resnet50-0676ba61.pth or deit_base_patch16_224.pth), "
+                         "or --baseline random")
+    elif baseline != "none":
+        if not Path(baseline).is_file():
+            raise FileNotFoundError(f"baseline checkpoint not found: {baseline}")
+        subjects.append(Subject("baseline", str(baseline)))
+    return subjects
+
+
+def _data_args(rung: str, root: str) -> Tuple[List[str], str]:
+    """The tool's dataset arguments for ``rung`` on the folder ``root``, and the task it writes."""
+    root_path = Path(root)
+    if rung == "knn":
+        return ["--train", str(root_path / "train"), "--val", str(root_path / "val")], "knn"
+    if rung in ("linear", "finetune"):
+        return [f"data.path={root}"], "imagenet_linear" if rung == "linear" else "imagenet_finetune"
+    ade = (root_path / "images" / "validation").is_dir()  # ADE20K layout, else the project's folder layout
+    if rung == "dense_probe":
+        return ["--data-root", root, "--dataset", "ade20k" if ade else "folder"], "ade20k_seg" if ade else "semantic_seg"
+    if rung == "segmentation":
+        return ["--data-root", root], "ade20k_seg" if ade else "semantic_seg"
+    if rung == "detection":
+        ann = root_path / "annotations"
+        return (["--train-json", str(ann / "instances_train2017.json"),
+                 "--test-json", str(ann / "instances_val2017.json")], "coco_instance_seg")
+    raise ValueError(rung)
+
+
+def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: CheckpointInfo, seed: int, folder: str,
+                data_args: List[str], extra: Sequence[str] = ()) -> List[str]:
+    """The tool's command line for one job (``extra``: the user's ``--rung-args`` for this rung)."""
+    ckpt = subject.checkpoint
+    label = list(subject.label and ["--pretrain", subject.label] or [])
+    if rung in ("knn", "dense_probe"):
+        init = [ckpt] if ckpt else ["--random-init", info.arch]
+        return [recipe.tool, *init, *data_args, "--out", folder, "--seed", str(seed), *label, *recipe.args, *extra]
+    if rung in ("linear", "finetune"):
+        init = ["--checkpoint", ckpt, "model.arch=auto"] if ckpt else [f"model.arch={info.arch}", "model.pretrain=random"]
+        return [recipe.tool, recipe.config, *init, *data_args, f"train.output_dir={folder}", f"train.seed={seed}",
+                "data.synthetic=false", *recipe.args, *extra]
+    if rung == "detection":
+        init = ["--checkpoint", ckpt] if ckpt else ["--random-init"]
+        return [recipe.tool, "--config-file", recipe.config, *init, *data_args, "--output-dir", folder, *label,
+                *recipe.args, *extra, f"train.seed={seed}"]
+    if rung == "segmentation":
+        init = ["--checkpoint", ckpt] if ckpt else ["--random-init"]
+        return [recipe.tool, recipe.config, *init, *data_args, "--work-dir", folder, *label, *recipe.args, *extra,
+                "--cfg-options", f"randomness.seed={seed}"]
+    raise ValueError(rung)
+
+
+def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], seeds: int = 3,
+         baseline: str = "random", rung_args: Optional[Mapping[str, Sequence[str]]] = None,
+         rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False) -> Plan:
+    """Jobs of every requested rung for the checkpoint and its baseline, ``seeds`` seeds each (``rung_seeds``:
+    another number for some rungs, e.g. one seed of an expensive one). A rung without a shipped recipe for
+    the backbone, or without its dataset, is listed in ``skipped`` with the reason."""
+    info = inspect_checkpoint(checkpoint, allow_pickle)
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown:
+        raise ValueError(f"unknown rungs {unknown}; expected some of {', '.join(RUNGS)}")
+    recipes = RECIPES.get(info.backbone)
+    if recipes is None:
+        raise ValueError(f"no ladder recipes for {info.backbone}; known backbones: {', '.join(sorted(RECIPES))}")
+    folder = checkpoint_folder(out_root, info)
+    p = Plan(info, baseline, seeds, str(folder))
+    subjects = _subjects(info, baseline)
+    for rung in RUNGS:
+        if rung not in rungs:
+            continue
+        if rung not in recipes:
+            p.skipped.append(f"{rung}: no shipped recipe for {info.backbone}")
+            continue
+        root = data.get(DATA_OF[rung])
+        if not root or not Path(root).exists():
+            p.skipped.append(f"{rung}: no {DATA_OF[rung]} data (--data {DATA_OF[rung]}=PATH)"
+                             + (f"; {root} does not exist" if root else ""))
+            continue
+        recipe = recipes[rung]
+        data_args, task = _data_args(rung, root)
+        for subject in subjects:
+            for seed in range((rung_seeds or {}).get(rung, seeds)):
+                job_folder = str(folder / rung / subject.role / f"seed{seed}")
+                cmd = job_command(rung, recipe, subject, info, seed, job_folder, data_args,
+                                  (rung_args or {}).get(rung, ()))
+                p.jobs.append(Job(rung, subject, seed, job_folder, cmd, recipe.gpus, recipe.gpu_hours, task))
+    return p
+
+
+# --------------------------------------------------------------- launchers
+def job_state(job: Job) -> str:
+    if job.results.is_file():
+        return "done"
+    if job.failure.is_file():
+        return "failed"
+    return "started" if Path(job.folder).is_dir() else "new"
+
+
+RESUME_FLAG = {"tools/train_cls.py": "--resume", "tools/train_net.py": "--resume", "tools/train_seg.py": "--resume",
+               "tools/dense_probe.py": "--resume"}
+
+
+def launch_command(job: Job, resume: bool, python: str = sys.executable, nodes: int = 1, node_rank: int = 0,
+                   master: str = "127.0.0.1", port: int = 29500) -> List[str]:
+    """``python TOOL ...``, through torchrun for multi-GPU recipes (detectron2 launches its own processes);
+    ``resume`` adds the tool's resume flag for a job that started before."""
+    cmd = list(job.command)
+    flag = RESUME_FLAG.get(cmd[0])
+    if resume and flag:
+        cmd.insert(1 if cmd[0] != "tools/train_cls.py" else 2, flag)
+    gpus = job.gpus if _cuda_devices() else 1
+    if cmd[0] == "tools/train_net.py":
+        return [python, *cmd[:1], "--num-gpus", str(min(gpus, 8)), "--num-machines", str(nodes),
+                "--machine-rank", str(node_rank), *(["--dist-url", f"tcp://{master}:{port}"] if nodes > 1 else []),
+                *cmd[1:]]
+    if gpus > 1:
+        return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
+                "--nproc_per_node", str(min(gpus, 8)), "--master_addr", master, "--master_port", str(port), *cmd]
+    return [python, *cmd]
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001  (no torch CUDA: CPU runs)
+        return 0
+
+
+def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, **launch) -> int:
+    """Run one job as a subprocess, its output in ``log.txt``; a failure is recorded in ``failed.json``."""
+    Path(job.folder).mkdir(parents=True, exist_ok=True)
+    job.failure.unlink(missing_ok=True)
+    cmd = launch_command(job, resume, **launch)
+    with open(job.log, "a") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    if rc != 0 or not job.results.is_file():
+        job.failure.write_text(json.dumps({"returncode": rc, "log": str(job.log), "command": cmd,
+                                           "when": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    return rc
+
+
+def run_local(p: Plan, echo: Callable[[str], None] = print, env: Optional[Mapping[str, str]] = None) -> None:
+    """Every job in order, one line as each starts and ends. Finished jobs are skipped, started ones resumed,
+    failed ones tried again; a failure never stops the others."""
+    for i, job in enumerate(p.jobs, 1):
+        state = job_state(job)
+        head = f"[{i}/{len(p.jobs)}] {job.key}"
+        if state == "done":
+            echo(f"{head}: done earlier, skipped ({result_line(job)})")
+            continue
+        echo(f"{head}: {'resuming' if state in ('started', 'failed') else 'starting'} ...")
+        start = time.time()
+        rc = run_job(job, resume=state in ("started", "failed"), env=env)
+        took = f"{time.time() - start:.0f} s"
+        echo(f"{head}: {'FAILED (exit ' + str(rc) + f', log {job.log})' if job.failure.is_file() else result_line(job)}"
+             f" in {took}")
+
+
+def result_line(job: Job) -> str:
+    from transfer.results import read_results
+
+    metric = PRIMARY_METRIC.get(job.task, "")
+    value = read_results(job.results)["metrics"].get(metric)
+    return f"{metric} {value:.2f}" if value is not None else f"{metric} missing"
+
+
+def run_slurm(p: Plan, folder: Optional[str] = None, partition: Optional[str] = None, timeout_min: int = 4320,
+              max_requeues: int = 3, cluster: Optional[str] = None, echo: Callable[[str], None] = print):
+    """One submitit job per unfinished rung x subject x seed, GPUs per job from the recipe, requeued on
+    preemption or timeout (``max_requeues`` times; the tool resumes from its last checkpoint). ``cluster``:
+    submitit's (``local`` runs them here, for tests). Returns the submitit jobs."""
+    import submitit
+
+    submitted = []
+    for job in p.jobs:
+        if job_state(job) == "done":
+            echo(f"{job.key}: done earlier, skipped")
+            continue
+        executor = submitit.AutoExecutor(folder=folder or str(Path(p.folder) / "submitit"), cluster=cluster,
+                                         slurm_max_num_timeout=max_requeues)
+        gpus = max(1, job.gpus)
+        nodes = math.ceil(gpus / 8)
+        params = dict(name=f"ladder-{job.key.replace('/', '-')}", timeout_min=timeout_min, nodes=nodes,
+                      tasks_per_node=1)
+        if cluster != "local":
+            params.update(gpus_per_node=min(gpus, 8), cpus_per_task=10 * min(gpus, 8),
+                          slurm_partition=partition, slurm_additional_parameters={"requeue": True})
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        submitted.append(executor.submit(LadderJob(job)))
+        echo(f"{job.key}: submitted as {submitted[-1].job_id} ({gpus} GPU{'s' * (gpus > 1)}, {nodes} node(s))")
+    return submitted
+
+
+class LadderJob:
+    """A submitit callable: runs the job's tool (resuming after a requeue) and returns its results record.
+    ``checkpoint`` makes submitit requeue it on preemption or timeout with the same job."""
+
+    def __init__(self, job: Job, resume: bool = False):
+        self.job, self.resume = job, resume
+
+    def __call__(self) -> Dict:
+        import submitit
+
+        from transfer.results import read_results
+
+        env = submitit.JobEnvironment()
+        master = env.hostnames[0] if env.hostnames else "127.0.0.1"
+        resume = self.resume or job_state(self.job) in ("started", "failed")
+        rc = run_job(self.job, resume, nodes=env.num_nodes, node_rank=env.node, master=master)
+        if rc != 0:
+            raise RuntimeError(f"{self.job.key} failed with exit {rc}; log: {self.job.log}")
+        return read_results(self.job.results)
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(LadderJob(self.job, resume=True))
+
+
+# --------------------------------------------------------------- summaries
+@dataclass
+class Aggregate:
+    rung: str
+    role: str
+    task: str
+    backbone: str
+    pretrain: str
+    mean: Dict[str, float]
+    std: Dict[str, float]
+    n: int
+    values: Dict[str, List[float]]
+    recipe: Dict
+    failed: List[str] = field(default_factory=list)  # logs of failed seeds
+
+
+def summarise(p: Plan) -> List[Aggregate]:
+    """Mean, standard deviation (n - 1) and n per rung x subject over its finished seeds; failed seeds
+    listed with their logs."""
+    from transfer.results import read_results
+
+    groups: Dict[Tuple[str, str], List[Job]] = {}
+    for job in p.jobs:
+        groups.setdefault((job.rung, job.subject.role), []).append(job)
+    out = []
+    for (rung, role), jobs in groups.items():
+        records = [read_results(j.results) for j in jobs if j.results.is_file()]
+        failed = [str(j.log) for j in jobs if not j.results.is_file() and j.failure.is_file()]
+        values: Dict[str, List[float]] = {}
+        for r in records:
+            for k, v in r["metrics"].items():
+                if v is not None:
+                    values.setdefault(k, []).append(float(v))
+        mean = {k: sum(v) / len(v) for k, v in values.items()}
+        std = {k: (math.sqrt(sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
+               for k, v in values.items()}
+        first = records[0] if records else {}
+        recipe = {k: v for k, v in (first.get("recipe") or {}).items() if k != "seed"}
+        out.append(Aggregate(rung, role, jobs[0].task, first.get("backbone", p.checkpoint.backbone),
+                             first.get("pretrain", "?"), mean, std, len(records), values, recipe, failed))
+    return out
+
+
+def verdict(pretrained: Sequence[float], baseline: Sequence[float], alpha: float = SIGNIFICANCE) -> Tuple[str, str]:
+    """("better" | "worse" | "no clear difference" | "undecided", why) from the seeds of both sides.
+
+    Welch's t-test (unequal variances) on the primary metric: a difference when its two-sided p < alpha,
+    its sign from the means. With fewer than 2 seeds a side, or no spread at all on either side, the
+    test is undefined: "undecided" (never a verdict from one run)."""
+    if len(pretrained) < 2 or len(baseline) < 2:
+        return "undecided", f"needs 2+ seeds a side (have {len(pretrained)} and {len(baseline)})"
+    from scipy import stats
+
+    gap = sum(pretrained) / len(pretrained) - sum(baseline) / len(baseline)
+    if all(x == pretrained[0] for x in pretrained) and all(x == baseline[0] for x in baseline):
+        return ("better" if gap > 0 else "worse" if gap < 0 else "no clear difference"), "no spread across seeds"
+    t, pval = stats.ttest_ind(pretrained, baseline, equal_var=False)
+    if pval < alpha:
+        return ("better" if gap > 0 else "worse"), f"Welch t = {t:.2f}, p = {pval:.3f}"
+    return "no clear difference", f"Welch t = {t:.2f}, p = {pval:.3f} >= {alpha}"
+
+
+# ----------------------------------------------------------------- report
+def training_curve(folder) -> List[Tuple[int, float]]:
+    """(step, training loss) of one job, from whichever log its tool writes: the project's
+    ``metrics.jsonl``, mmengine's ``*/vis_data/scalars.json``, detectron2's ``metrics.json``."""
+    folder = Path(folder)
+    points: Dict[int, float] = {}
+    sources = [(folder / "metrics.jsonl", "step", "loss"), (folder / "metrics.json", "iteration", "total_loss")]
+    sources += [(f, "iter", "loss") for f in sorted(folder.glob("*/vis_data/scalars.json"))]
+    for path, step_key, loss_key in sources:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and loss_key in rec and step_key in rec and "images" not in rec:
+                points[int(rec[step_key])] = float(rec[loss_key])
+    return sorted(points.items())
+
+
+def write_curves(p: Plan, path) -> Optional[Path]:
+    """One panel per rung that trains: the training loss of the checkpoint against its baseline, the seeds'
+    mean at each logged step (a line per subject)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: Dict[str, Dict[str, List[List[Tuple[int, float]]]]] = {}
+    for job in p.jobs:
+        curve = training_curve(job.folder)
+        if curve:
+            panels.setdefault(job.rung, {}).setdefault(job.subject.role, []).append(curve)
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (rung, by_role) in zip(axes[0], panels.items()):
+        for role, curves in sorted(by_role.items(), reverse=True):
+            steps = sorted({s for c in curves for s, _ in c})
+            mean = [sum(dict(c)[s] for c in curves if s in dict(c)) / sum(s in dict(c) for c in curves) for s in steps]
+            ax.plot(steps, mean, label=f"{role} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        ax.set_title(rung)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_ladder_report(p: Plan, out_dir=None) -> Path:
+    """``report/`` of the checkpoint's folder: the tables of ``tools/report.py`` with mean ± std over the
+    seeds (and the published numbers), charts with error bars, training curves, and the verdicts."""
+    from transfer.report import Row, write_report
+
+    out = Path(out_dir or Path(p.folder) / "report")
+    aggregates = summarise(p)
+    base_label = {a.role: a.pretrain for a in aggregates}.get("baseline", "random")
+    rows = []
+    for a in aggregates:
+        status = ""
+        if a.failed:
+            status = f"failed: {len(a.failed)} of {len(a.failed) + a.n} seeds (log: {a.failed[0]})"
+        if a.n == 0 and not a.failed:
+            status = "not run yet"
+        metrics = dict(a.mean) or {PRIMARY_METRIC.get(a.task, "mIoU"): None}
+        rows.append(Row(a.task, a.backbone, a.pretrain if a.n else (a.pretrain if a.pretrain != "?" else a.role),
+                        "run", metrics, a.recipe, str(Path(p.folder) / a.rung / a.role), f"{a.rung}, {a.role}",
+                        None, dict(a.std), a.n, status))
+    path = write_report(rows, out, baseline=base_label, title=f"Evaluation ladder: {Path(p.checkpoint.path).name}")
+    curves = write_curves(p, out / "curves.png")
+    lines = ["", "## Verdicts", "",
+             f"Each rung: the checkpoint against its baseline ({p.baseline}) through the same protocol, "
+             f"{p.seeds} seed(s) each; a difference is one with Welch's t-test p < {SIGNIFICANCE} on the "
+             "rung's primary metric (docs/ladder.md).", ""]
+    by = {(a.rung, a.role): a for a in aggregates}
+    for rung in RUNGS:
+        pre, base = by.get((rung, "pretrained")), by.get((rung, "baseline"))
+        if pre is None:
+            continue
+        metric = PRIMARY_METRIC.get(pre.task, "")
+        if base is None:
+            lines.append(f"- {rung}: {metric} {_mean_std(pre, metric)} (no baseline)")
+            continue
+        word, why = verdict(pre.values.get(metric, []), base.values.get(metric, []))
+        failed = " (some seeds FAILED, see the table)" if pre.failed or base.failed else ""
+        lines.append(f"- {rung}: {metric} {_mean_std(pre, metric)} vs {_mean_std(base, metric)}: "
+                     f"**{word}** ({why}){failed}")
+    lines += [f"", f"Skipped: {'; '.join(p.skipped)}" if p.skipped else ""]
+    if curves:
+        lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _mean_std(a: Aggregate, metric: str) -> str:
+    vals = a.values.get(metric, [])
+    if not vals:
+        return "—"
+    return f"{a.mean[metric]:.2f} ± {a.std[metric]:.2f} (n={len(vals)})"
