@@ -39,7 +39,8 @@ SUITES = {"quick": RUNGS[:3], "standard": RUNGS[:4], "full": RUNGS}
 DATA_OF = {"knn": "imagenet", "linear": "imagenet", "dense_probe": "ade20k", "finetune": "imagenet",
            "detection": "coco", "segmentation": "ade20k"}
 PRIMARY_METRIC = {"knn": "top1", "imagenet_linear": "top1", "imagenet_finetune": "top1",
-                  "ade20k_seg": "mIoU", "semantic_seg": "mIoU", "coco_instance_seg": "mask_AP",
+                  "ade20k_seg": "mIoU", "semantic_seg": "mIoU", "ade20k_dense_probe": "mIoU", "dense_probe": "mIoU",
+                  "coco_instance_seg": "mask_AP",
                   "coco_det": "box_AP", "voc_det": "AP"}
 SIGNIFICANCE = 0.05  # two-sided p of Welch's t-test below which a gap is called a difference
 
@@ -240,7 +241,8 @@ def _data_args(rung: str, root: str) -> Tuple[List[str], str]:
         return [f"data.path={root}"], "imagenet_linear" if rung == "linear" else "imagenet_finetune"
     ade = (root_path / "images" / "validation").is_dir()  # ADE20K layout, else the project's folder layout
     if rung == "dense_probe":
-        return ["--data-root", root, "--dataset", "ade20k" if ade else "folder"], "ade20k_seg" if ade else "semantic_seg"
+        return (["--data-root", root, "--dataset", "ade20k" if ade else "folder"],
+                "ade20k_dense_probe" if ade else "dense_probe")
     if rung == "segmentation":
         return ["--data-root", root], "ade20k_seg" if ade else "semantic_seg"
     if rung == "detection":

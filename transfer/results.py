@@ -35,6 +35,9 @@ TASKS: Dict[str, List[str]] = {
     "voc_det": ["AP50", "AP", "AP75"],
     "ade20k_seg": ["mIoU", "mAcc", "aAcc"],
     "semantic_seg": ["mIoU", "mAcc", "aAcc"],  # any other folder of images + label PNGs
+    # The frozen dense probe (BN + 1x1 conv on frozen patch features): not UperNet's numbers, its own tables.
+    "ade20k_dense_probe": ["mIoU", "mAcc", "aAcc"],
+    "dense_probe": ["mIoU", "mAcc", "aAcc"],
 }
 RESULTS_FILE = "results.json"
 
