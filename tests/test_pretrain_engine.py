@@ -289,7 +289,7 @@ def test_slurm_script(tmp_path):
     assert "#SBATCH --partition=gpu" in script and "#SBATCH --requeue" in script
     assert "--nproc_per_node 8" in script and "--resume" in script and "data.path=/data/in1k" in script
     bad = run_tool("tools/submit_slurm.py", "configs/pretrain/mae_vit_large_in1k.yaml", "--dry-run",
-                   "train.nope=1", check=False)
+                   "train.nope=1", "data.path=/data/in1k", check=False)
     assert bad.returncode != 0 and "nope" in bad.stderr
 
 
