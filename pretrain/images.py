@@ -120,8 +120,3 @@ def decode_crop(img, box: Box, out_size: Tuple[int, int]) -> torch.Tensor:
     top, left, height, width = box
     return torch.from_numpy(array).permute(2, 0, 1)[:, top:top + height, left:left + width]
 
-
-def resized_crop(img, box: Box, size: Tuple[int, int], interpolation: str, flip: bool = False) -> torch.Tensor:
-    """uint8 [3, *size]: ``box`` of ``img`` resized to ``size``, mirrored if ``flip``."""
-    out = resize_uint8(decode_crop(img, box, size), size, interpolation)
-    return out.flip(-1) if flip else out

@@ -284,11 +284,13 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(a, b, ratio):
-    return (ratio * a + (1.0 - ratio) * b).clamp_(0.0, 1.0)
+    out = ratio * a  # torchvision's ratio * a + (1 - ratio) * b, in its order, with one temporary less
+    out += (1.0 - ratio) * b
+    return out.clamp_(0.0, 1.0)
 
 
 def adjust_brightness(x, factor):
-    return _blend(x, torch.zeros_like(x), factor)
+    return (x * factor).clamp_(0.0, 1.0)  # _blend(x, zeros, factor), whose second term is exactly 0
 
 
 def adjust_contrast(x, factor):
@@ -313,17 +315,17 @@ def adjust_hue(x, factor):
          + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
     h = torch.fmod(h / 6.0 + 1.0, 1.0)
     h = (h + factor.view(-1, 1, 1)) % 1.0
+    # HSV -> RGB: torchvision's sector table (v, q, p, p, t, v / t, v, v, q, p, p / p, p, t, v, v, q), gathered.
     v = maxc
     i = torch.floor(h * 6.0)
     f = h * 6.0 - i
-    i = i.to(torch.int32) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    sector = (i.unsqueeze(-3) == torch.arange(6, device=x.device).view(-1, 1, 1)).to(x.dtype)  # [N, 6, H, W]
-    rgb = torch.stack([torch.stack(c, dim=-3) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))],
-                      dim=-4)  # [N, 3, 6, H, W]
-    return torch.einsum("...ijk,...xijk->...xjk", sector, rgb)
+    sector = (i.to(torch.int64) % 6).unsqueeze(-3)  # [N, 1, H, W]
+    p = (v * (1.0 - s)).clamp_(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
+    values = torch.stack((v, q, p, t), dim=-3)  # [N, 4, H, W]
+    table = torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], device=x.device)
+    return torch.cat([values.gather(-3, table[c][sector]) for c in range(3)], dim=-3)
 
 
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # ColorJitter's fn_idx order
