@@ -357,3 +357,21 @@ def test_wait_timer_counts_the_time_spent_waiting_for_items(monkeypatch):
     for _ in timer:
         clock[0] += 1.0  # the step takes 1 s
     assert timer.waited == 6.0 and clock[0] == 9.0
+
+
+# ------------------------------------------------------------- GPU check
+@pytest.mark.slow
+def test_gpu_check_runs_every_row_on_a_cpu_in_tiny_mode():
+    """benchmarks/gpu_check.py --cpu --tiny: the prepared GPU script, every row, with tiny models (~30 s)."""
+    import importlib.util
+
+    from conftest import run_tool
+
+    proc = run_tool("benchmarks/gpu_check.py", "--cpu", "--tiny", timeout=300)
+    table = proc.stdout
+    for row in ("MAE mae_vit_pico_patch8 pretraining, project", "authors (re-derived)", "MoCo v2 resnet18",
+                "ViTDet", "UperNet", "data path, MAE: loader per core", "data path, MoCo v2 device part"):
+        assert row in table, (row, table)
+    assert "FAILED" not in table and "images/s" in table and "s/iter" in table
+    if importlib.util.find_spec("detectron2") is None:
+        assert "skipped: detectron2 is not installed" in table
