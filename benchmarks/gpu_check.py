@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 import time
 import traceback
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -3,7 +3,6 @@ images, PIL's decode, torchvision's ops per sample. Same seeds, same draws; pixe
 import io
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
