@@ -20,6 +20,7 @@ setup(
         "tqdm",
         "matplotlib",
         "pycocotools",
+        "simplejpeg",
     ],
     extras_require={
         # mmcv needs compiled ops: see tools/setup_env.sh for how it is built.
@@ -27,5 +28,7 @@ setup(
         # detectron2 is on no registry: pip install --no-build-isolation
         #   'git+https://github.com/facebookresearch/detectron2.git'
         "test": ["pytest"],
+        # data.backend=dali: decoding and crops on the GPU (CUDA 12).
+        "dali": ["nvidia-dali-cuda120==2.4.0"],
     },
 )

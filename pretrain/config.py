@@ -24,6 +24,9 @@ class DataConfig:
     img_size: int = 224
     crop_min_scale: float = 0.2  # RandomResizedCrop scale = (crop_min_scale, 1.0)
     num_workers: int = 8
+    # pil: decode and crop in the loader workers on the CPU (uint8), normalise on the device;
+    # dali: decode and crop on the GPU (nvidia-dali-cuda120, CUDA only; else pil, said in the log).
+    backend: str = "pil"
     # Labelled folders for the kNN monitor (``<dir>/<class>/*``); off when unset.
     knn_train: Optional[str] = None
     knn_val: Optional[str] = None
@@ -71,6 +74,11 @@ def validate_data_source(d, fail: Callable[[str], None], folder: str = "an image
     if not d.synthetic and not given:
         fail(f"data.path is not set: give the dataset (data.path={folder}), or data.synthetic=true for the "
              f"built-in synthetic scenes")
+
+
+def validate_backend(d, fail: Callable[[str], None]):
+    if d.backend not in ("pil", "dali"):
+        fail(f"data.backend must be pil or dali, got {d.backend!r}")
 
 
 def validate_run(t: RunConfig, fail: Callable[[str], None]):
@@ -223,6 +231,7 @@ def _validate(cfg, path):
     if cfg.method == "moco" and cfg.model.aug not in ("v1", "v2"):
         fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
     validate_data_source(cfg.data, fail, "/data/imagenet")
+    validate_backend(cfg.data, fail)
 
 
 def to_yaml(cfg) -> str:

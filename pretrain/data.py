@@ -1,13 +1,19 @@
-"""Image datasets, augmentations and a resumable sampler for pretraining.
+"""Image datasets, a resumable sampler and the data loader for pretraining.
 
 Reproducibility and resumption: the sampler hands the dataset ``(index, seed)``
 pairs, and each sample's augmentation draws from its own seeded generator. A
 sample's crops depend only on (run seed, epoch, position), not on the number of
-workers or on where a run was interrupted, so a resumed run sees exactly the
-batches an uninterrupted one would.
+workers, the backend or on where a run was interrupted, so a resumed run sees
+exactly the batches an uninterrupted one would.
+
+The datasets hand their transform (``pretrain.transforms``) the image undecoded
+(``pretrain.images``): the transform decodes at the scale its crop needs and
+returns uint8; its ``device_transform``, which the dataset exposes, finishes
+the batch on the device.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -15,16 +21,13 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset, Sampler
-from torchvision import transforms as T
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .images import DecodedImage, EncodedImage
 from .synthetic import render_scene, scene_rng
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -64,14 +67,20 @@ def scan_image_folder(root) -> Tuple[List[Path], List[int], List[str]]:
     return files, labels, classes
 
 
-def load_rgb(path) -> Image.Image:
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        img.load()  # decode now, so a truncated file fails here and not in a transform
-    return img.convert("RGB")
-
-
 # --------------------------------------------------------------- datasets
+@contextlib.contextmanager
+def seeded(seed: Optional[int]):
+    """torch's generator seeded with ``seed`` inside, the caller's state restored after (None: untouched)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also queue a seeding of every CUDA generator
+        # (1 ms a call, with a stack trace), which fork_rng(devices=[]) does not restore.
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
 class SeededSample:
     """Runs a transform under a per-sample seed, leaving the caller's RNG untouched."""
 
@@ -79,10 +88,7 @@ class SeededSample:
         self.transform = transform
 
     def __call__(self, img, seed: Optional[int]):
-        if seed is None:
-            return self.transform(img)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self.transform(img)
 
 
@@ -101,6 +107,7 @@ class ImageFolderDataset(Dataset):
         self.files, self.labels, self.classes = scan_image_folder(root)
         self.root = Path(root)
         self.transform = SeededSample(transform)
+        self.device_transform = transform.device_transform
         self.bad_list = bad_list
         self.max_bad = max(1, int(max_bad_fraction * len(self.files)))
         self._bad: set = set()  # paths; this process's view when there is no bad_list
@@ -130,11 +137,10 @@ class ImageFolderDataset(Dataset):
         for offset in range(len(self.files)):
             i = (index + offset) % len(self.files)
             try:
-                img = load_rgb(self.files[i])
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                # The header is read here, the pixels in the transform (at the scale its crop needs).
+                return self.transform(EncodedImage.from_file(self.files[i]), seed), self.labels[i]
+            except OSError as e:  # UnreadableImage, or the file itself
                 self._report_bad(i, e)
-                continue
-            return self.transform(img, seed), self.labels[i]
         raise RuntimeError(f"no readable image in {self.root}")
 
 
@@ -144,6 +150,7 @@ class SyntheticImageDataset(Dataset):
     def __init__(self, n: int, transform: Callable, size: int = 224, seed: int = 0):
         self.n, self.size, self.seed = n, size, seed
         self.transform = SeededSample(transform)
+        self.device_transform = transform.device_transform
         self.classes = ["synthetic"]
 
     def __len__(self) -> int:
@@ -153,7 +160,7 @@ class SyntheticImageDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         scene = render_scene(scene_rng(self.seed, index), (self.size, self.size))
         label = scene.instances[0].category if scene.instances else 0
-        return self.transform(Image.fromarray(scene.image), seed), label
+        return self.transform(DecodedImage(scene.image), seed), label
 
 
 # -------------------------------------------------------------- sampling
@@ -194,61 +201,6 @@ class ResumableSampler(Sampler):
         return self.num_per_rank - self.start
 
 
-# ------------------------------------------------------------- transforms
-def normalize() -> T.Normalize:
-    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-
-def mae_transform(img_size: int = 224, min_scale: float = 0.2) -> Callable:
-    """MAE pretraining: RandomResizedCrop (bicubic) + horizontal flip only."""
-    return T.Compose([
-        T.RandomResizedCrop(img_size, scale=(min_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        normalize(),
-    ])
-
-
-def moco_transform(version: str = "v2", img_size: int = 224, min_scale: float = 0.2) -> Callable:
-    """One MoCo view. v1: the InstDisc augmentation; v2 ("aug+"): + blur, weaker hue jitter."""
-    crop = T.RandomResizedCrop(img_size, scale=(min_scale, 1.0))
-    if version == "v1":
-        augs = [crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip()]
-    elif version == "v2":
-        # Kernel ~10% of the image (23 px at 224), sigma in [0.1, 2] as SimCLR / MoCo v2.
-        kernel = max(3, int(0.1 * img_size) // 2 * 2 + 1)
-        augs = [
-            crop,
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            T.RandomHorizontalFlip(),
-        ]
-    else:
-        raise ValueError(f"MoCo augmentation must be v1 or v2, got {version!r}")
-    return T.Compose(augs + [T.ToTensor(), normalize()])
-
-
-class TwoCrops:
-    """Two independent views of one image: the query and the key."""
-
-    def __init__(self, transform: Callable):
-        self.transform = transform
-
-    def __call__(self, img):
-        return torch.stack([self.transform(img), self.transform(img)])
-
-
-def eval_transform(img_size: int = 224, crop_pct: float = 0.875) -> Callable:
-    """Resize the short side to img_size / crop_pct, centre crop img_size (bicubic)."""
-    return T.Compose([
-        T.Resize(int(math.floor(img_size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(img_size),
-        T.ToTensor(),
-        normalize(),
-    ])
-
-
 def build_pretrain_dataset(data_cfg, transform: Callable, seed: int = 0, bad_list: Optional[str] = None) -> Dataset:
     """data.path's images, or the synthetic scenes where ``data.synthetic`` says so (the config refuses neither)."""
     if data_cfg.path:
@@ -265,3 +217,39 @@ def build_pretrain_dataset(data_cfg, transform: Callable, seed: int = 0, bad_lis
 def worker_init(_):
     # One intra-op thread per worker: workers are the parallelism.
     torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- loading
+BACKENDS = ("pil", "dali")
+
+
+def resolve_backend(backend: str, dataset, device) -> str:
+    """``data.backend``, or ``pil`` where DALI cannot run this (said in the log, with the reason)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"data.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "dali":
+        from .dali import dali_problem
+
+        problem = dali_problem(dataset, device)
+        if problem:
+            log.warning("data.backend=dali: %s; falling back to data.backend=pil (decoding on the CPU)", problem)
+            return "pil"
+    return backend
+
+
+def build_train_loader(dataset, sampler: ResumableSampler, batch_size: int, num_workers: int, device,
+                       seed: int, backend: str = "pil"):
+    """Batches of ``dataset`` in ``sampler``'s order, as the transform leaves them (uint8, plus any
+    parameters of what runs on the device): ``dataset.device_transform(batch[0], device)`` finishes them.
+    ``pil``: decoded on the CPU by the loader workers; ``dali``: decoded and cut on the GPU."""
+    if resolve_backend(backend, dataset, device) == "dali":
+        from .dali import DaliLoader
+
+        return DaliLoader(dataset, sampler, batch_size, device, num_threads=max(1, num_workers))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+        pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+        # Its own generator: starting an epoch's iterator must not draw from the global RNG,
+        # whose state the checkpoint restores.
+        generator=torch.Generator().manual_seed(seed),
+    )

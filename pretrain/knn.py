@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import ImageFolderDataset, eval_transform
+from .data import ImageFolderDataset
+from .transforms import eval_transform
 
 
 @torch.no_grad()
 def extract_features(feature_fn: Callable, loader, device) -> Tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
     for imgs, y in loader:
-        feats.append(F.normalize(feature_fn(imgs.to(device)).float(), dim=1).cpu())
+        imgs = loader.dataset.device_transform(imgs, device)
+        feats.append(F.normalize(feature_fn(imgs).float(), dim=1).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 
 from .checkpoint import unwrap_state_dict
-from .data import TwoCrops, mae_transform, moco_transform
+from .transforms import mae_transform, moco_transform
 from .mae import create_mae
 from .moco import build_moco, moco_checkpoint
 
@@ -34,7 +34,7 @@ class MAEMethod(PretrainMethod):
             decoder_num_heads=m.decoder_num_heads,
         )
 
-    def build_transform(self, cfg) -> Callable:
+    def build_transform(self, cfg, device: torch.device) -> Callable:
         return mae_transform(cfg.data.img_size, cfg.data.crop_min_scale)
 
     def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
@@ -80,8 +80,11 @@ class MoCoMethod(PretrainMethod):
         return build_moco(m.arch, dim=m.dim, K=m.queue_size, m=m.momentum, T=m.temperature, mlp=m.mlp,
                           bn_splits=splits)
 
-    def build_transform(self, cfg) -> Callable:
-        return TwoCrops(moco_transform(cfg.model.aug, cfg.data.img_size, cfg.data.crop_min_scale))
+    def build_transform(self, cfg, device: torch.device) -> Callable:
+        # Colour jitter, grayscale and blur where they are cheapest: batched on a CUDA device, else in the
+        # loader workers (beside the training step); the same parameters either way.
+        return moco_transform(cfg.model.aug, cfg.data.img_size, cfg.data.crop_min_scale,
+                              colour_on_device=device.type == "cuda")
 
     def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
         # As the authors: weight decay on every parameter of the query encoder.

@@ -21,13 +21,12 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import distributed as du
 from .checkpoint import load_file, save_atomic
 from .config import to_yaml
-from .data import ResumableSampler, build_pretrain_dataset, worker_init
+from .data import ResumableSampler, build_pretrain_dataset, build_train_loader
 from .knn import knn_evaluate
 from .logger import MetricLogger, setup_logging
 from .mae import configure_attention
@@ -126,6 +125,27 @@ def start_run(t, config_yaml: str):
     return dist, out, autocast_dtype(t.amp, dist.device)
 
 
+class WaitTimer:
+    """Iterates ``iterable``, adding up the seconds spent waiting for its items (``waited``):
+    the time the training step stood idle for data."""
+
+    def __init__(self, iterable):
+        self.iterable, self.waited = iterable, 0.0
+
+    def __iter__(self):
+        start = time.perf_counter()
+        items = iter(self.iterable)  # workers start here: waiting too
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - start
+            yield item
+            start = time.perf_counter()
+
+
 class TrainerBase:
     """The training loop the pretraining Trainer and the classification trainer share, after
     ``start_run``: one epoch from any position (per-iteration lr, gradient accumulation without DDP
@@ -133,22 +153,23 @@ class TrainerBase:
     stopping at the same step on every process, restoring a checkpoint's position and RNG streams.
 
     A subclass sets cfg, dist, device, amp_dtype, model, ddp, optimizer, scaler, lr, sampler,
-    train_loader, iters_per_epoch, metrics, epoch / iter / step, _stop_requested, stopped, and
-    defines ``batch_loss`` and ``save``.
+    train_loader, device_transform, iters_per_epoch, metrics, epoch / iter / step, _stop_requested,
+    stopped, and defines ``batch_loss`` and ``save``.
+
+    The loader delivers what the dataset's transform leaves (uint8, ``pretrain.transforms``);
+    ``device_transform`` (the dataset's) finishes a batch on the device. The logs say which share of
+    the step time went to waiting for data (``data_wait``): near 1, the loader is the bottleneck.
     """
 
-    def setup_training(self, dataset, build_optimizer: Callable[[float], torch.optim.Optimizer]):
-        """Sampler, loader, whole steps per epoch, effective batch, lr (``optim.lr``, else
-        ``optim.base_lr`` x effective batch / 256), optimizer, grad scaler, DDP wrapper."""
-        t, o = self.cfg.train, self.cfg.optim
+    def setup_training(self, dataset, build_optimizer: Callable[[float], torch.optim.Optimizer], backend: str):
+        """Sampler, loader (``backend``: ``pretrain.data.BACKENDS``), the dataset's device transform, whole
+        steps per epoch, effective batch, lr (``optim.lr``, else ``optim.base_lr`` x effective batch / 256),
+        optimizer, grad scaler, DDP wrapper."""
+        t, o, d = self.cfg.train, self.cfg.optim, self.cfg.data
         self.sampler = ResumableSampler(len(dataset), self.dist.rank, self.dist.world_size, seed=t.seed)
-        self.train_loader = DataLoader(
-            dataset, batch_size=t.batch_size, sampler=self.sampler, num_workers=self.cfg.data.num_workers,
-            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
-            # Its own generator: starting an epoch's iterator must not draw from the global RNG,
-            # whose state the checkpoint restores.
-            generator=torch.Generator().manual_seed(t.seed),
-        )
+        self.train_loader = build_train_loader(dataset, self.sampler, t.batch_size, d.num_workers, self.device,
+                                               t.seed, backend)
+        self.device_transform = dataset.device_transform
         # Whole optimizer steps per epoch (a partial accumulation at the end is dropped).
         self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
         if self.iters_per_epoch == 0:
@@ -197,7 +218,8 @@ class TrainerBase:
                    disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
         window_loss, window_imgs, window_start = [], 0, time.perf_counter()
         stats = {}
-        for batch in self.train_loader:
+        batches = WaitTimer(self.train_loader)
+        for batch in batches:
             if self.iter >= self.iters_per_epoch:
                 break
             boundary = (self.iter + 1) % t.accum_iter == 0
@@ -225,15 +247,17 @@ class TrainerBase:
             bar.update(1)
             if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
                 elapsed = time.perf_counter() - window_start
+                data_wait, batches.waited = batches.waited / max(elapsed, 1e-9), 0.0
                 stats = {
                     "epoch": self.epoch, "iter": self.iter,
                     "loss": du.all_reduce_mean(sum(window_loss) / len(window_loss), self._reduce_device()),
                     "lr": max(g["lr"] for g in self.optimizer.param_groups),  # the top layer's, under layer decay
                     "images_per_s": window_imgs / max(elapsed, 1e-9),
+                    "data_wait": data_wait,  # share of the window's time spent waiting for the loader
                     "memory_mb": peak_memory_mb(self.device), **{k: float(v) for k, v in extra.items()},
                 }
                 self.metrics.log(self.step, **stats)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", data=f"{data_wait:.0%}")
                 window_loss, window_imgs, window_start = [], 0, time.perf_counter()
             if boundary and t.ckpt_every_iters and self.step % t.ckpt_every_iters == 0 \
                     and self.iter < self.iters_per_epoch:
@@ -285,9 +309,10 @@ class Trainer(TrainerBase):
         self.model = self.method.build_model(cfg, self.dist.world_size).to(self.device)
         configure_attention(self.model, self.device.type, self.amp_dtype)
         dataset = build_pretrain_dataset(
-            cfg.data, self.method.build_transform(cfg), seed=t.seed, bad_list=str(self.out / "unreadable_images.txt")
+            cfg.data, self.method.build_transform(cfg, self.device), seed=t.seed,
+            bad_list=str(self.out / "unreadable_images.txt"),
         )
-        self.setup_training(dataset, lambda lr: self.method.build_optimizer(self.model, cfg, lr))
+        self.setup_training(dataset, lambda lr: self.method.build_optimizer(self.model, cfg, lr), cfg.data.backend)
         self.epoch, self.iter, self.step = 0, 0, 0  # position: next micro-batch to run
         self._stop_requested = self.stopped = False
         self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
@@ -354,10 +379,11 @@ class Trainer(TrainerBase):
         return last
 
     def batch_loss(self, batch):
-        batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+        images = self.device_transform(batch[0], self.device)
+        batch = [images] + [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch[1:]]
         with self.autocast():
             loss, extra = self.method.loss(self.ddp, batch, self.cfg)
-        return loss, extra, batch[0].shape[0]
+        return loss, extra, images.shape[0]
 
     def knn_monitor(self):
         d = self.cfg.data

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @torch.no_grad()

@@ -311,35 +311,34 @@ def test_augmentation_is_reproducible_per_sample_and_leaves_global_rngs_alone():
     from PIL import Image
 
     from pretrain.data import SeededSample
+    from pretrain.images import DecodedImage
     from transfer.classification.config import load_cls_config
     from transfer.classification.data import train_transform
 
     cfg = load_cls_config(None, ["data.synthetic=true", "data.img_size=32"], protocol="mae_finetune")
     sample = SeededSample(train_transform(cfg.data))
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    img = DecodedImage(np.random.default_rng(1).integers(0, 256, (48, 40, 3), dtype=np.uint8))
     random.seed(123)
     np.random.seed(123)
     before = (random.random(), np.random.rand())
     random.seed(123)
     np.random.seed(123)
-    a, b, c = sample(img, 7), sample(img, 7), sample(img, 8)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    a, b, c = sample(img, 7), sample(img, 7), sample(img, 8)  # (uint8 crop, erasing's boxes and seed)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
     assert (random.random(), np.random.rand()) == before
 
 
 def test_eval_transform_is_a_centre_crop_at_ratio_0875():
-    from PIL import Image
-    from torchvision import transforms as T
-
+    from pretrain.images import DecodedImage
     from transfer.classification.config import load_cls_config
     from transfer.classification.data import eval_transform
 
     cfg = load_cls_config(None, ["data.synthetic=true"], protocol="mae_finetune")
     tf = eval_transform(cfg.data)
-    resize = next(t for t in tf.transforms if isinstance(t, T.Resize))
-    crop = next(t for t in tf.transforms if isinstance(t, T.CenterCrop))
-    assert resize.size in (256, [256]) and tuple(crop.size) == (224, 224)
-    assert tf(Image.new("RGB", (400, 300))).shape == (3, 224, 224)
+    (view,), _ = tf.plan((300, 400))
+    assert view.size == (256, 341) and view.crop == (16, 58, 224, 224) and view.interpolation == "bicubic"
+    out = tf(DecodedImage(np.zeros((300, 400, 3), np.uint8)))
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
 
 
 def test_synthetic_folder_is_deterministic_and_reused(tmp_path):

@@ -163,11 +163,13 @@ def test_shuffle_bn_restores_order_across_two_gloo_processes(tmp_path):
 
 
 # ---------------------------------------------------------- checkpoints
-def test_authors_checkpoint_format_roundtrip_and_resume(tmp_path):
+# Every backend this machine can run: on a CPU, data.backend=dali loads with pil (the fallback, end to end).
+@pytest.mark.parametrize("backend", ["pil", pytest.param("dali", marks=pytest.mark.slow)])
+def test_authors_checkpoint_format_roundtrip_and_resume(tmp_path, backend):
     from pretrain.config import load_config
     from pretrain.trainer import Trainer
 
-    overrides = ["model.arch=resnet18", "model.queue_size=64", "model.bn_splits=2", "model.aug=v2", "model.mlp=true",
+    overrides = [f"data.backend={backend}", "model.arch=resnet18", "model.queue_size=64", "model.bn_splits=2", "model.aug=v2", "model.mlp=true",
                  "model.temperature=0.2", "data.img_size=32", "data.synthetic=true", "data.synthetic_images=32", "data.num_workers=0",
                  "train.batch_size=8", "train.epochs=2", "train.device=cpu", "train.progress=false",
                  "train.tensorboard=false", "train.log_every=1", f"train.output_dir={tmp_path}/run",
@@ -193,6 +195,36 @@ def test_authors_checkpoint_format_roundtrip_and_resume(tmp_path):
                                   method="moco"), resume=str(tmp_path / "moco_v2_200ep_pretrain.pth.tar"))
     assert resumed.epoch == 2 and resumed.iter == 0
     assert torch.equal(resumed.model.queue, sd["module.queue"])
+
+
+@pytest.mark.parametrize("backend", ["pil", pytest.param("dali", marks=pytest.mark.slow)])
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, backend):
+    """MoCo v2 (crops, jitter, grayscale, blur, queue, shuffled keys): interrupted mid-epoch and resumed,
+    it ends bit for bit where a straight run ends (2 steps: the second runs after the resume)."""
+    import json
+
+    from pretrain.config import load_config
+    from pretrain.trainer import Trainer
+
+    def train(out, *extra, resume=None):
+        overrides = [f"data.backend={backend}", "model.arch=resnet18", "model.queue_size=32", "model.bn_splits=2",
+                     "model.aug=v2", "model.mlp=true", "data.img_size=32", "data.synthetic=true",
+                     "data.synthetic_images=16", "data.num_workers=0", "train.batch_size=8", "train.epochs=1",
+                     "train.device=cpu", "train.progress=false", "train.tensorboard=false", "train.log_every=1",
+                     f"train.output_dir={tmp_path / out}", *extra]
+        trainer = Trainer(load_config(None, overrides, method="moco"), resume=resume)
+        trainer.fit()
+        return trainer
+
+    straight = train("a")
+    train("b", "train.max_iters=1")
+    resumed = train("b", resume="auto")
+    assert resumed.step == straight.step == 2
+    for (k, x), (_, y) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    losses = [[json.loads(r)["loss"] for r in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("a", "b")]
+    assert losses[0] == losses[1]
 
 
 def test_queue_must_divide_by_global_batch_at_start():

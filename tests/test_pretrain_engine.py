@@ -11,7 +11,8 @@ from PIL import Image
 from conftest import REPO, free_port, run_tool, shared_data
 from pretrain.checkpoint import load_file
 from pretrain.config import ConfigError, load_config
-from pretrain.data import ImageFolderDataset, ResumableSampler, mae_transform
+from pretrain.data import ImageFolderDataset, ResumableSampler
+from pretrain.transforms import mae_transform
 from pretrain.schedule import lr_at
 from pretrain.trainer import Trainer
 
@@ -195,12 +196,13 @@ def test_flat_and_imagenet_style_folders(tmp_path):
 # --------------------------------------------------------------- training
 def test_training_steps_on_real_images_lower_the_loss():
     """A fixed batch of real photos, a fixed mask: 30 AdamW steps must lower the loss clearly."""
-    from pretrain.data import ImageFolderDataset, eval_transform
+    from pretrain.data import ImageFolderDataset
     from pretrain.mae import create_mae
+    from pretrain.transforms import eval_transform
 
     root = shared_data("coco_tiny50") / "val2017"
     ds = ImageFolderDataset(root, eval_transform(64, crop_pct=1.0))
-    imgs = torch.stack([ds[i][0] for i in range(8)])
+    imgs = ds.device_transform(torch.stack([ds[i][0] for i in range(8)]), "cpu")
     torch.manual_seed(0)
     model = create_mae("mae_vit_pico_patch8", img_size=64, norm_pix_loss=True, decoder_depth=1,
                        decoder_embed_dim=64, decoder_num_heads=4)
@@ -221,7 +223,8 @@ def test_trainer_writes_logs_and_checkpoints_in_authors_format(tiny_mae_override
     run = tmp_path / "run"
     records = read_metrics(run)
     assert len(records) == 8 and records[-1]["step"] == 8  # 32 images / 8 = 4 steps x 2 epochs
-    assert {"loss", "lr", "images_per_s", "memory_mb", "epoch"} <= set(records[0])
+    assert {"loss", "lr", "images_per_s", "memory_mb", "epoch", "data_wait"} <= set(records[0])
+    assert all(0.0 <= r["data_wait"] <= 1.0 for r in records)
     assert records[0]["lr"] == 0.0 and records[4]["lr"] == pytest.approx(1.5e-4 * 8 / 256)  # warm-up, then peak
     ckpt = load_file(run / "checkpoint-1.pth")  # weights_only=True
     assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "scaler", "epoch"}
@@ -234,10 +237,16 @@ def test_trainer_writes_logs_and_checkpoints_in_authors_format(tiny_mae_override
     assert all(p.ndim <= 1 for p in no_decay)
 
 
+# Every backend this machine can run: on a CPU, data.backend=dali loads with pil (the fallback, end to end).
+BACKENDS_HERE = ["pil", pytest.param("dali", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
 @pytest.mark.parametrize("amp", ["none", "bf16"])
-def test_resume_ends_where_an_uninterrupted_run_ends(tiny_mae_overrides, tmp_path, amp):
+def test_resume_ends_where_an_uninterrupted_run_ends(tiny_mae_overrides, tmp_path, amp, backend):
     base = [o for o in tiny_mae_overrides if not o.startswith("train.output_dir")] + [
-        f"train.amp={amp}", "train.accum_iter=2", "train.batch_size=4"]  # 4 steps of 2 micro-batches per epoch
+        f"train.amp={amp}", "train.accum_iter=2", "train.batch_size=4",  # 4 steps of 2 micro-batches per epoch
+        f"data.backend={backend}"]
     straight = train(base + [f"train.output_dir={tmp_path}/a"])
     # Interrupted in epoch 0 (after step 1), resumed, interrupted in epoch 1 (step 6), resumed to the end.
     train(base + [f"train.output_dir={tmp_path}/b", "train.max_iters=1"])

@@ -26,12 +26,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     args = p.parse_args(argv)
 
-    from PIL import Image
-
     from pretrain.checkpoint import CheckpointFormatError
-    from pretrain.data import eval_transform, load_rgb
+    from pretrain.images import DecodedImage, EncodedImage
     from pretrain.mae import mae_from_checkpoint
     from pretrain.synthetic import render_scene, scene_rng
+    from pretrain.transforms import eval_transform
     from pretrain.visualize import figure_mask_ratios, figure_reconstructions
 
     try:
@@ -44,13 +43,13 @@ def main(argv=None):
         pics = []
         for f in args.images:
             try:
-                pics.append(load_rgb(f))
+                pics.append(tf(EncodedImage.from_file(f)))
             except OSError as e:
                 sys.exit(f"error: cannot read image {f}: {e}")
     else:
-        pics = [Image.fromarray(render_scene(scene_rng(1234, i), (size, size)).image)
+        pics = [tf(DecodedImage(render_scene(scene_rng(1234, i), (size, size)).image))
                 for i in range(args.synthetic or 4)]
-    imgs = torch.stack([tf(im) for im in pics])
+    imgs = tf.device_transform(torch.stack(pics), "cpu")
     out = Path(args.out)
     a = figure_reconstructions(model, imgs, out / "reconstructions.png", args.mask_ratio, args.seed,
                                title=f"{info['arch']}: MAE reconstructions")

@@ -2,15 +2,19 @@
 
 Transforms come from timm's factory, as in the authors' code: RandomResizedCrop +
 flip for the linear protocols; for fine-tuning also RandAugment and random erasing;
-evaluation resizes to ``img_size / crop_pct`` and centre-crops ``img_size``. timm's
-augmentations draw from Python's and NumPy's global generators, so each sample's
-transform runs with both seeded from the per-sample torch seed that
-``pretrain.data.ImageFolderDataset`` sets: a resumed run sees the same crops.
+evaluation resizes to ``img_size / crop_pct`` and centre-crops ``img_size``. They run
+on uint8 (``TimmTrainTransform``, ``pretrain.transforms.ResizeCenterCrop``): crops,
+flips and RandAugment in the loader; ToTensor + Normalize and random erasing on the
+device, in the batch's ``device_transform``. timm's augmentations draw from Python's
+and NumPy's global generators, so each sample's transform runs with both seeded from
+the per-sample torch seed that ``pretrain.data.ImageFolderDataset`` sets: a resumed
+run sees the same crops.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -21,13 +25,19 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
 from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation, interp_mode_to_str
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torchvision import transforms as T
 
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset
+from pretrain.data import ImageFolderDataset
 from pretrain.synthetic import CLASSES, render_scene, scene_rng
+from pretrain.transforms import (
+    IMAGENET_MEAN, IMAGENET_STD, ResizeCenterCrop, SampleTransform, ToFloatNormalized, ViewPlan, shape_only,
+)
 
 __all__ = [
-    "SeedGlobalRandom", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
+    "SeedGlobalRandom", "TimmTrainTransform", "RandomErasingOnDevice", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
     "write_synthetic_folder", "build_mixup", "build_criterion",
 ]
 log = logging.getLogger(__name__)
@@ -39,6 +49,10 @@ class SeedGlobalRandom:
 
     def __init__(self, transform: Callable):
         self.transform = transform
+
+    @property
+    def device_transform(self):
+        return self.transform.device_transform
 
     def __call__(self, img):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
@@ -56,7 +70,7 @@ class SeedGlobalRandom:
 
 
 def train_transform(d) -> Callable:
-    """The protocol's training augmentation from the data config (timm's factory)."""
+    """The protocol's training augmentation from the data config: timm's factory's, run on uint8."""
     tf = create_transform(
         d.img_size, is_training=True, scale=(d.crop_min_scale, 1.0), hflip=0.5, color_jitter=None,
         auto_augment=d.auto_augment or None, interpolation=d.interpolation, re_prob=d.reprob, re_mode=d.remode,
@@ -67,7 +81,111 @@ def train_transform(d) -> Callable:
             for op in t.ops:
                 if op.name.startswith("Posterize"):
                     op.aug_fn = posterize
-    return SeedGlobalRandom(tf)
+    return SeedGlobalRandom(TimmTrainTransform(tf))
+
+
+class TimmTrainTransform(SampleTransform):
+    """timm's training pipeline (``create_transform``'s, listed in ``transforms``) on uint8: its crop and
+    flip, and RandAugment on the PIL image of the crop, in the loader; ToTensor + Normalize and random
+    erasing on the device. Its random numbers are timm's, drawn in its order."""
+
+    RUNS = (RandomResizedCropAndInterpolation, T.RandomHorizontalFlip, RandAugment, MaybeToTensor, T.Normalize,
+            RandomErasing)
+
+    def __init__(self, timm_transform):
+        self.transforms = list(timm_transform.transforms)
+        unknown = [t for t in self.transforms if not isinstance(t, self.RUNS)]
+        if unknown:
+            raise ValueError(f"no uint8 version of {unknown}: the protocols' transforms are {self.RUNS}")
+        crop = self._find(RandomResizedCropAndInterpolation)
+        self.size, self.scale, self.ratio = crop.size, crop.scale, crop.ratio
+        self.interpolation = interp_mode_to_str(crop.interpolation)
+        flip = self._find(T.RandomHorizontalFlip)
+        self.flip_p = None if flip is None else flip.p
+        self.randaugment = self._find(RandAugment)
+        normalize = self._find(T.Normalize)
+        erasing = self._find(RandomErasing)
+        self.erasing = None if erasing is None else RandomErasingOnDevice(erasing)
+        self.device_transform = ErasedNormalized(ToFloatNormalized(tuple(map(float, normalize.mean)),
+                                                                   tuple(map(float, normalize.std))), self.erasing)
+
+    def _find(self, kind):
+        return next((t for t in self.transforms if isinstance(t, kind)), None)
+
+    def plan(self, hw):
+        box = RandomResizedCropAndInterpolation.get_params(shape_only(*hw), self.scale, self.ratio)
+        flip = self.flip_p is not None and bool(torch.rand(1) < self.flip_p)
+        return [ViewPlan(box, self.size, self.interpolation, flip)], None
+
+    def assemble(self, views, params):
+        x = views[0]
+        if self.randaugment is not None:
+            pil = Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))
+            x = torch.from_numpy(np.array(self.randaugment(pil))).permute(2, 0, 1)
+        if self.erasing is None:
+            return x
+        return x, self.erasing.draw(x.shape[-2:])
+
+
+class RandomErasingOnDevice:
+    """timm's RandomErasing (of the normalised image) in two halves: the boxes drawn per sample in the loader,
+    by timm's rules and draws (Python's generator), with a seed for the fill; the fill on the device
+    (``const``: zeros; ``rand``: a normal colour per box; ``pixel``: normal noise per pixel), drawn from a
+    generator seeded per sample, so that a sample's erasing depends on its seed only."""
+
+    def __init__(self, erasing: RandomErasing):
+        self.erasing = erasing
+        self.max_count = erasing.max_count
+
+    def draw(self, hw) -> torch.Tensor:
+        """int64 [1 + 4 * max_count]: the fill's seed, then (top, left, height, width) per box (height 0: none)."""
+        e, (img_h, img_w) = self.erasing, hw
+        boxes = torch.zeros(self.max_count, 4, dtype=torch.int64)
+        if random.random() <= e.probability:  # as timm's _erase
+            area = img_h * img_w
+            count = e.min_count if e.min_count == e.max_count else random.randint(e.min_count, e.max_count)
+            for k in range(count):
+                for _ in range(10):
+                    target_area = random.uniform(e.min_area, e.max_area) * area / count
+                    aspect_ratio = math.exp(random.uniform(*e.log_aspect_ratio))
+                    h = int(round(math.sqrt(target_area * aspect_ratio)))
+                    w = int(round(math.sqrt(target_area / aspect_ratio)))
+                    if w < img_w and h < img_h:
+                        top, left = random.randint(0, img_h - h), random.randint(0, img_w - w)
+                        boxes[k] = torch.tensor([top, left, h, w])
+                        break
+        seed = torch.randint(0, 2**62, (1,))
+        return torch.cat([seed, boxes.flatten()])
+
+    def __call__(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Erase [N, C, H, W] (normalised, on its device) in place; ``params`` [N, 1 + 4 * max_count] (CPU)."""
+        e, gen = self.erasing, torch.Generator(device=x.device)
+        for i, row in enumerate(params.tolist()):
+            boxes = [row[1 + 4 * k: 5 + 4 * k] for k in range(self.max_count) if row[3 + 4 * k] > 0]
+            if boxes:
+                gen.manual_seed(row[0])
+            for top, left, h, w in boxes:
+                if e.per_pixel:
+                    fill = torch.randn((x.shape[1], h, w), generator=gen, device=x.device)
+                elif e.rand_color:
+                    fill = torch.randn((x.shape[1], 1, 1), generator=gen, device=x.device)
+                else:
+                    fill = torch.zeros((x.shape[1], 1, 1), device=x.device)
+                x[i, :, top:top + h, left:left + w] = fill
+        return x
+
+
+class ErasedNormalized:
+    """The device half of the protocols' training transform: normalise, then erase (when the recipe erases)."""
+
+    def __init__(self, normalize: ToFloatNormalized, erasing: Optional[RandomErasingOnDevice]):
+        self.normalize, self.erasing = normalize, erasing
+
+    def __call__(self, inputs, device):
+        if self.erasing is None:
+            return self.normalize(inputs, device)
+        pixels, params = inputs
+        return self.erasing(self.normalize(pixels, device), params)
 
 
 def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
@@ -85,9 +203,8 @@ def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
 
 
 def eval_transform(d) -> Callable:
-    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size."""
-    return create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation,
-                            mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size (timm's evaluation transform)."""
+    return ResizeCenterCrop(d.img_size, d.crop_pct, d.interpolation)
 
 
 # ------------------------------------------------------------------ folders

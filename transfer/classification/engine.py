@@ -107,7 +107,8 @@ class ClassificationTrainer(TrainerBase):
 
         # ---- training data, optimizer, DDP
         self.setup_training(self.train_set,
-                            lambda lr: build_optimizer(self.protocol.param_groups(self.model, cfg), cfg.optim, lr))
+                            lambda lr: build_optimizer(self.protocol.param_groups(self.model, cfg), cfg.optim, lr),
+                            backend="pil")  # timm's transforms draw from Python's generator: the CPU loader's
         self.mixup = build_mixup(d, self.num_classes)
         self.criterion = build_criterion(d, self.mixup)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -212,8 +213,8 @@ class ClassificationTrainer(TrainerBase):
         self.protocol.set_train_mode(self.model)
 
     def batch_loss(self, batch):
-        imgs, target = batch
-        imgs = imgs.to(self.device, non_blocking=True)
+        inputs, target = batch
+        imgs = self.device_transform(inputs, self.device)
         target = torch.as_tensor(target).to(self.device, non_blocking=True)
         if self.mixup is not None:
             imgs, target = self.mixup(imgs, target)  # soft targets
@@ -227,8 +228,8 @@ class ClassificationTrainer(TrainerBase):
         """Top-1 / top-5 (%) and mean loss on the whole labelled val folder (summed over processes)."""
         self.model.eval()
         counts = torch.zeros(4, dtype=torch.float64)  # top1, top5, loss sum, samples
-        for imgs, target in self.val_loader:
-            imgs = imgs.to(self.device, non_blocking=True)
+        for inputs, target in self.val_loader:
+            imgs = self.val_set.device_transform(inputs, self.device)
             target = torch.as_tensor(target).to(self.device, non_blocking=True)
             with self.autocast():
                 logits = self.model(imgs)

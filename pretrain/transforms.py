@@ -1,0 +1,367 @@
+"""The augmentations in two parts: what the data loader does on uint8, and what runs on the device.
+
+A sample transform takes an image (``pretrain.images``: a file's bytes or a decoded array) and
+returns uint8 tensors, plus the per-sample parameters of any augmentation that it leaves to the
+device. Every random number is drawn in the loader, from torch's generator in the order the
+authors' torchvision pipelines draw them (``RandomResizedCrop.get_params``, ``RandomApply``,
+``ColorJitter.get_params``, ...), so the per-sample seed (``pretrain.data.SeededSample``) fixes a
+sample's augmentation whatever runs it: a resumed run sees the same crops on any backend.
+
+Its ``device_transform(inputs, device)`` takes the collated batch, moves it to the device and
+returns what the model sees: float32, normalised, as ToTensor + Normalize (``ToFloatNormalized``,
+bit for bit the same arithmetic), after MoCo's colour augmentations where they run there
+(``ColourAugment``: batched on a CUDA device; in the loader for a CPU one, where the workers
+run beside the training step).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+
+from .images import Box, decode_crop, resize_uint8
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range
+
+
+def shape_only(height: int, width: int) -> torch.Tensor:
+    """A [3, H, W] tensor with no storage behind it: what crop samplers read the size from."""
+    return torch.empty(1, 1, 1).expand(3, height, width)
+
+
+def torchvision_crop(scale: Tuple[float, float], ratio=RATIO) -> Callable[[int, int], Box]:
+    """Crop boxes as torchvision's RandomResizedCrop draws them (torch's generator): the pretraining crops."""
+    return lambda h, w: tuple(T.RandomResizedCrop.get_params(shape_only(h, w), list(scale), list(ratio)))
+
+
+# ------------------------------------------------------------------ plans
+@dataclass
+class ViewPlan:
+    """One output image: ``box`` of the source resized to ``size``, then ``crop`` (top, left, h, w) of that,
+    then mirrored if ``flip``. Carried out on the CPU by ``run_views``, on the GPU by the DALI backend."""
+    box: Box
+    size: Tuple[int, int]
+    interpolation: str
+    flip: bool = False
+    crop: Optional[Box] = None
+
+
+def run_views(img, plans: Sequence[ViewPlan]) -> List[torch.Tensor]:
+    """The views as uint8 [3, h, w], from one decode at the smallest scale that every view allows."""
+    scale = min(img.reduced_scale(p.box, p.size) for p in plans)
+    shared = _DecodedOnce(img, scale)
+    out = []
+    for p in plans:
+        x = resize_uint8(decode_crop(shared, p.box, p.size), p.size, p.interpolation)
+        if p.crop is not None:
+            top, left, h, w = p.crop
+            x = x[:, top:top + h, left:left + w]
+        out.append(x.flip(-1) if p.flip else x)
+    return out
+
+
+class _DecodedOnce:
+    """``img`` decoded at most once, at ``scale``, for several views."""
+
+    def __init__(self, img, scale: int):
+        self.img, self.scale, self.size, self._decoded = img, scale, img.size, None
+
+    def reduced_scale(self, box, out_size) -> int:
+        return self.scale
+
+    def decode(self, scale: int):
+        if self._decoded is None:
+            self._decoded = self.img.decode(scale)
+        return self._decoded
+
+
+# ------------------------------------------------------- device transforms
+class ToFloatNormalized:
+    """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std on ``device``: ToTensor + Normalize after the transfer."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean, self.std = mean, std
+
+    def __call__(self, pixels: torch.Tensor, device) -> torch.Tensor:
+        return self.normalize(to_unit_float(pixels, device))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def to_unit_float(pixels: torch.Tensor, device) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1] on ``device`` (ToTensor's arithmetic)."""
+    return pixels.to(device, non_blocking=True).float().div_(255)
+
+
+# ------------------------------------------------------------ transforms
+class SampleTransform:
+    """An augmentation as the loader runs it: ``plan`` draws every random number for an image of size
+    (h, w) and returns its views' plans and any parameters left to the device; the views are cut on
+    uint8 (``run_views``, or the DALI backend on the GPU); ``assemble`` makes the sample of them.
+    ``device_transform(inputs, device)`` finishes the collated batch on the device."""
+
+    device_transform: Callable
+
+    def plan(self, hw) -> Tuple[List[ViewPlan], Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+    def assemble(self, views: List[torch.Tensor], params: Optional[torch.Tensor]):
+        return views[0]
+
+    def __call__(self, img):
+        views, params = self.plan(img.size)
+        return self.assemble(run_views(img, views), params)
+
+
+class RandomResizedCropFlip(SampleTransform):
+    """RandomResizedCrop + RandomHorizontalFlip, on uint8 (MAE pretraining, the linear protocols).
+
+    ``crop_box(h, w)`` draws the box (torchvision's or timm's sampler); the flip is drawn after it
+    with torch's generator, as RandomHorizontalFlip."""
+
+    def __init__(self, size: int, crop_box: Callable[[int, int], Box], interpolation: str, flip_p: float = 0.5):
+        self.size, self.crop_box, self.interpolation, self.flip_p = (size, size), crop_box, interpolation, flip_p
+        self.device_transform = ToFloatNormalized()
+
+    def plan(self, hw):
+        box = self.crop_box(*hw)
+        return [ViewPlan(box, self.size, self.interpolation, flip=bool(torch.rand(1) < self.flip_p))], None
+
+
+def mae_transform(img_size: int = 224, min_scale: float = 0.2) -> RandomResizedCropFlip:
+    """MAE pretraining: RandomResizedCrop(scale=(min_scale, 1), bicubic) + horizontal flip only."""
+    return RandomResizedCropFlip(img_size, torchvision_crop((min_scale, 1.0)), "bicubic")
+
+
+# ------------------------------------------------------------------ MoCo
+# Columns of a view's colour parameters (float32 [COLOUR_PARAMS]); FACTORS: brightness, contrast, saturation, hue.
+JITTER, ORDER, FACTORS, GRAY, SIGMA = 0, slice(1, 5), slice(5, 9), 9, 10
+COLOUR_PARAMS = 11
+
+
+def blur_kernel_size(img_size: int) -> int:
+    # ~10% of the image (23 px at 224), as SimCLR / MoCo v2.
+    return max(3, int(0.1 * img_size) // 2 * 2 + 1)
+
+
+class MoCoViews(SampleTransform):
+    """MoCo's two views of one image (the query and the key), decoded once.
+
+    v1 (InstDisc): RandomResizedCrop(scale=(min_scale, 1)), RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4),
+    flip. v2 ("aug+"): crop, RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(0.2),
+    RandomApply(GaussianBlur(sigma in [0.1, 2]), p=0.5), flip. Crops (bilinear) and flips are cut here on uint8;
+    the colour augmentations' parameters are drawn here, in the authors' order, and the augmentations run
+    batched on the device (``colour_on_device``) or here, rounded back to uint8 as the PIL pipeline's are.
+    """
+
+    def __init__(self, version: str = "v2", img_size: int = 224, min_scale: float = 0.2, colour_on_device: bool = False):
+        if version not in ("v1", "v2"):
+            raise ValueError(f"MoCo augmentation must be v1 or v2, got {version!r}")
+        self.version, self.size, self.colour_on_device = version, (img_size, img_size), colour_on_device
+        self.crop_box = torchvision_crop((min_scale, 1.0))
+        self.jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.4 if version == "v1" else 0.1)  # for its ranges
+        self.colour = ColourAugment(version, blur_kernel_size(img_size))
+        self.device_transform = MoCoDeviceTransform(self.colour) if colour_on_device else ToFloatNormalized()
+
+    def plan(self, hw):
+        views, params = [], []
+        for _ in range(2):
+            box = self.crop_box(*hw)
+            params.append(self._draw_colour())
+            views.append(ViewPlan(box, self.size, "bilinear", flip=bool(torch.rand(1) < 0.5)))
+        return views, torch.stack(params)
+
+    def _draw_colour(self) -> torch.Tensor:
+        p = torch.zeros(COLOUR_PARAMS)
+        if self.version == "v1":
+            p[GRAY] = float(torch.rand(1) < 0.2)
+            self._draw_jitter(p)
+            return p
+        if not 0.8 < torch.rand(1):  # RandomApply(p=0.8)
+            self._draw_jitter(p)
+        p[GRAY] = float(torch.rand(1) < 0.2)
+        if not 0.5 < torch.rand(1):
+            p[SIGMA] = T.GaussianBlur.get_params(0.1, 2.0)
+        return p
+
+    def _draw_jitter(self, p: torch.Tensor):
+        j = self.jitter
+        order, *factors = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
+        p[JITTER], p[ORDER], p[FACTORS] = 1.0, order.float(), torch.tensor(factors)
+
+    def assemble(self, views, params):
+        pixels = torch.stack(views)
+        if self.colour_on_device:
+            return pixels, params
+        out = self.colour(pixels.float().div_(255), params)
+        return out.mul_(255).round_().to(torch.uint8)
+
+
+def moco_transform(version: str = "v2", img_size: int = 224, min_scale: float = 0.2,
+                   colour_on_device: bool = False) -> MoCoViews:
+    return MoCoViews(version, img_size, min_scale, colour_on_device)
+
+
+class MoCoDeviceTransform:
+    """(uint8 [N, 2, 3, H, W], colour parameters [N, 2, P]) -> the normalised views, colour-augmented on the device."""
+
+    def __init__(self, colour: "ColourAugment"):
+        self.colour, self.normalize = colour, ToFloatNormalized().normalize
+
+    def __call__(self, inputs, device):
+        pixels, params = inputs
+        x = self.colour(to_unit_float(pixels.flatten(0, 1), device), params.flatten(0, 1))
+        return self.normalize(x).unflatten(0, pixels.shape[:2])
+
+
+class ColourAugment:
+    """MoCo's colour augmentations, batched, on float images in [0, 1] with per-sample parameters.
+
+    The formulas of torchvision's tensor ops (``adjust_brightness / contrast / saturation / hue``,
+    ``rgb_to_grayscale``, ``gaussian_blur``: reflect padding, kernel ``blur_kernel``), applied per sample:
+    jitter in each sample's own order; v1 converts to grayscale before the jitter, v2 after it, then blurs.
+    Which samples each operation touches is read from the parameters on the CPU, so that nothing waits for
+    the device.
+    """
+
+    def __init__(self, version: str, blur_kernel: int):
+        self.version, self.blur_kernel = version, blur_kernel
+
+    def __call__(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        params = params.cpu()
+        if self.version == "v1":
+            x = self._gray(x, params)
+        x = self._jitter(x, params)
+        if self.version == "v2":
+            x = self._gray(x, params)
+            x = self._blur(x, params)
+        return x
+
+    @staticmethod
+    def _rows(mask: torch.Tensor, device) -> Optional[torch.Tensor]:
+        rows = mask.nonzero().flatten()
+        return rows.to(device, non_blocking=True) if len(rows) else None
+
+    def _jitter(self, x, params):
+        order, factors = params[:, ORDER].long(), params[:, FACTORS]
+        applied = params[:, JITTER] > 0
+        for position in range(4):
+            for op in range(4):
+                mask = applied & (order[:, position] == op)
+                rows = self._rows(mask, x.device)
+                if rows is not None:
+                    factor = factors[mask, op].to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+                    x[rows] = JITTER_OPS[op](x[rows], factor)
+        return x
+
+    def _gray(self, x, params):
+        rows = self._rows(params[:, GRAY] > 0, x.device)
+        if rows is not None:
+            x[rows] = grayscale(x[rows]).expand(-1, 3, -1, -1)
+        return x
+
+    def _blur(self, x, params):
+        mask = params[:, SIGMA] > 0
+        rows = self._rows(mask, x.device)
+        if rows is not None:
+            x[rows] = gaussian_blur(x[rows], params[mask, SIGMA].to(x.device, non_blocking=True), self.blur_kernel)
+        return x
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 1, H, W], torchvision's (ITU-R 601-2) weights."""
+    r, g, b = x.unbind(dim=-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def _blend(a, b, ratio):
+    out = ratio * a  # torchvision's ratio * a + (1 - ratio) * b, in its order, with one temporary less
+    out += (1.0 - ratio) * b
+    return out.clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x, factor):
+    return (x * factor).clamp_(0.0, 1.0)  # _blend(x, zeros, factor), whose second term is exactly 0
+
+
+def adjust_contrast(x, factor):
+    return _blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def adjust_saturation(x, factor):
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_hue(x, factor):
+    """Rotate the hue by ``factor`` (a fraction of the circle): RGB -> HSV, shift, -> RGB."""
+    r, g, b = x.unbind(dim=-3)
+    maxc, minc = x.amax(dim=-3), x.amin(dim=-3)
+    equal = maxc == minc
+    chroma = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = chroma / torch.where(equal, ones, maxc)
+    divisor = torch.where(equal, ones, chroma)
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    h = ((maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+         + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    h = (h + factor.view(-1, 1, 1)) % 1.0
+    # HSV -> RGB: torchvision's sector table (v, q, p, p, t, v / t, v, v, q, p, p / p, p, t, v, v, q), gathered.
+    v = maxc
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    sector = (i.to(torch.int64) % 6).unsqueeze(-3)  # [N, 1, H, W]
+    p = (v * (1.0 - s)).clamp_(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
+    values = torch.stack((v, q, p, t), dim=-3)  # [N, 4, H, W]
+    table = torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], device=x.device)
+    return torch.cat([values.gather(-3, table[c][sector]) for c in range(3)], dim=-3)
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # ColorJitter's fn_idx order
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """[N, 3, H, W] blurred with a Gaussian of each sample's ``sigma`` (separable; reflect padding)."""
+    n, c = x.shape[:2]
+    half = (kernel_size - 1) * 0.5
+    offsets = torch.linspace(-half, half, kernel_size, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N * C, K]
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, n * c, *x.shape[2:]), [pad, pad, pad, pad], mode="reflect")
+    y = F.conv2d(y, kernel.view(n * c, 1, kernel_size, 1), groups=n * c)
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, kernel_size), groups=n * c)
+    return y.view_as(x)
+
+
+# ------------------------------------------------------------ evaluation
+class ResizeCenterCrop(SampleTransform):
+    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size (the evaluation transform)."""
+
+    def __init__(self, img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic"):
+        self.img_size, self.resize_to, self.interpolation = img_size, int(math.floor(img_size / crop_pct)), interpolation
+        self.device_transform = ToFloatNormalized()
+
+    def plan(self, hw):
+        h, w = hw
+        short, long = (h, w) if h <= w else (w, h)
+        new_short, new_long = self.resize_to, int(self.resize_to * long / short)  # as torchvision's Resize(int)
+        size = (new_short, new_long) if h <= w else (new_long, new_short)
+        s = self.img_size
+        crop = (int(round((size[0] - s) / 2.0)), int(round((size[1] - s) / 2.0)), s, s)  # as CenterCrop
+        return [ViewPlan((0, 0, h, w), size, self.interpolation, crop=crop)], None
+
+
+def eval_transform(img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic") -> ResizeCenterCrop:
+    return ResizeCenterCrop(img_size, crop_pct, interpolation)
