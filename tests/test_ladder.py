@@ -102,7 +102,7 @@ def tiny(tmp_path_factory):
                                         "model.decoder_embed_dim=32", "model.decoder_num_heads=2",
                                         "optim.warmup_epochs=0", f"train.output_dir={root}/mae"], method="mae")).fit()
     Trainer(load_config(None, common + ["model.arch=resnet18", "model.queue_size=64", "model.mlp=true",
-                                        f"train.output_dir={root}/moco"], method="moco")).fit()
+                                        "model.bn_splits=2", f"train.output_dir={root}/moco"], method="moco")).fit()
     write_synthetic_folder(root / "cls", per_class=8, size=32)
     write_segmentation_dataset(root / "seg", "train", 8, size=(32, 32))
     write_segmentation_dataset(root / "seg", "val", 4, size=(32, 32), seed=1)

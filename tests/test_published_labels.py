@@ -41,13 +41,11 @@ def authors_file(reference: str):
         import torchvision
 
         return meta_state(torchvision.models.resnet50), name
-    if name.startswith("deit_base"):
-        from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer import VisionTransformer
 
+    if name.startswith("deit_base"):
         return {"model": meta_state(lambda: VisionTransformer(embed_dim=768, depth=12, num_heads=12))}, name
     if "vit_large_patch16_224" in reference:  # timm's augreg IN-21k ViT-L (safetensors)
-        from timm.models.vision_transformer import VisionTransformer
-
         return meta_state(lambda: VisionTransformer(embed_dim=1024, depth=24, num_heads=16)), name
     raise AssertionError(f"the test knows no layout for {reference}: add it")
 

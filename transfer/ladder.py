@@ -57,7 +57,7 @@ class RungRecipe:
     args: Tuple[str, ...] = ()
 
 
-def _recipes(vit: Optional[str], linear: str, finetune: Optional[str], detection: Optional[str],
+def _recipes(linear: str, finetune: Optional[str], detection: Optional[str],
              segmentation: Optional[str], gpu_hours: Mapping[str, float], gpus: Mapping[str, int],
              cpu: bool = False) -> Dict[str, RungRecipe]:
     knn_args = ("--img-size", "64", "--batch", "64") if cpu else ()
@@ -82,27 +82,27 @@ C, D, M = "configs/classification/", "configs/detectron2/", "configs/mmseg/"
 # GPU-hours are estimates documented in docs/ladder.md (iterations x s/iter x GPUs, or images / throughput).
 RECIPES: Dict[str, Dict[str, RungRecipe]] = {
     "vit_base_patch16": _recipes(
-        "base", C + "mae_vit_base_linear.yaml", C + "mae_vit_base_finetune.yaml", D + "COCO/mask_rcnn_vitdet_b_100ep.py",
+        C + "mae_vit_base_linear.yaml", C + "mae_vit_base_finetune.yaml", D + "COCO/mask_rcnn_vitdet_b_100ep.py",
         M + "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py",
         {"knn": 0.2, "linear": 13, "dense_probe": 0.5, "finetune": 90, "detection": 1030, "segmentation": 125},
         {"linear": 32, "finetune": 32, "detection": 64, "segmentation": 8}),
     "vit_large_patch16": _recipes(
-        "large", C + "mae_vit_large_linear.yaml", C + "mae_vit_large_finetune.yaml",
+        C + "mae_vit_large_linear.yaml", C + "mae_vit_large_finetune.yaml",
         D + "COCO/mask_rcnn_vitdet_l_100ep.py", None,
         {"knn": 0.6, "linear": 40, "dense_probe": 1.5, "finetune": 160, "detection": 2900},
         {"linear": 32, "finetune": 32, "detection": 64}),
     "resnet50": _recipes(
-        None, C + "moco_r50_linear.yaml", None, D + "COCO/mask_rcnn_R_50_C4_2x_moco.py",
+        C + "moco_r50_linear.yaml", None, D + "COCO/mask_rcnn_R_50_C4_2x_moco.py",
         M + "upernet_r50-moco_4xb4-80k_ade20k-512x512.py",
         {"knn": 0.2, "linear": 18, "dense_probe": 0.4, "detection": 200, "segmentation": 36},
         {"linear": 8, "detection": 8, "segmentation": 4}),
     # CPU-sized twins (the demo's backbones): minutes on a laptop, not comparable with published numbers.
     "vit_pico_patch8": _recipes(
-        "pico", C + "mae_vit_pico_linear_cpu.yaml", C + "mae_vit_pico_finetune_cpu.yaml",
+        C + "mae_vit_pico_linear_cpu.yaml", C + "mae_vit_pico_finetune_cpu.yaml",
         D + "tiny/mask_rcnn_vitdet_pico.py", M + "tiny/upernet_vit-pico_folder-64x64.py",
         {"knn": 0, "linear": 0, "dense_probe": 0, "finetune": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
     "resnet18": _recipes(
-        None, C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py",
+        C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py",
         M + "tiny/upernet_r18_folder-64x64.py",
         {"knn": 0, "linear": 0, "dense_probe": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
 }
@@ -137,7 +137,9 @@ def file_digest(path, chunk: int = 1 << 22) -> str:
 
 def inspect_checkpoint(path, allow_pickle: bool = False) -> CheckpointInfo:
     """Family, backbone name and pretraining of any checkpoint the project reads."""
-    from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict
+    from pretrain.checkpoint import (
+        CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict,
+    )
     from transfer.convert import guess_pretrain, resnet_arch
 
     path = str(path)
@@ -261,7 +263,8 @@ def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: Checkpoin
         init = [ckpt] if ckpt else ["--random-init", info.arch]
         return [recipe.tool, *init, *data_args, "--out", folder, "--seed", str(seed), *label, *recipe.args, *extra]
     if rung in ("linear", "finetune"):
-        init = ["--checkpoint", ckpt, "model.arch=auto"] if ckpt else [f"model.arch={info.arch}", "model.pretrain=random"]
+        init = (["--checkpoint", ckpt, "model.arch=auto"] if ckpt
+                else [f"model.arch={info.arch}", "model.pretrain=random"])
         return [recipe.tool, recipe.config, *init, *data_args, f"train.output_dir={folder}", f"train.seed={seed}",
                 "data.synthetic=false", *recipe.args, *extra]
     if rung == "detection":
@@ -600,7 +603,7 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
         failed = " (some seeds FAILED, see the table)" if pre.failed or base.failed else ""
         lines.append(f"- {rung}: {metric} {_mean_std(pre, metric)} vs {_mean_std(base, metric)}: "
                      f"**{word}** ({why}){failed}")
-    lines += [f"", f"Skipped: {'; '.join(p.skipped)}" if p.skipped else ""]
+    lines += ["", f"Skipped: {'; '.join(p.skipped)}" if p.skipped else ""]
     if curves:
         lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
     with open(path, "a") as f:
