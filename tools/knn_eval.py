@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+r"""Weighted k-NN classification on frozen global features (Wu et al. 2018; k = 20, T = 0.07 as DINO).
+
+  python tools/knn_eval.py mae_pretrain_vit_base.pth --train /data/imagenet/train --val /data/imagenet/val --out out/knn
+  python tools/knn_eval.py moco_v2_800ep_pretrain.pth.tar --train DIR --val DIR --out out/knn_moco
+  python tools/knn_eval.py --random-init resnet50 --seed 1 --train DIR --val DIR --out out/knn_random
+
+Features: the ViT's cls token after the final norm, the ResNet's pooled res5 (transfer.backbone), of
+images resized to img_size / 0.875 and centre-cropped to img_size, L2-normalised. Each validation
+image's k most similar training images vote for their class with weight exp(cos / T)
+(pretrain.knn). --train and --val are labelled folders (<dir>/<class>/*) with the same classes.
+Writes top-1 / top-5 (%) to <out>/results.json (task knn) and log.txt.
+"""
+import argparse
+import logging
+import sys
+
+TASK = "knn"
+log = logging.getLogger("knn_eval")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", help="pretrained backbone (MAE / MoCo / timm / DeiT / torchvision file)")
+    p.add_argument("--random-init", metavar="ARCH",
+                   help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
+                        "vit_base_patch16, mae_vit_pico_patch8, ...)")
+    p.add_argument("--train", required=True, help="labelled training folder <dir>/<class>/*")
+    p.add_argument("--val", required=True, help="labelled validation folder, the same classes")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--k", type=int, default=20, help="neighbours (default 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T) (default 0.07)")
+    p.add_argument("--img-size", type=int, default=224, help="centre crop, px (default 224)")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seeds torch: the random init of --random-init")
+    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
+    p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
+                                      "'random' with --random-init)")
+    p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
+                                                               "(only for files you trust)")
+    args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.random_init is None):
+        p.error("give a CHECKPOINT or --random-init ARCH (one of them)")
+    if args.k < 1 or args.temperature <= 0:
+        p.error("--k must be at least 1 and --temperature positive")
+    return args
+
+
+def knn_eval(args):
+    """Extract, vote, write results.json; returns its path."""
+    import torch
+
+    from pretrain.data import scan_image_folder
+    from pretrain.knn import knn_evaluate
+    from transfer.backbone import load_frozen_backbone
+    from transfer.results import write_results
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    torch.manual_seed(args.seed)
+    backbone = load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle).to(device)
+    if backbone.report is not None:
+        log.info("pretrained weights (%s):\n%s", backbone.pretrain, backbone.report.format())
+    counts = {split: len(scan_image_folder(folder)[0]) for split, folder in (("train", args.train), ("val", args.val))}
+    log.info("kNN: %s (%s), k=%d, T=%g, %d px; %d train / %d val images, device %s", backbone.name,
+             args.pretrain or backbone.pretrain, args.k, args.temperature, args.img_size, counts["train"],
+             counts["val"], device)
+    accuracy = knn_evaluate(backbone.global_features, args.train, args.val, args.img_size, args.batch, device,
+                            k=args.k, temperature=args.temperature, num_workers=args.num_workers)
+    recipe = {"k": args.k, "temperature": args.temperature, "img_size": args.img_size,
+              "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed}
+    if backbone.pretrain_epochs:
+        recipe["pretrain_epochs"] = backbone.pretrain_epochs
+    path = write_results(args.out, task=TASK, backbone=backbone.name, pretrain=args.pretrain or backbone.pretrain,
+                         metrics={"top1": accuracy["top1"], "top5": accuracy.get("top5")},  # no top-5 under 5 classes
+                         recipe=recipe, checkpoint=args.checkpoint, tool="tools/knn_eval.py", seed=args.seed,
+                         train=args.train, val=args.val)
+    log.info("top1 %.2f  top5 %s  ->  %s", accuracy["top1"],
+             f"{accuracy['top5']:.2f}" if "top5" in accuracy else "-", path)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from pretrain.logger import setup_logging
+
+    setup_logging(args.out)
+    try:
+        knn_eval(args)
+    except (FileNotFoundError, ValueError) as e:  # includes CheckpointFormatError
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Frozen backbones for the evaluation rungs (kNN, dense probe): any checkpoint, one interface.
+
+``load_frozen_backbone`` reads every checkpoint the project reads, through the conversions the
+classification protocols use (``transfer.classification.vit.load_vit_backbone`` for MAE full /
+encoder-only, the project's MAE, timm and DeiT ViTs; ``transfer.classification.resnet.
+load_resnet_backbone``, i.e. ``pretrain.moco.backbone_state_dict``, for MoCo v1/v2/v3, the project's
+MoCo and torchvision ResNets), or initialises an architecture at random (seeded by the caller's
+``torch.manual_seed``). The backbone it returns is frozen: eval mode (batch norm keeps its
+pretrained statistics, also when a parent module calls ``train()``) and no gradients. It gives
+
+* ``global_features(x) -> [B, C]``: ViT: the cls token after the final norm (what MAE's linear
+  probe reads); ResNet: the global average pool of res5 (the input of ``fc``);
+* ``dense_features(x) -> [B, C, H / stride, W / stride]``: ViT: the last layer's patch tokens after
+  the final norm, on the patch grid, the position table interpolated (bicubic) to the input's grid;
+  ResNet: the res5 map (stride 32).
+
+Inputs are RGB in [0, 1] normalised with ``mean`` / ``std`` (ImageNet's, as every supported
+pretraining used).
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, unwrap_state_dict
+from pretrain.mae import arch_from_state_dict
+from pretrain.moco import backbone_state_dict
+from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD
+from transfer.classification.resnet import build_resnet_classifier, load_resnet_backbone
+from transfer.classification.vit import load_vit_backbone, vit_arch
+from transfer.convert import ConversionReport, guess_pretrain, pretrain_epochs, resnet_arch
+
+__all__ = ["FrozenBackbone", "ViTBackbone", "ResNetBackbone", "load_frozen_backbone", "RESNET_PREFIXES"]
+
+RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
+
+
+class FrozenBackbone(nn.Module):
+    """A pretrained (or random) feature extractor that never trains; see the module docstring."""
+
+    family: str  # "vit" | "resnet"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # pixel normalisation of the inputs
+
+    def __init__(self, name: str, embed_dim: int, stride: int, pretrain: str = "random",
+                 pretrain_epochs: Optional[int] = None, report: Optional[ConversionReport] = None):
+        super().__init__()
+        self.name = name  # the backbone's name in results files (vit_base_patch16, resnet50, ...)
+        self.embed_dim = embed_dim
+        self.stride = stride  # output stride of dense_features
+        self.pretrain = pretrain  # transfer.convert.guess_pretrain's label, or "random"
+        self.pretrain_epochs = pretrain_epochs
+        self.report = report  # what the checkpoint conversion loaded and left out (None: random init)
+
+    @property
+    def patch_size(self) -> int:
+        return self.stride
+
+    def freeze(self) -> "FrozenBackbone":
+        for p in self.parameters():
+            p.requires_grad = False
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        return super().train(False)  # frozen: batch norm and dropout stay in inference mode
+
+    def global_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ViTBackbone(FrozenBackbone):
+    family = "vit"
+
+    def __init__(self, vit: VisionTransformer, name: str, **kwargs):
+        super().__init__(name, vit.embed_dim, vit.patch_embed.patch_size[0], **kwargs)
+        self.vit = vit
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output after the final norm, [B, prefix + H/p * W/p, C]."""
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} input is not a multiple of the patch size {self.stride}")
+        return self.vit.forward_features(x)
+
+    @torch.no_grad()
+    def global_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
+
+    @torch.no_grad()
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(x)[:, self.vit.num_prefix_tokens:]
+        h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
+        return tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)  # tokens are row-major
+
+
+class ResNetBackbone(FrozenBackbone):
+    family = "resnet"
+
+    def __init__(self, net: nn.Module, name: str, **kwargs):
+        super().__init__(name, net.fc.in_features, 32, **kwargs)
+        net.fc = nn.Identity()
+        self.net = net
+
+    def res5(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    @torch.no_grad()
+    def global_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x)
+
+
+def build_vit(arch: dict, img_size: int = 224) -> VisionTransformer:
+    """The encoder ``transfer.classification.vit.build_vit_classifier`` builds, without a head, its
+    position table resampled to each input's grid (``dynamic_img_size``) so any size multiple of the
+    patch runs."""
+    return VisionTransformer(
+        img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
+        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=0, global_pool="token", dynamic_img_size=True,
+    )
+
+
+def _family(arch: str) -> str:
+    return "resnet" if arch.startswith(RESNET_PREFIXES) else "vit"
+
+
+def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pickle: bool = False) -> FrozenBackbone:
+    """A frozen backbone from ``checkpoint`` (a path; its architecture is read off the weights, or
+    checked against ``arch`` when given), or a random initialisation of ``arch`` when no checkpoint:
+    a ViT preset (``mae_vit_pico_patch8``, ``vit_base_patch16``, ...) or a torchvision ResNet
+    (``resnet18``, ``resnet50``, ...)."""
+    if checkpoint is None:
+        if not arch:
+            raise ValueError("no checkpoint and no architecture: give a checkpoint, or the architecture to "
+                             "initialise at random (e.g. resnet50, vit_base_patch16, mae_vit_pico_patch8)")
+        if _family(arch) == "resnet":
+            return ResNetBackbone(build_resnet_classifier(arch, num_classes=1), arch).freeze()
+        try:
+            info = vit_arch(arch)
+        except ValueError as e:
+            raise ValueError(f"{e}; or a torchvision ResNet (resnet18, resnet50, ...)") from None
+        return ViTBackbone(build_vit(info), info["name"]).freeze()
+
+    path = str(checkpoint)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = load_file(path, allow_pickle)
+    try:
+        state = unwrap_state_dict(ckpt)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{path}: {e}") from None
+    labels = dict(pretrain=guess_pretrain(ckpt, path=path), pretrain_epochs=pretrain_epochs(ckpt))
+    if describe_state_dict(state) in ("mae", "vit"):
+        if arch and _family(arch) != "vit":
+            raise CheckpointFormatError(f"{path} holds a ViT ({describe_state_dict(state, True)}), not a {arch}")
+        info = vit_arch(arch or "auto", state)
+        vit = build_vit(info, img_size=arch_from_state_dict(state)["img_size"])  # the table as trained
+        report = load_vit_backbone(vit, ckpt, name=path)
+        return ViTBackbone(vit, info["name"], report=report, **labels).freeze()
+    try:
+        resnet = arch or resnet_arch(backbone_state_dict(state))
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(
+            f"{path} is neither a ViT (MAE, timm, DeiT) nor a ResNet (MoCo, torchvision) checkpoint: {e}") from None
+    if _family(resnet) != "resnet":
+        raise CheckpointFormatError(f"{path} holds a ResNet ({describe_state_dict(state, True)}), not a {arch}")
+    net = build_resnet_classifier(resnet, num_classes=1)  # fc is replaced by the identity
+    report = load_resnet_backbone(net, ckpt, name=path)
+    return ResNetBackbone(net, resnet, report=report, **labels).freeze()
