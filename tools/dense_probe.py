@@ -25,7 +25,8 @@ def parse_args(argv=None):
                    help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
                         "vit_base_patch16, mae_vit_pico_patch8, ...)")
     p.add_argument("--data-root", required=True,
-                   help="ADE20K: the ADEChallengeData2016 folder; folder: the one holding images/, labels/, classes.txt")
+                   help="ADE20K: the ADEChallengeData2016 folder; folder: the one holding images/, labels/ "
+                        "and classes.txt")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dataset", choices=("ade20k", "folder"), default="ade20k")
     p.add_argument("--classes", help="folder dataset: class list file or 'a,b,c' (default <data-root>/classes.txt)")
@@ -43,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
                                                                "(only for files you trust)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from probe_last.pth")
-    p.add_argument("--fresh", action="store_true", help="discard the run in --out (results, checkpoint, log)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the run in --out (results.json, probe_last.pth, metrics.jsonl)")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations with a checkpoint that "
                                                                 "--resume continues (the schedule spans --iters)")
     args = p.parse_args(argv)

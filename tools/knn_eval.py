@@ -56,12 +56,12 @@ def knn_eval(args):
     from transfer.backbone import load_frozen_backbone
     from transfer.results import write_results
 
+    counts = {split: len(scan_image_folder(folder)[0]) for split, folder in (("train", args.train), ("val", args.val))}
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
     backbone = load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle).to(device)
     if backbone.report is not None:
         log.info("pretrained weights (%s):\n%s", backbone.pretrain, backbone.report.format())
-    counts = {split: len(scan_image_folder(folder)[0]) for split, folder in (("train", args.train), ("val", args.val))}
     log.info("kNN: %s (%s), k=%d, T=%g, %d px; %d train / %d val images, device %s", backbone.name,
              args.pretrain or backbone.pretrain, args.k, args.temperature, args.img_size, counts["train"],
              counts["val"], device)

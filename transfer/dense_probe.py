@@ -404,13 +404,13 @@ class DenseProbe:
         cfg = self.cfg
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
                                    else cfg.device)
+        train, val = (load_split(cfg.dataset, cfg.data_root, t, cfg.classes) for t in (True, False))
+        self.num_classes, self.train_images, self.val_images = train.num_classes, len(train), len(val)
         torch.manual_seed(cfg.seed)  # the backbone's random init, then the head's
         self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle).to(self.device)
         if self.backbone.report is not None:
             log.info("pretrained weights (%s):\n%s", self.backbone.pretrain, self.backbone.report.format())
         self.pretrain = cfg.pretrain or self.backbone.pretrain
-        train, val = (load_split(cfg.dataset, cfg.data_root, t, cfg.classes) for t in (True, False))
-        self.num_classes, self.train_images, self.val_images = train.num_classes, len(train), len(val)
         self.to_input = ToFloatNormalized(self.backbone.mean, self.backbone.std)  # uint8 -> the backbone's input
         self.train_set = TrainCrops(train, cfg.crop, self.backbone.mean)
         self.val_loader = DataLoader(ValImages(val, cfg.crop), batch_size=1,

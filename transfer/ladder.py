@@ -61,8 +61,9 @@ def _recipes(linear: str, finetune: Optional[str], detection: Optional[str],
              segmentation: Optional[str], gpu_hours: Mapping[str, float], gpus: Mapping[str, int],
              cpu: bool = False) -> Dict[str, RungRecipe]:
     knn_args = ("--img-size", "64", "--batch", "64") if cpu else ()
-    probe = (("--iters", "300", "--batch", "8", "--crop", "64") if cpu else
-             ("--iters", "40000", "--batch", "16", "--crop", "512"))  # DINOv2's linear ADE20K probe: 40k x 16
+    # DINOv2's linear ADE20K probe: 40k x 16, evaluated at the end; short CPU runs need a larger lr.
+    probe = (("--iters", "300", "--batch", "8", "--crop", "64", "--lr", "1e-2") if cpu else
+             ("--iters", "40000", "--batch", "16", "--crop", "512", "--eval-every", "0"))
     out = {"knn": RungRecipe("tools/knn_eval.py", None, 1, gpu_hours["knn"], knn_args),
            "linear": RungRecipe("tools/train_cls.py", linear, gpus.get("linear", 1), gpu_hours["linear"]),
            "dense_probe": RungRecipe("tools/dense_probe.py", None, 1, gpu_hours["dense_probe"], probe)}
