@@ -190,8 +190,8 @@ class Job:
         return Path(self.folder) / "failed.json"
 
     @property
-    def log(self) -> Path:
-        return Path(self.folder) / "log.txt"
+    def log(self) -> Path:  # the tool's whole output (its own log.txt, where it writes one, has the same lines)
+        return Path(self.folder) / "output.txt"
 
 
 @dataclass
@@ -359,7 +359,7 @@ def _cuda_devices() -> int:
 
 
 def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, **launch) -> int:
-    """Run one job as a subprocess, its output in ``log.txt``; a failure is recorded in ``failed.json``."""
+    """Run one job as a subprocess, its output in ``output.txt``; a failure is recorded in ``failed.json``."""
     Path(job.folder).mkdir(parents=True, exist_ok=True)
     job.failure.unlink(missing_ok=True)
     cmd = launch_command(job, resume, **launch)
