@@ -95,3 +95,18 @@ def tiny_mae_overrides(tmp_path):
         "train.batch_size=8", "train.epochs=2", "train.device=cpu", "train.progress=false",
         "train.tensorboard=false", "optim.warmup_epochs=1", "train.log_every=1", f"train.output_dir={tmp_path}/run",
     ]
+
+
+# Two processes' OpenMP threads fighting over two cores slow detectron2 and the probes down ten-fold: one thread each.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_thread():
+    """This process at one intra-op thread for the test (torch imported here: collection stays light)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_tool, shared_data
+from conftest import ONE_THREAD, REPO, run_tool, shared_data
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 CONFIGS = REPO / "configs" / "detectron2"
-# Two processes' OpenMP threads fighting over two cores slow detectron2 down ten-fold: one thread each.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_tool, shared_data
-
-# Two processes' OpenMP threads fighting over two cores slow these runs down ten-fold: one thread each.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import ONE_THREAD, run_tool, shared_data
 
 
 @pytest.fixture(scope="module")
