@@ -52,6 +52,14 @@ def detectron2_problem():
     return _detectron2_problem[0]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker and the tools it starts run one
+    OpenMP thread: two workers of two threads each on two cores slow torch down many-fold. Set before
+    any test imports torch, so torch starts with it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def pytest_runtest_setup(item):
     """Tests marked ``detectron2`` skip without it, or fail where ``SSLKIT_REQUIRE_DETECTRON2`` is set."""
     if item.get_closest_marker("detectron2") is None:

@@ -2,6 +2,7 @@
 real short runs of the project's tools wrote: every number reaches the tables unchanged."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,36 +48,64 @@ def assert_reported_unchanged(result_files, report_dir):
                 assert f"{res['metrics'][metric]:.2f}" in md, (path, metric)
 
 
-def test_quick_demo_runs_the_pipeline_and_says_whether_pretraining_helped(demo):
+def ladder_jobs(out, method):
+    plan = json.loads(next((out / "ladder" / method).glob("*/plan.json")).read_text())
+    return plan, [(job, json.loads((Path(job["folder"]) / "results.json").read_text())) for job in plan["jobs"]]
+
+
+def welch_word(pretrained, baseline):
+    """The verdict re-derived from the seeds' values: scipy's Welch test, p < 0.05."""
+    from scipy import stats
+
+    if len(pretrained) < 2 or len(baseline) < 2:
+        return "undecided"
+    gap = sum(pretrained) / len(pretrained) - sum(baseline) / len(baseline)
+    if len(set(pretrained)) == 1 and len(set(baseline)) == 1:
+        return "better" if gap > 0 else "worse" if gap < 0 else "no clear difference"
+    p = stats.ttest_ind(pretrained, baseline, equal_var=False).pvalue
+    return ("better" if gap > 0 else "worse") if p < 0.05 else "no clear difference"
+
+
+def test_quick_demo_runs_the_pipeline_through_the_ladder_with_seeds(demo):
+    from transfer.detection import detectron2_available
+    from transfer.ladder import PRIMARY_METRIC
+
     out, proc = demo
     assert (out / "pretrain" / "mae" / "checkpoint-last.pth").is_file()
     assert (out / "pretrain" / "moco" / "checkpoint_last.pth.tar").is_file()
     assert len(list((out / "figures").glob("*.png"))) >= 1
-    seg = {p.parent.name: json.loads(p.read_text()) for p in results_files(out / "runs") if "seg_" in str(p)}
-    assert set(seg) == {"seg_vit_mae", "seg_vit_random", "seg_r18_moco", "seg_r18_random"}
-    assert seg["seg_vit_mae"]["pretrain"] == "mae" and seg["seg_r18_moco"]["pretrain"] == "moco_v2"
-    assert seg["seg_vit_random"]["pretrain"] == "random"
-    report = (out / "report" / "report.md").read_text()
-    assert "## Verdict" in report
-    verdict = report.split("## Verdict")[1]
-    # One line per pretrained backbone, with both numbers of the pair as the table shows them.
-    for pre, rnd, backbone in (("seg_vit_mae", "seg_vit_random", "vit_pico_patch8"),
-                               ("seg_r18_moco", "seg_r18_random", "resnet18")):
-        line = next(line for line in verdict.splitlines() if "semantic_seg" in line and backbone in line)
-        a, b = seg[pre]["metrics"]["mIoU"], seg[rnd]["metrics"]["mIoU"]
-        assert f"{a:.2f} vs {b:.2f}" in line
-        assert ("better than random" in line) == (a - b > 1.0)  # demo.NOISE: smaller gaps are ties
-        assert ("no clear difference" in line) == (abs(a - b) <= 1.0)
-    assert_reported_unchanged(results_files(out / "runs"), out / "report")
-    assert "demo finished" in proc.stdout
+    verdict = (out / "report" / "report.md").read_text().split("## Verdict")[1]
+    expected_rungs = {"mae": ["knn", "linear", "dense_probe", "segmentation"],
+                      "moco": ["knn", "linear", "dense_probe", "segmentation"]}
+    for method, label in (("mae", "mae"), ("moco", "moco_v2")):
+        plan, jobs = ladder_jobs(out, method)
+        rungs = expected_rungs[method] + (["detection"] if detectron2_available() else [])
+        assert sorted({j["rung"] for j, _ in jobs}) == sorted(rungs)
+        section = verdict.split(f"({method} pretraining)")[1].split("(moco pretraining)")[0].split("A verdict is")[0]
+        for rung in rungs:
+            values = {}
+            for job, rec in jobs:
+                if job["rung"] == rung:
+                    role = job["subject"]["role"]
+                    assert rec["pretrain"] == (label if role == "pretrained" else "random")
+                    values.setdefault(role, []).append(rec["metrics"][PRIMARY_METRIC[rec["task"]]])
+            seeds = 1 if rung in ("segmentation", "detection") else 2  # QUICK's seeds
+            assert len(values["pretrained"]) == len(values["baseline"]) == seeds, (method, rung)
+            line = next(ln for ln in section.splitlines() if ln.startswith(f"- {rung}: "))
+            assert f"(n={seeds})" in line
+            assert f"**{welch_word(values['pretrained'], values['baseline'])}**" in line, line
+        # Each ladder's own report: mean ± std tables and the training curves.
+        report = next((out / "ladder" / method).glob("*/report/report.md")).read_text()
+        assert " ± " in report and "curves.png" in report
+    assert "demo finished" in proc.stdout and proc.stdout.count(": starting ...") >= 24
 
 
 def test_rerun_resumes_instead_of_starting_over(demo):
     out, _ = demo
-    before = {p: p.stat().st_mtime_ns for p in results_files(out / "runs")}
+    before = {p: p.stat().st_mtime_ns for p in results_files(out / "ladder")}
     proc = run_tool("tools/demo.py", "--quick", "--out", out, timeout=300)
     assert proc.stdout.count("done earlier, skipped") == 6
-    assert {p: p.stat().st_mtime_ns for p in results_files(out / "runs")} == before
+    assert {p: p.stat().st_mtime_ns for p in results_files(out / "ladder")} == before
     bigger = run_tool("tools/demo.py", "--out", out, check=False)  # another size into the same folder
     assert bigger.returncode != 0 and "another size" in bigger.stderr
 
@@ -84,14 +113,16 @@ def test_rerun_resumes_instead_of_starting_over(demo):
 def test_report_of_classification_segmentation_and_detection_runs(demo, tmp_path):
     """A linear probe of the demo's own MoCo checkpoint joins the demo's transfer runs in one report."""
     out, _ = demo
+    # One seed of each rung and subject; not the MoCo ladder's linear probe, which the run below replaces.
+    runs = [r for r in sorted((out / "ladder").glob("*/*/*/*/seed0")) if r.parts[-3] != "linear" or "mae" in r.parts]
     cls_dir = tmp_path / "moco_linear"
     run_tool("tools/train_cls.py", "configs/classification/moco_r18_linear_cpu.yaml",
              "--checkpoint", out / "pretrain" / "moco" / "checkpoint_last.pth.tar",
              "data.img_size=32", "data.synthetic_per_class=8", "data.num_workers=0", "train.epochs=1",
              "train.batch_size=16", "train.progress=false", "train.tensorboard=false", f"train.output_dir={cls_dir}")
     report = tmp_path / "report"
-    proc = run_tool("tools/report.py", out / "runs", cls_dir, "--out", report, "--baseline", "random")
-    files = results_files(out / "runs") + results_files(cls_dir)
+    proc = run_tool("tools/report.py", *runs, cls_dir, "--out", report, "--baseline", "random")
+    files = [r / "results.json" for r in runs] + results_files(cls_dir)
     assert f"{len(files)} runs" in proc.stdout
     assert_reported_unchanged(files, report)
     lin = next(r for r in csv_rows(report / "imagenet_linear.csv") if r["origin"] == "run")

@@ -9,7 +9,8 @@
 Rungs (``--suite quick`` = the first three): knn (weighted kNN, k = 20, T = 0.07), linear (the MAE /
 MoCo linear protocols), dense_probe (BN + 1x1 conv on frozen patch features, the DINOv2 linear head),
 finetune, detection (detectron2), segmentation (mmseg UperNet). Each runs for the checkpoint and for its
-baseline (``--baseline random`` or a checkpoint file), ``--seeds`` times. A rung whose data is absent
+baseline (``--baseline supervised``, the default: the backbone's supervised ImageNet twin, from the
+weights folder; ``random``; or a checkpoint file), ``--seeds`` times. A rung whose data is absent
 is skipped with a line saying so. Results go to ``<out>/<name>-<sha256[:12]>/``; a rerun skips what
 finished and resumes what was interrupted. See docs/ladder.md.
 """
@@ -54,8 +55,11 @@ def main(argv=None):
     p.add_argument("checkpoint", help="any checkpoint the project reads (MAE, MoCo, timm, DeiT, torchvision)")
     p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="quick = knn, linear, dense_probe")
     p.add_argument("--rungs", help=f"comma-separated rungs instead of a suite ({', '.join(RUNGS)})")
-    p.add_argument("--baseline", default="random",
-                   help="random | supervised (needs the file: pass its path) | PATH of a checkpoint | none")
+    p.add_argument("--baseline", default="supervised",
+                   help="supervised (the backbone's supervised ImageNet twin, found in --weights; the default) | "
+                        "random | PATH of a checkpoint | none")
+    p.add_argument("--weights", help="folder of released weights for --baseline supervised "
+                                     "(default: torch.hub's, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per rung and subject (2+ for a verdict)")
     p.add_argument("--rung-seeds", nargs="*", default=[], metavar="RUNG=N",
                    help="another seed count for some rungs, e.g. detection=1")
@@ -78,7 +82,8 @@ def main(argv=None):
         rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
         rung_seeds = {k: int(v) for k, v in (item.split("=", 1) for item in args.rung_seeds)}
         plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
-                           args.baseline, parse_rung_args(args.rung_args), rung_seeds, args.allow_pickle)
+                           args.baseline, parse_rung_args(args.rung_args), rung_seeds, args.allow_pickle,
+                           args.weights)
     except (CheckpointFormatError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     info = plan.checkpoint

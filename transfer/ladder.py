@@ -97,14 +97,14 @@ RECIPES: Dict[str, Dict[str, RungRecipe]] = {
         M + "upernet_r50-moco_4xb4-80k_ade20k-512x512.py",
         {"knn": 0.2, "linear": 18, "dense_probe": 0.4, "detection": 200, "segmentation": 36},
         {"linear": 8, "detection": 8, "segmentation": 4}),
-    # CPU-sized twins (the demo's backbones): minutes on a laptop, not comparable with published numbers.
+    # CPU-sized twins (the demo's backbones; segmentation: the demo's UperNet settings for the synthetic
+    # scenes): minutes on a laptop, not comparable with published numbers.
     "vit_pico_patch8": _recipes(
         C + "mae_vit_pico_linear_cpu.yaml", C + "mae_vit_pico_finetune_cpu.yaml",
-        D + "tiny/mask_rcnn_vitdet_pico.py", M + "tiny/upernet_vit-pico_folder-64x64.py",
+        D + "tiny/mask_rcnn_vitdet_pico.py", "configs/demo/seg_vit.py",
         {"knn": 0, "linear": 0, "dense_probe": 0, "finetune": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
     "resnet18": _recipes(
-        C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py",
-        M + "tiny/upernet_r18_folder-64x64.py",
+        C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py", "configs/demo/seg_r18.py",
         {"knn": 0, "linear": 0, "dense_probe": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
 }
 
@@ -218,16 +218,45 @@ def checkpoint_folder(out_root, info: CheckpointInfo) -> Path:
     return Path(out_root) / f"{Path(info.path).name.split('.')[0]}-{info.digest[:12]}"
 
 
-def _subjects(info: CheckpointInfo, baseline: str) -> List[Subject]:
-    """The checkpoint and its baseline. ``supervised`` needs the supervised twin's file (no weights are
-    downloaded here): pass it as ``--baseline PATH``."""
+# The supervised ImageNet-1k twin of each backbone: the released files' names, as torch.hub caches them
+# (torchvision's V1 weights, the MoCo papers' kind of baseline; DeiT's for ViT-B, the supervised ViT-B the
+# MAE transfer comparisons start from). The first one found in the weights folder is used.
+SUPERVISED_TWINS: Dict[str, Tuple[str, ...]] = {
+    "resnet50": ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth"),
+    "resnet18": ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
+    "vit_base_patch16": ("deit_base_patch16_224-b5f2ef4d.pth",),
+}
+
+
+def weights_folder() -> Path:
+    """Where torch.hub keeps downloaded weights (``$TORCH_HOME/hub/checkpoints``): where these files are."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def supervised_twin(backbone: str, folder=None) -> Path:
+    """The supervised twin's file for ``backbone`` in ``folder`` (default: torch.hub's), or a clear error."""
+    folder = Path(folder) if folder else weights_folder()
+    names = SUPERVISED_TWINS.get(backbone, ())
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    if not names:
+        raise ValueError(f"no supervised twin is known for {backbone}: pass --baseline PATH or --baseline random")
+    raise FileNotFoundError(f"--baseline supervised: the supervised {backbone} ({' or '.join(names)}) is not in "
+                            f"{folder}; no weights are downloaded by this tool: put the file there "
+                            "(torchvision / DeiT download it there), pass --baseline PATH, or --baseline random")
+
+
+def _subjects(info: CheckpointInfo, baseline: str, weights=None) -> List[Subject]:
+    """The checkpoint and its baseline: ``supervised`` (the twin's file, found in ``weights`` or torch.hub's
+    folder), ``random``, a checkpoint's path, or ``none``."""
     subjects = [Subject("pretrained", info.path)]
     if baseline == "random":
         subjects.append(Subject("baseline", None, "random"))
     elif baseline == "supervised":
-        raise ValueError("--baseline supervised needs the supervised twin's weights, which cannot be fetched here: "
-                         "pass the file (e.g. --baseline resnet50-0676ba61.pth or deit_base_patch16_224.pth), "
-                         "or --baseline random")
+        subjects.append(Subject("baseline", str(supervised_twin(info.backbone, weights))))
     elif baseline != "none":
         if not Path(baseline).is_file():
             raise FileNotFoundError(f"baseline checkpoint not found: {baseline}")
@@ -280,8 +309,8 @@ def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: Checkpoin
 
 
 def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], seeds: int = 3,
-         baseline: str = "random", rung_args: Optional[Mapping[str, Sequence[str]]] = None,
-         rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False) -> Plan:
+         baseline: str = "supervised", rung_args: Optional[Mapping[str, Sequence[str]]] = None,
+         rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False, weights=None) -> Plan:
     """Jobs of every requested rung for the checkpoint and its baseline, ``seeds`` seeds each (``rung_seeds``:
     another number for some rungs, e.g. one seed of an expensive one). A rung without a shipped recipe for
     the backbone, or without its dataset, is listed in ``skipped`` with the reason."""
@@ -294,7 +323,7 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
         raise ValueError(f"no ladder recipes for {info.backbone}; known backbones: {', '.join(sorted(RECIPES))}")
     folder = checkpoint_folder(out_root, info)
     p = Plan(info, baseline, seeds, str(folder))
-    subjects = _subjects(info, baseline)
+    subjects = _subjects(info, baseline, weights)
     for rung in RUNGS:
         if rung not in rungs:
             continue
