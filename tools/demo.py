@@ -182,7 +182,10 @@ class Demo:
                   log=f"ladder_{method}", echo=True)
 
     def ladder_report(self, method: str) -> Path:
-        return next(self.ladder_folder(method).glob("*/report/report.md"))
+        from transfer.ladder import checkpoint_folder, inspect_checkpoint
+
+        info = inspect_checkpoint(self.checkpoint(method))  # the ladder's folder is keyed by the file's content
+        return checkpoint_folder(self.ladder_folder(method), info) / "report" / "report.md"
 
     def stage_report(self) -> Path:
         """report/report.md: each ladder's verdicts side by side, then links to their tables and curves."""

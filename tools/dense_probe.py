@@ -19,11 +19,10 @@ import sys
 
 
 def parse_args(argv=None):
+    from transfer.backbone import add_backbone_args, check_backbone_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="pretrained backbone (MAE / MoCo / timm / DeiT / torchvision file)")
-    p.add_argument("--random-init", metavar="ARCH",
-                   help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
-                        "vit_base_patch16, mae_vit_pico_patch8, ...)")
+    add_backbone_args(p)
     p.add_argument("--data-root", required=True,
                    help="ADE20K: the ADEChallengeData2016 folder; folder: the one holding images/, labels/ "
                         "and classes.txt")
@@ -37,20 +36,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=500, help="evaluate and checkpoint every N iterations "
                                                                "(0: at the end only; default 500)")
-    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
-    p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
-    p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
-                                      "'random' with --random-init)")
-    p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
-                                                               "(only for files you trust)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from probe_last.pth")
     p.add_argument("--fresh", action="store_true",
                    help="discard the run in --out (results.json, probe_last.pth, metrics.jsonl)")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations with a checkpoint that "
                                                                 "--resume continues (the schedule spans --iters)")
     args = p.parse_args(argv)
-    if (args.checkpoint is None) == (args.random_init is None):
-        p.error("give a CHECKPOINT or --random-init ARCH (one of them)")
+    check_backbone_args(p, args)
     if args.resume and args.fresh:
         p.error("--resume and --fresh exclude each other")
     return args

@@ -20,11 +20,10 @@ log = logging.getLogger("knn_eval")
 
 
 def parse_args(argv=None):
+    from transfer.backbone import add_backbone_args, check_backbone_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="pretrained backbone (MAE / MoCo / timm / DeiT / torchvision file)")
-    p.add_argument("--random-init", metavar="ARCH",
-                   help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
-                        "vit_base_patch16, mae_vit_pico_patch8, ...)")
+    add_backbone_args(p)
     p.add_argument("--train", required=True, help="labelled training folder <dir>/<class>/*")
     p.add_argument("--val", required=True, help="labelled validation folder, the same classes")
     p.add_argument("--out", required=True, help="output folder")
@@ -33,15 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=224, help="centre crop, px (default 224)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seeds torch: the random init of --random-init")
-    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
-    p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
-    p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
-                                      "'random' with --random-init)")
-    p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
-                                                               "(only for files you trust)")
     args = p.parse_args(argv)
-    if (args.checkpoint is None) == (args.random_init is None):
-        p.error("give a CHECKPOINT or --random-init ARCH (one of them)")
+    check_backbone_args(p, args)
     if args.k < 1 or args.temperature <= 0:
         p.error("--k must be at least 1 and --temperature positive")
     return args

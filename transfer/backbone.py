@@ -179,3 +179,24 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
     net = build_resnet_classifier(resnet, num_classes=1)  # fc is replaced by the identity
     report = load_resnet_backbone(net, ckpt, name=path)
     return ResNetBackbone(net, resnet, report=report, **labels).freeze()
+
+
+def add_backbone_args(p) -> None:
+    """The command-line arguments of a tool that evaluates a frozen backbone (tools/knn_eval.py,
+    tools/dense_probe.py): what to load, where to run it, how to label its results. ``check_backbone_args``
+    checks them after parsing."""
+    p.add_argument("checkpoint", nargs="?", help="pretrained backbone (MAE / MoCo / timm / DeiT / torchvision file)")
+    p.add_argument("--random-init", metavar="ARCH",
+                   help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
+                        "vit_base_patch16, mae_vit_pico_patch8, ...)")
+    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
+    p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
+                                      "'random' with --random-init)")
+    p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
+                                                               "(only for files you trust)")
+
+
+def check_backbone_args(p, args) -> None:
+    if (args.checkpoint is None) == (args.random_init is None):
+        p.error("give a CHECKPOINT or --random-init ARCH (one of them)")
