@@ -126,7 +126,8 @@ class AuthorsMAE(nn.Module):
 
 
 def mae_rows(dev: Device, tiny: bool):
-    from pretrain.mae import configure_attention, create_mae
+    from pretrain.methods.mae import create_mae
+    from pretrain.trainer import configure_attention
 
     arch, size, batch, spec = (("mae_vit_pico_patch8", 64, 8, (8, 96, 4, 3, 64, 1, 4)) if tiny else
                                ("mae_vit_base_patch16", 224, 64, (16, 768, 12, 12, 512, 8, 16)))
@@ -160,7 +161,7 @@ def mae_rows(dev: Device, tiny: bool):
 
 
 def moco_rows(dev: Device, tiny: bool):
-    from pretrain.moco import build_moco
+    from pretrain.methods.moco import build_moco
 
     arch, size, batch, queue, splits = ("resnet18", 64, 8, 64, 2) if tiny else ("resnet50", 224, 256, 65536, 8)
     dev.reset_memory()

@@ -30,7 +30,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from pretrain.mae import MaskedAutoencoderViT, configure_attention, create_mae
+from pretrain.methods.mae import MaskedAutoencoderViT, create_mae
+from pretrain.trainer import configure_attention
 from pretrain.trainer import peak_memory_mb
 
 

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from pretrain.moco import build_moco
+from pretrain.methods.moco import build_moco
 
 
 class Steps:

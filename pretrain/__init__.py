@@ -1,4 +1,6 @@
-"""Self-supervised pretraining: MAE (``pretrain.mae``) and MoCo (``pretrain.moco``).
+"""Self-supervised pretraining: one file per method in ``pretrain.methods`` (MAE, MoCo v1/v2, MoCo v3),
+the trainer they share (``pretrain.trainer``), and the backbone every method exports
+(``pretrain.backbones``).
 
 Importing the package is cheap; submodules import torch/timm when used.
 """

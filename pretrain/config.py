@@ -1,8 +1,8 @@
 """Pretraining configs: typed dataclasses, filled from YAML plus ``key=value`` overrides.
 
-A config file names its ``method`` (``mae`` or ``moco``); the matching schema
-rejects unknown keys and wrong types with the key's path, so a typo in a
-config fails at start-up rather than hours into a run.
+A config file names its ``method`` (a registered ``pretrain.methods`` name: ``mae``, ``moco``, ...);
+the method's schema rejects unknown keys and wrong types with the key's path, so a typo in a config
+fails at start-up rather than hours into a run. The sections every method shares are here.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # adamw | sgd | lars (the method builds it)
     base_lr: float = 1.5e-4  # lr = base_lr * effective_batch / 256
     lr: Optional[float] = None  # absolute lr; overrides base_lr when set
     weight_decay: float = 0.05
@@ -96,58 +96,7 @@ def validate_run(t: RunConfig, fail: Callable[[str], None]):
 @dataclass
 class TrainConfig(RunConfig):
     knn_every_epochs: int = 0  # kNN monitor (needs data.knn_train / knn_val)
-
-
-@dataclass
-class MAEModelConfig:
-    arch: str = "mae_vit_base_patch16"
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-
-
-@dataclass
-class MoCoModelConfig:
-    arch: str = "resnet50"  # any torchvision ResNet constructor name
-    dim: int = 128
-    queue_size: int = 65536  # K
-    momentum: float = 0.999  # m
-    temperature: float = 0.07  # T: 0.07 (v1), 0.2 (v2)
-    mlp: bool = False  # v2: 2-layer MLP head
-    aug: str = "v1"  # v1 | v2 ("aug+")
-    # Single process only: batch norm over this many sub-batches (and keys shuffled
-    # across them), the stand-in for multi-GPU Shuffle BN. 1 turns it off.
-    bn_splits: int = 8
-
-
-@dataclass
-class MAEPretrainConfig:
-    method: str = "mae"
-    model: MAEModelConfig = field(default_factory=MAEModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def _moco_optim() -> OptimConfig:
-    return OptimConfig(
-        name="sgd", base_lr=0.03, weight_decay=1e-4, momentum=0.9, schedule="step",
-        warmup_epochs=0.0, milestones=[120, 160],
-    )
-
-
-@dataclass
-class MoCoPretrainConfig:
-    method: str = "moco"
-    model: MoCoModelConfig = field(default_factory=MoCoModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=_moco_optim)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=32))
-
-
-SCHEMAS = {"mae": MAEPretrainConfig, "moco": MoCoPretrainConfig}
+    export_backbone: bool = True  # at the end: <output_dir>/backbone/ (safetensors + timm config.json)
 
 
 class ConfigError(ValueError):
@@ -212,8 +161,11 @@ def _missing_keys(node, prefix: str = "") -> List[str]:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), method: Optional[str] = None):
-    """A pretraining config: YAML (or the schema defaults) of ``method`` mae | moco, plus overrides."""
-    return load_structured_config(SCHEMAS, "method", path, overrides, choice=method, default="mae", validate=_validate)
+    """A pretraining config: YAML (or the schema defaults) of ``method`` (a registered method), plus overrides."""
+    from .methods import methods
+
+    schemas = {name: cls.config_schema for name, cls in methods().items()}
+    return load_structured_config(schemas, "method", path, overrides, choice=method, default="mae", validate=_validate)
 
 
 def _validate(cfg, path):
@@ -222,14 +174,13 @@ def _validate(cfg, path):
 
     t, o = cfg.train, cfg.optim
     validate_run(t, fail)
-    if o.name not in ("adamw", "sgd"):
-        fail(f"optim.name must be adamw or sgd, got {o.name!r}")
+    if o.name not in ("adamw", "sgd", "lars"):
+        fail(f"optim.name must be adamw, sgd or lars, got {o.name!r}")
     if o.schedule not in ("cosine", "step"):
         fail(f"optim.schedule must be cosine or step, got {o.schedule!r}")
-    if cfg.method == "mae" and not 0.0 <= cfg.model.mask_ratio < 1.0:
-        fail(f"model.mask_ratio must be in [0, 1), got {cfg.model.mask_ratio}")
-    if cfg.method == "moco" and cfg.model.aug not in ("v1", "v2"):
-        fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+    from .methods import get_method
+
+    get_method(cfg.method).validate(cfg, fail)
     validate_data_source(cfg.data, fail, "/data/imagenet")
     validate_backend(cfg.data, fail)
 

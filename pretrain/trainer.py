@@ -9,6 +9,7 @@ its own seed (``pretrain.data``), so skipping the consumed batches restores it.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
@@ -29,8 +30,7 @@ from .config import to_yaml
 from .data import ResumableSampler, build_pretrain_dataset, build_train_loader
 from .knn import knn_evaluate
 from .logger import MetricLogger, setup_logging
-from .mae import configure_attention
-from .methods import METHODS
+from .methods import get_method
 from .schedule import lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,20 @@ def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def configure_attention(model: nn.Module, device_type: str, amp_dtype: Optional[torch.dtype]) -> bool:
+    """Pick timm's attention path for the run; returns whether the fused one is used.
+
+    Fused scaled-dot-product attention everywhere except CPU bf16 training, where
+    its backward kernel is slower than the explicit softmax(QK^T)V path (1.27 s vs
+    1.67 s per ViT-B MAE step on 2 Xeon cores; benchmarks/mae_masked_encoding.py).
+    """
+    fused = not (device_type == "cpu" and amp_dtype == torch.bfloat16)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    return fused
+
+
 def start_run(t, config_yaml: str):
     """What every training command does first, from its ``train`` config section: join the
     processes, open the output folder and its log, save the config, seed, check the precision.
@@ -146,20 +160,44 @@ class WaitTimer:
             start = time.perf_counter()
 
 
-class TrainerBase:
+class TrainerBase(abc.ABC):
     """The training loop the pretraining Trainer and the classification trainer share, after
-    ``start_run``: one epoch from any position (per-iteration lr, gradient accumulation without DDP
-    sync in between, scaled backward, clipping, logging windows, mid-epoch checkpoints), autocast,
-    stopping at the same step on every process, restoring a checkpoint's position and RNG streams.
-
-    A subclass sets cfg, dist, device, amp_dtype, model, ddp, optimizer, scaler, lr, sampler,
-    train_loader, device_transform, iters_per_epoch, metrics, epoch / iter / step, _stop_requested,
-    stopped, and defines ``batch_loss`` and ``save``.
+    ``start_run``: ``fit`` runs epochs from any position (per-iteration lr and the ``before_step``
+    hook, gradient accumulation without DDP sync in between, scaled backward, clipping, logging
+    windows, mid-epoch checkpoints), stops at the same step on every process, and restores a
+    checkpoint's position and RNG streams. A subclass sets the attributes declared below (``setup_training``
+    sets the training ones) and defines ``batch_loss``, ``save``, ``after_epoch`` and ``finish``.
 
     The loader delivers what the dataset's transform leaves (uint8, ``pretrain.transforms``);
     ``device_transform`` (the dataset's) finishes a batch on the device. The logs say which share of
     the step time went to waiting for data (``data_wait``): near 1, the loader is the bottleneck.
     """
+
+    # set by the subclass
+    cfg: Any  # its typed config: ``train`` (RunConfig) and ``optim`` (OptimConfig) sections
+    dist: du.DistInfo
+    out: Path  # output folder
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    model: torch.nn.Module
+    metrics: MetricLogger
+    # set by setup_training
+    ddp: torch.nn.Module  # the model, under DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr: float  # the peak learning rate (the schedule's base)
+    eff_batch: int
+    sampler: ResumableSampler
+    train_loader: Any
+    device_transform: Callable
+    iters_per_epoch: int  # micro-batches
+    # position: the next micro-batch to run; step counts optimizer steps
+    epoch: int = 0
+    iter: int = 0
+    step: int = 0
+    stopped: bool = False  # train_epoch stopped early (max_iters, a signal)
+    _stop_requested: bool = False
+    step_values: Dict[str, float] = {}  # before_step's values to log with the next window
 
     def setup_training(self, dataset, build_optimizer: Callable[[float], torch.optim.Optimizer], backend: str):
         """Sampler, loader (``backend``: ``pretrain.data.BACKENDS``), the dataset's device transform, whole
@@ -200,13 +238,45 @@ class TrainerBase:
                      self.epoch, self.iter, self.step)
         du.barrier()
 
+    @abc.abstractmethod
     def batch_loss(self, batch) -> Tuple[torch.Tensor, Dict, int]:
         """(loss of one micro-batch under autocast, extra values to log (numbers or 0-d tensors,
         read only when logged), images in it)."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def save(self, tags) -> None:
+        """Write a checkpoint under each tag (an epoch, or ``LAST``)."""
+
+    @abc.abstractmethod
+    def after_epoch(self, done: bool) -> None:
+        """After each finished epoch (``self.epoch`` is the next one; ``done``: the last): evaluation,
+        checkpoints."""
+
+    @abc.abstractmethod
+    def finish(self, stopped: bool) -> Dict:
+        """After the run (``stopped``: early, resumable): close logs, write results; returns them."""
+
+    def fit(self) -> Dict:
+        """Train from the current position to ``train.epochs``; a stop writes a resumable checkpoint."""
+        t = self.cfg.train
+        while self.epoch < t.epochs:
+            self.last_stats = self.train_epoch()
+            if self.stopped:
+                self.save([LAST])
+                log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
+                break
+            self.epoch, self.iter = self.epoch + 1, 0
+            self.after_epoch(done=self.epoch == t.epochs)
+        return self.finish(self.stopped)
 
     def set_train_mode(self):
         self.ddp.train()
+
+    def before_step(self, epoch: float):
+        """The per-step hook, before an optimizer step's first micro-batch, at fractional ``epoch``: sets the
+        learning rate; a subclass adds its schedules (their values to log go in ``step_values``)."""
+        t, o = self.cfg.train, self.cfg.optim
+        set_lr(self.optimizer, lr_at(epoch, self.lr, t.epochs, o.schedule, o.warmup_epochs, o.min_lr, o.milestones))
 
     def train_epoch(self) -> Dict:
         """Run the current epoch from ``self.iter``; returns the last logged window's stats."""
@@ -224,11 +294,11 @@ class TrainerBase:
                 break
             boundary = (self.iter + 1) % t.accum_iter == 0
             if self.iter % t.accum_iter == 0:
-                set_lr(self.optimizer, lr_at(self.epoch + self.iter / self.iters_per_epoch, self.lr, t.epochs,
-                                             o.schedule, o.warmup_epochs, o.min_lr, o.milestones))
+                self.before_step(self.epoch + self.iter / self.iters_per_epoch)
             sync = contextlib.nullcontext() if boundary or not self.dist.distributed else self.ddp.no_sync()
             with sync:
                 loss, extra, images = self.batch_loss(batch)
+                extra = {**self.step_values, **extra}
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss is {loss_value} at epoch {self.epoch} iter {self.iter}; stopping")
@@ -302,7 +372,7 @@ class Trainer(TrainerBase):
     def __init__(self, cfg, resume: Optional[str] = None):
         self.cfg = cfg
         t = cfg.train
-        self.method = METHODS[cfg.method]()
+        self.method = get_method(cfg.method)
         self.dist, self.out, self.amp_dtype = start_run(t, to_yaml(cfg))
         self.device = self.dist.device
 
@@ -353,30 +423,35 @@ class Trainer(TrainerBase):
             self.scaler.load_state_dict(ckpt["scaler"])
         tr = ckpt.get("trainer")
         if tr is None:  # the authors' file: resume at the start of the next epoch
-            self.epoch = self.method.next_epoch(ckpt)
+            self.epoch = self.method.epochs_done(ckpt)
             self.iter, self.step = 0, self.epoch * (self.iters_per_epoch // self.cfg.train.accum_iter)
         else:
             self.restore_position(tr)
         log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
 
     # --------------------------------------------------------------- training
-    def fit(self) -> Dict:
+    def after_epoch(self, done: bool):
         t = self.cfg.train
-        last = {}
-        while self.epoch < t.epochs:
-            last = self.train_epoch()
-            if self.stopped:
-                self.save([LAST])
-                log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
-                break
-            self.epoch, self.iter = self.epoch + 1, 0
-            if t.knn_every_epochs and self.epoch % t.knn_every_epochs == 0:
-                self.knn_monitor()
-            done = self.epoch == t.epochs
-            if done or self.epoch % t.ckpt_every_epochs == 0:
-                self.save([self.epoch - 1, LAST])
+        if t.knn_every_epochs and self.epoch % t.knn_every_epochs == 0:
+            self.knn_monitor()
+        if done or self.epoch % t.ckpt_every_epochs == 0:
+            self.save([self.epoch - 1, LAST])
+
+    def finish(self, stopped: bool) -> Dict:
+        """Close the logs; at the end of the schedule, write the backbone export (``backbone/``: safetensors +
+        timm config.json, ``pretrain.backbones``)."""
         self.metrics.close()
-        return last
+        if not stopped and self.dist.is_main and self.cfg.train.export_backbone:
+            ckpt = {**self.method.pack(self.model, self.cfg, self.epoch - 1), "config": to_yaml(self.cfg)}
+            export = self.method.export(ckpt, str(self.checkpoint_path(self.epoch - 1)))
+            log.info("backbone (%s %s, %s) exported to %s", export.family, export.arch, export.label,
+                     export.save(self.out / "backbone"))
+        du.barrier()
+        return getattr(self, "last_stats", {})
+
+    def before_step(self, epoch: float):
+        super().before_step(epoch)
+        self.step_values = self.method.on_step(self.model, self.cfg, epoch)
 
     def batch_loss(self, batch):
         images = self.device_transform(batch[0], self.device)

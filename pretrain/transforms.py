@@ -142,10 +142,10 @@ def mae_transform(img_size: int = 224, min_scale: float = 0.2) -> RandomResizedC
     return RandomResizedCropFlip(img_size, torchvision_crop((min_scale, 1.0)), "bicubic")
 
 
-# ------------------------------------------------------------------ MoCo
+# ------------------------------------------------------- two-view methods
 # Columns of a view's colour parameters (float32 [COLOUR_PARAMS]); FACTORS: brightness, contrast, saturation, hue.
-JITTER, ORDER, FACTORS, GRAY, SIGMA = 0, slice(1, 5), slice(5, 9), 9, 10
-COLOUR_PARAMS = 11
+JITTER, ORDER, FACTORS, GRAY, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11
+COLOUR_PARAMS = 12
 
 
 def blur_kernel_size(img_size: int) -> int:
@@ -153,50 +153,69 @@ def blur_kernel_size(img_size: int) -> int:
     return max(3, int(0.1 * img_size) // 2 * 2 + 1)
 
 
-class MoCoViews(SampleTransform):
-    """MoCo's two views of one image (the query and the key), decoded once.
+@dataclass(frozen=True)
+class ColourRecipe:
+    """One view's colour augmentations, drawn and applied in this order (the authors' torchvision pipelines):
+    ``RandomApply(ColorJitter(*jitter), p=jitter_p)`` (``jitter_p=None``: always, without a draw), then
+    ``RandomGrayscale(gray_p)`` (``gray_first``: before the jitter, as InstDisc / MoCo v1), then
+    ``RandomApply(GaussianBlur(sigma in [0.1, 2]), p=blur_p)``, then ``RandomApply(Solarize, p=solarize_p)``
+    (PIL's, threshold 128). A probability of 0 means the step is not in the pipeline (no draw)."""
 
-    v1 (InstDisc): RandomResizedCrop(scale=(min_scale, 1)), RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4),
-    flip. v2 ("aug+"): crop, RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(0.2),
-    RandomApply(GaussianBlur(sigma in [0.1, 2]), p=0.5), flip. Crops (bilinear) and flips are cut here on uint8;
-    the colour augmentations' parameters are drawn here, in the authors' order, and the augmentations run
-    batched on the device (``colour_on_device``) or here, rounded back to uint8 as the PIL pipeline's are.
+    jitter: Tuple[float, float, float, float]
+    jitter_p: Optional[float]
+    gray_p: float = 0.2
+    gray_first: bool = False
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+
+MOCO_V1 = ColourRecipe((0.4, 0.4, 0.4, 0.4), None, gray_first=True)
+MOCO_V2 = ColourRecipe((0.4, 0.4, 0.4, 0.1), 0.8, blur_p=0.5)  # "aug+"
+
+
+class TwoViews(SampleTransform):
+    """Two augmented views of one image, decoded once (MoCo's query and key; BYOL-style asymmetric pairs):
+    per view, RandomResizedCrop(scale=(min_scale, 1)), its ``ColourRecipe``, horizontal flip. Crops and flips
+    are cut here on uint8; the colour parameters are drawn here, in the authors' order, and the colour
+    augmentations run batched on the device (``colour_on_device``) or here, rounded back to uint8 as the PIL
+    pipeline's are.
     """
 
-    def __init__(self, version: str = "v2", img_size: int = 224, min_scale: float = 0.2, colour_on_device: bool = False):
-        if version not in ("v1", "v2"):
-            raise ValueError(f"MoCo augmentation must be v1 or v2, got {version!r}")
-        self.version, self.size, self.colour_on_device = version, (img_size, img_size), colour_on_device
+    def __init__(self, recipes: Tuple[ColourRecipe, ColourRecipe], img_size: int = 224, min_scale: float = 0.2,
+                 colour_on_device: bool = False, interpolation: str = "bilinear"):
+        if len({r.gray_first for r in recipes}) != 1:
+            raise ValueError("both views must convert to grayscale at the same point (gray_first)")
+        self.recipes, self.size, self.colour_on_device = tuple(recipes), (img_size, img_size), colour_on_device
+        self.interpolation = interpolation
         self.crop_box = torchvision_crop((min_scale, 1.0))
-        self.jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.4 if version == "v1" else 0.1)  # for its ranges
-        self.colour = ColourAugment(version, blur_kernel_size(img_size))
+        self.jitters = [T.ColorJitter(*r.jitter) for r in self.recipes]  # for their ranges
+        self.colour = ColourAugment(recipes[0].gray_first, blur_kernel_size(img_size))
         self.device_transform = MoCoDeviceTransform(self.colour) if colour_on_device else ToFloatNormalized()
 
     def plan(self, hw):
         views, params = [], []
-        for _ in range(2):
+        for recipe, jitter in zip(self.recipes, self.jitters):
             box = self.crop_box(*hw)
-            params.append(self._draw_colour())
-            views.append(ViewPlan(box, self.size, "bilinear", flip=bool(torch.rand(1) < 0.5)))
+            params.append(self._draw_colour(recipe, jitter))
+            views.append(ViewPlan(box, self.size, self.interpolation, flip=bool(torch.rand(1) < 0.5)))
         return views, torch.stack(params)
 
-    def _draw_colour(self) -> torch.Tensor:
+    @staticmethod
+    def _draw_colour(r: ColourRecipe, jitter: T.ColorJitter) -> torch.Tensor:
         p = torch.zeros(COLOUR_PARAMS)
-        if self.version == "v1":
-            p[GRAY] = float(torch.rand(1) < 0.2)
-            self._draw_jitter(p)
-            return p
-        if not 0.8 < torch.rand(1):  # RandomApply(p=0.8)
-            self._draw_jitter(p)
-        p[GRAY] = float(torch.rand(1) < 0.2)
-        if not 0.5 < torch.rand(1):
+        if r.gray_first:
+            p[GRAY] = float(torch.rand(1) < r.gray_p)
+        if r.jitter_p is None or not r.jitter_p < torch.rand(1):  # RandomApply(p) skips when p < rand
+            order, *factors = T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation,
+                                                       jitter.hue)
+            p[JITTER], p[ORDER], p[FACTORS] = 1.0, order.float(), torch.tensor(factors)
+        if not r.gray_first:
+            p[GRAY] = float(torch.rand(1) < r.gray_p)
+        if r.blur_p > 0 and not r.blur_p < torch.rand(1):
             p[SIGMA] = T.GaussianBlur.get_params(0.1, 2.0)
+        if r.solarize_p > 0 and not r.solarize_p < torch.rand(1):
+            p[SOLARIZE] = 1.0
         return p
-
-    def _draw_jitter(self, p: torch.Tensor):
-        j = self.jitter
-        order, *factors = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
-        p[JITTER], p[ORDER], p[FACTORS] = 1.0, order.float(), torch.tensor(factors)
 
     def assemble(self, views, params):
         pixels = torch.stack(views)
@@ -207,8 +226,14 @@ class MoCoViews(SampleTransform):
 
 
 def moco_transform(version: str = "v2", img_size: int = 224, min_scale: float = 0.2,
-                   colour_on_device: bool = False) -> MoCoViews:
-    return MoCoViews(version, img_size, min_scale, colour_on_device)
+                   colour_on_device: bool = False) -> TwoViews:
+    """MoCo's two views: v1 (InstDisc): RandomResizedCrop, RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4),
+    flip; v2 ("aug+"): crop, RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(0.2),
+    RandomApply(GaussianBlur, p=0.5), flip. Bilinear crops."""
+    recipes = {"v1": MOCO_V1, "v2": MOCO_V2}
+    if version not in recipes:
+        raise ValueError(f"MoCo augmentation must be v1 or v2, got {version!r}")
+    return TwoViews((recipes[version],) * 2, img_size, min_scale, colour_on_device)
 
 
 class MoCoDeviceTransform:
@@ -224,27 +249,27 @@ class MoCoDeviceTransform:
 
 
 class ColourAugment:
-    """MoCo's colour augmentations, batched, on float images in [0, 1] with per-sample parameters.
+    """The colour augmentations of ``ColourRecipe``, batched, on float images in [0, 1] with per-sample parameters.
 
     The formulas of torchvision's tensor ops (``adjust_brightness / contrast / saturation / hue``,
-    ``rgb_to_grayscale``, ``gaussian_blur``: reflect padding, kernel ``blur_kernel``), applied per sample:
-    jitter in each sample's own order; v1 converts to grayscale before the jitter, v2 after it, then blurs.
-    Which samples each operation touches is read from the parameters on the CPU, so that nothing waits for
-    the device.
+    ``rgb_to_grayscale``, ``gaussian_blur``: reflect padding, kernel ``blur_kernel``) and PIL's solarize
+    (threshold 128 / 255), applied per sample: jitter in each sample's own order, grayscale after it (before
+    it with ``gray_first``), blur, solarize. Which samples each operation touches is read from the parameters
+    on the CPU, so that nothing waits for the device.
     """
 
-    def __init__(self, version: str, blur_kernel: int):
-        self.version, self.blur_kernel = version, blur_kernel
+    def __init__(self, gray_first: bool, blur_kernel: int):
+        self.gray_first, self.blur_kernel = gray_first, blur_kernel
 
     def __call__(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         params = params.cpu()
-        if self.version == "v1":
+        if self.gray_first:
             x = self._gray(x, params)
         x = self._jitter(x, params)
-        if self.version == "v2":
+        if not self.gray_first:
             x = self._gray(x, params)
-            x = self._blur(x, params)
-        return x
+        x = self._blur(x, params)
+        return self._solarize(x, params)
 
     @staticmethod
     def _rows(mask: torch.Tensor, device) -> Optional[torch.Tensor]:
@@ -274,6 +299,13 @@ class ColourAugment:
         rows = self._rows(mask, x.device)
         if rows is not None:
             x[rows] = gaussian_blur(x[rows], params[mask, SIGMA].to(x.device, non_blocking=True), self.blur_kernel)
+        return x
+
+    def _solarize(self, x, params):
+        rows = self._rows(params[:, SOLARIZE] > 0, x.device)
+        if rows is not None:
+            y = x[rows]
+            x[rows] = torch.where(y >= 128 / 255, 1.0 - y, y)  # PIL: 255 - v for v >= 128
         return x
 
 

@@ -118,3 +118,132 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# yacs files laid out as the MoCo authors publish their detection recipes (their repository's
+# detection/configs/: a shared base with the extra-norm C4 head, then one file a recipe with the
+# MoCo input settings: RGB, ImageNet mean / std in 0-255 units, torchvision's stride in the 3x3),
+# which users run with tools/train_net.py; the project's own recipes are LazyConfigs.
+MOCO_YACS = {
+    "Base-RCNN-C4-BN.yaml": """
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  RPN:
+    PRE_NMS_TOPK_TEST: 6000
+    POST_NMS_TOPK_TEST: 1000
+  ROI_HEADS:
+    NAME: "Res5ROIHeadsExtraNorm"
+  BACKBONE:
+    FREEZE_AT: 0
+  RESNETS:
+    NORM: "naiveSyncBN"
+TEST:
+  PRECISE_BN:
+    ENABLED: True
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.02
+""",
+    "pascal_voc_R_50_C4_24k_moco.yaml": """
+_BASE_: "Base-RCNN-C4-BN.yaml"
+MODEL:
+  MASK_ON: False
+  WEIGHTS: "moco_v2_800ep_pretrain.pth.tar"
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  ROI_HEADS:
+    NUM_CLASSES: 20
+  RESNETS:
+    STRIDE_IN_1X1: False
+INPUT:
+  FORMAT: "RGB"
+  MIN_SIZE_TRAIN: (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+  MIN_SIZE_TEST: 800
+DATASETS:
+  TRAIN: ("voc_2007_trainval", "voc_2012_trainval")
+  TEST: ("voc_2007_test",)
+SOLVER:
+  STEPS: (18000, 22000)
+  MAX_ITER: 24000
+  WARMUP_ITERS: 100
+""",
+    "coco_R_50_C4_2x_moco.yaml": """
+_BASE_: "Base-RCNN-C4-BN.yaml"
+MODEL:
+  MASK_ON: True
+  WEIGHTS: "moco_v2_800ep_pretrain.pth.tar"
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  RESNETS:
+    STRIDE_IN_1X1: False
+INPUT:
+  FORMAT: "RGB"
+  MIN_SIZE_TRAIN: (640, 672, 704, 736, 768, 800)
+  MIN_SIZE_TEST: 800
+DATASETS:
+  TRAIN: ("coco_2017_train",)
+  TEST: ("coco_2017_val",)
+SOLVER:
+  STEPS: (120000, 160000)
+  MAX_ITER: 180000
+""",
+    # CPU-sized, as configs/detectron2/tiny/mask_rcnn_R_18_C4.py: R18-C4 at 128 px, BN.
+    "tiny_R_18_C4_moco.yaml": """
+_BASE_: "Base-RCNN-C4-BN.yaml"
+MODEL:
+  MASK_ON: True
+  WEIGHTS: ""
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  RESNETS:
+    DEPTH: 18
+    RES2_OUT_CHANNELS: 64
+    NORM: "BN"
+    STRIDE_IN_1X1: False
+  ANCHOR_GENERATOR:
+    SIZES: [[16, 32, 64, 128]]
+  RPN:
+    BATCH_SIZE_PER_IMAGE: 64
+    PRE_NMS_TOPK_TRAIN: 600
+    PRE_NMS_TOPK_TEST: 300
+    POST_NMS_TOPK_TRAIN: 300
+    POST_NMS_TOPK_TEST: 100
+  ROI_HEADS:
+    BATCH_SIZE_PER_IMAGE: 16
+    SCORE_THRESH_TEST: 0.0
+  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 8
+  ROI_MASK_HEAD:
+    CONV_DIM: 64
+INPUT:
+  FORMAT: "RGB"
+  MIN_SIZE_TRAIN: (96, 112, 128)
+  MAX_SIZE_TRAIN: 128
+  MIN_SIZE_TEST: 128
+  MAX_SIZE_TEST: 128
+DATASETS:
+  TRAIN: ("coco_2017_train",)
+  TEST: ("coco_2017_val",)
+DATALOADER:
+  NUM_WORKERS: 0
+SOLVER:
+  IMS_PER_BATCH: 4
+  MAX_ITER: 100
+  LR_SCHEDULER_NAME: "WarmupCosineLR"
+  WARMUP_ITERS: 10
+  WARMUP_FACTOR: 0.01
+  CHECKPOINT_PERIOD: 1000
+TEST:
+  PRECISE_BN:
+    ENABLED: False
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def moco_yacs(tmp_path_factory) -> Path:
+    """A folder of the MoCo authors'-style yacs files (``MOCO_YACS``)."""
+    folder = tmp_path_factory.mktemp("moco_yacs")
+    for name, text in MOCO_YACS.items():
+        (folder / name).write_text(text.lstrip())
+    return folder

@@ -18,7 +18,7 @@ def tiny_vit(global_pool="avg", depth=3, num_classes=4, **kw):
 
 
 def pico_mae(img_size=32, seed=0):
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
 
     torch.manual_seed(seed)
     return create_mae("mae_vit_pico_patch8", img_size=img_size, decoder_depth=1, decoder_embed_dim=32,
@@ -28,7 +28,7 @@ def pico_mae(img_size=32, seed=0):
 # ------------------------------------------------------------------- LARS
 def test_lars_matches_hand_computed_steps():
     """Two steps worked out by hand: trust ratio 0.001 * ||w|| / ||g|| on the matrix, plain momentum on the bias."""
-    from transfer.classification.lars import LARS
+    from pretrain.lars import LARS
 
     w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))  # ||w|| = 5
     b = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
@@ -44,7 +44,7 @@ def test_lars_matches_hand_computed_steps():
 
 
 def test_lars_weight_decay_and_zero_norm_against_a_numpy_reference():
-    from transfer.classification.lars import LARS
+    from pretrain.lars import LARS
 
     rng = np.random.default_rng(0)
     w0, b0 = rng.normal(size=(5, 7)), rng.normal(size=7)
@@ -127,7 +127,7 @@ def test_linear_probe_sees_the_mae_encoders_cls_token(tmp_path):
 
 
 def test_finetune_model_pools_patch_tokens_and_replaces_the_final_norm(tmp_path):
-    from pretrain.mae import encoder_state_dict
+    from pretrain.methods.mae import encoder_state_dict
     from transfer.classification.vit import build_vit_classifier, load_vit_backbone, vit_arch
 
     mae = pico_mae()
@@ -157,7 +157,7 @@ def test_vit_checkpoint_formats_and_refusals(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 
     from pretrain.checkpoint import CheckpointFormatError
-    from transfer.classification.protocols import guess_pretrain
+    from pretrain.backbones import read_backbone
     from transfer.classification.vit import build_vit_classifier, load_vit_backbone, vit_arch
 
     arch = vit_arch("mae_vit_pico_patch8")
@@ -172,16 +172,16 @@ def test_vit_checkpoint_formats_and_refusals(tmp_path):
     assert {"head.weight", "head.bias"} <= set(report.dropped)
     assert any("resized pos_embed" in n for n in report.notes)  # 4x4 grid -> 6x6
     assert torch.equal(model.blocks[2].mlp.fc1.weight, sup.blocks[2].mlp.fc1.weight)
-    assert guess_pretrain(str(tmp_path / "sup.pth")) == "supervised"
+    assert read_backbone(str(tmp_path / "sup.pth")).label == "supervised"
     torch.save({"model": pico_mae().state_dict()}, tmp_path / "mae.pth")
-    assert guess_pretrain(str(tmp_path / "mae.pth")) == "mae"
+    assert read_backbone(str(tmp_path / "mae.pth")).label == "mae"
     # arch=auto reads the shape off the file.
-    assert vit_arch("auto", torch.load(tmp_path / "mae.pth")["model"])["name"] == "vit_pico_patch8"
+    assert vit_arch("auto", read_backbone(tmp_path / "mae.pth"))["name"] == "vit_pico_patch8"
     # A ResNet is refused with what was found; so is a ViT of another width.
     import torchvision
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(CheckpointFormatError, match="expected a MAE or ViT.*resnet"):
+    with pytest.raises(CheckpointFormatError, match="expected a ViT.*ResNet"):
         load_vit_backbone(model, tmp_path / "r18.pth")
     wide = build_vit_classifier(vit_arch("mae_vit_tiny_patch16"), 3, img_size=32)
     with pytest.raises(CheckpointFormatError, match="shape"):
@@ -193,8 +193,8 @@ def test_moco_and_torchvision_files_into_the_resnet_classifier(tmp_path):
     import torchvision
 
     from pretrain.checkpoint import CheckpointFormatError
-    from pretrain.moco import build_moco, moco_checkpoint
-    from transfer.classification.protocols import guess_pretrain
+    from pretrain.methods.moco import build_moco, moco_checkpoint
+    from pretrain.backbones import read_backbone
     from transfer.classification.resnet import build_resnet_classifier, load_resnet_backbone
 
     torch.manual_seed(0)
@@ -206,7 +206,7 @@ def test_moco_and_torchvision_files_into_the_resnet_classifier(tmp_path):
                     m.running_mean.uniform_(-1, 1)
         path = tmp_path / f"moco_{label}.pth.tar"
         torch.save(moco_checkpoint(moco, "resnet18", epoch=200), path)  # {"state_dict": {"module.encoder_q...."}}
-        assert guess_pretrain(str(path)) == label
+        assert read_backbone(str(path)).label == label
         model = build_resnet_classifier("resnet18", 10)
         report = load_resnet_backbone(model, path)
         assert report.missing_by_design == ["fc.weight", "fc.bias"]
@@ -219,12 +219,12 @@ def test_moco_and_torchvision_files_into_the_resnet_classifier(tmp_path):
     assert abs(r50.fc.weight.std().item() - 0.01) < 0.0005 and abs(r50.fc.weight.mean().item()) < 5e-4
     assert torch.count_nonzero(r50.fc.bias) == 0
     torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "tv.pth")
-    assert guess_pretrain(str(tmp_path / "tv.pth")) == "supervised"
+    assert read_backbone(str(tmp_path / "tv.pth")).label == "supervised"
     assert load_resnet_backbone(build_resnet_classifier("resnet18", 3), tmp_path / "tv.pth").ok
     with pytest.raises(CheckpointFormatError, match="does not fit"):
         load_resnet_backbone(build_resnet_classifier("resnet50", 3), tmp_path / "tv.pth")
     torch.save({"model": pico_mae().state_dict()}, tmp_path / "mae.pth")
-    with pytest.raises(CheckpointFormatError, match="expected a MoCo or torchvision ResNet"):
+    with pytest.raises(CheckpointFormatError, match="expected a ResNet checkpoint"):
         load_resnet_backbone(build_resnet_classifier("resnet18", 3), tmp_path / "mae.pth")
 
 

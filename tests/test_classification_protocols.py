@@ -37,7 +37,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mae_file(tmp_path_factory):
     """A pico MAE in the authors' full-checkpoint layout ({"model": ..., "epoch": ...})."""
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
 
     torch.manual_seed(0)
     mae = create_mae("mae_vit_pico_patch8", img_size=32, decoder_depth=1, decoder_embed_dim=32, decoder_num_heads=2)
@@ -49,7 +49,7 @@ def mae_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def moco_file(tmp_path_factory):
     """A MoCo v2 ResNet-18 in the authors' layout, with batch-norm statistics that are not the defaults."""
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     torch.manual_seed(0)
     moco = build_moco("resnet18", K=64, mlp=True)

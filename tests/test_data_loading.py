@@ -232,10 +232,11 @@ def test_colour_ops_are_torchvisions_per_sample():
             0.2 * torch.rand(1).item() - 0.1])
         params[i, X.GRAY] = float(i % 3 == 0)
         params[i, X.SIGMA] = 0.0 if i % 2 else 0.1 + 1.9 * torch.rand(1).item()
+        params[i, X.SOLARIZE] = float(i % 4 == 1)
     ops = [lambda y, f: TF.adjust_brightness(y, f), lambda y, f: TF.adjust_contrast(y, f),
            lambda y, f: TF.adjust_saturation(y, f), lambda y, f: TF.adjust_hue(y, f)]
     for version in ("v1", "v2"):
-        ours = X.ColourAugment(version, blur_kernel=7)(x.clone(), params)
+        ours = X.ColourAugment(gray_first=version == "v1", blur_kernel=7)(x.clone(), params)
         for i in range(24):
             p, y = params[i], x[i]
             if version == "v1" and p[X.GRAY]:
@@ -243,11 +244,12 @@ def test_colour_ops_are_torchvisions_per_sample():
             if p[X.JITTER]:
                 for op in p[X.ORDER].long().tolist():
                     y = ops[op](y, p[X.FACTORS][op].item())
-            if version == "v2":
-                if p[X.GRAY]:
-                    y = TF.rgb_to_grayscale(y, num_output_channels=3)
-                if p[X.SIGMA]:
-                    y = TF.gaussian_blur(y, [7, 7], [p[X.SIGMA].item()] * 2)
+            if version == "v2" and p[X.GRAY]:
+                y = TF.rgb_to_grayscale(y, num_output_channels=3)
+            if p[X.SIGMA]:
+                y = TF.gaussian_blur(y, [7, 7], [p[X.SIGMA].item()] * 2)
+            if p[X.SOLARIZE]:  # PIL's ImageOps.solarize (threshold 128 of 255)
+                y = TF.solarize(y, 128 / 255)
             assert torch.allclose(ours[i], y, atol=2e-5), (version, i)
 
 

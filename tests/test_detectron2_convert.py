@@ -14,7 +14,7 @@ pytestmark = pytest.mark.detectron2  # skips without detectron2 (fails where CI 
 
 
 def tiny_mae(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2):
-    from pretrain.mae import MaskedAutoencoderViT
+    from pretrain.methods.mae import MaskedAutoencoderViT
 
     torch.manual_seed(0)
     return MaskedAutoencoderViT(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
@@ -84,13 +84,37 @@ def test_mae_to_vitdet_gives_the_source_features(tmp_path):
     assert converted_equal(load_converted(src)[0]["model"], saved["model"])
 
 
+def test_mocov3_vit_to_vitdet_gives_the_base_encoders_features(tmp_path):
+    """The MoCo v3 authors' layout: the base encoder is the ViT, with the heads its architecture names."""
+    from pretrain.checkpoint import save_atomic
+    from pretrain.methods.mocov3 import MoCoV3ViT, build_vit
+    from transfer.detection.convert import convert
+
+    torch.manual_seed(0)
+    model = MoCoV3ViT(lambda **kw: build_vit("vit_pico", img_size=32, **kw), dim=16, mlp_dim=32).eval()
+    src = save_atomic({"epoch": 300, "arch": "vit_pico", "state_dict": {f"module.{k}": v for k, v in
+                                                                      model.state_dict().items()}}, tmp_path / "v3.pth.tar")
+    report = convert(src, tmp_path / "vit.pth")
+    assert report.ok and any(k.startswith("momentum_encoder.") for k in report.dropped)
+    saved = torch.load(report.output, weights_only=True)
+    assert saved["sslkit"]["pretrain"] == "moco_v3" and saved["sslkit"]["pretrain_epochs"] == 300
+    assert saved["sslkit"]["num_heads"] == 3
+    vit = d2_vit(saved["model"], embed_dim=96, depth=4, num_heads=3)
+    net = model.base_encoder
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = vit(img)["last_feat"]
+        want = reference_tokens(net.patch_embed, net.pos_embed, net.blocks, img)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def converted_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_encoder_only_releases_convert_and_are_labelled_by_what_is_known(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from pretrain.mae import encoder_state_dict
+    from pretrain.methods.mae import encoder_state_dict
     from transfer.detection.convert import load_converted
 
     mae = tiny_mae()
@@ -187,7 +211,7 @@ def test_patch_14_to_16_pseudo_inverse_option_embeds_an_upsampled_patch_as_befor
     new = F.conv2d(up, w).flatten()
     assert torch.allclose(new, old, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="applies to ViTs"):
-        from pretrain.moco import build_moco, moco_checkpoint
+        from pretrain.methods.moco import build_moco, moco_checkpoint
 
         load_converted(moco_checkpoint(build_moco("resnet18", K=8), "resnet18", 0), patch_size=16)
 
@@ -231,7 +255,7 @@ def test_resnet_conversion_gives_the_torchvision_features(tmp_path, arch, moco):
     import torchvision
 
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
     from transfer.detection.convert import convert
 
     if moco:
@@ -273,7 +297,7 @@ def test_moco_pkl_loads_into_c4_and_fpn_models_with_detectron2s_own_checkpointer
     from detectron2.config import LazyConfig, instantiate
 
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
     from transfer.detection.convert import convert
 
     model = build_moco("resnet18", K=16)
@@ -296,7 +320,7 @@ def test_wrong_inputs_say_what_was_expected_and_found(tmp_path):
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
     from transfer.detection.convert import convert, load_converted
 
-    with pytest.raises(CheckpointFormatError, match="expected a MAE / ViT checkpoint.*found an unrecognised"):
+    with pytest.raises(CheckpointFormatError, match="expected a pretraining checkpoint.*found an unrecognised"):
         convert({"model": {"encoder.weight": torch.zeros(2)}})
     already = {"model": {"backbone.net.blocks.0.attn.qkv.weight": torch.zeros(3, 1)}}
     with pytest.raises(CheckpointFormatError, match="already converted"):
@@ -328,7 +352,7 @@ def test_convert_checkpoint_cli(tmp_path):
     save_atomic({"state_dict": {"foo.weight": torch.zeros(1)}}, tmp_path / "junk.pth")
     proc = run_tool("tools/convert_checkpoint.py", tmp_path / "junk.pth", tmp_path / "o.pkl", "--to", "detectron2",
                     check=False)
-    assert proc.returncode != 0 and "expected a MAE / ViT checkpoint" in proc.stderr
+    assert proc.returncode != 0 and "expected a pretraining checkpoint" in proc.stderr
 
 
 # ------------------------------------------------------------ checkpointer
@@ -336,7 +360,7 @@ def test_checkpointer_converts_in_memory_and_places_strictly(tmp_path):
     from detectron2.config import LazyConfig, instantiate
 
     from pretrain.checkpoint import CheckpointFormatError, save_atomic
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
     from transfer.detection.checkpoint import Checkpointer
 
     cfg = LazyConfig.load(str(REPO / "configs/detectron2/tiny/mask_rcnn_vitdet_pico.py"))

@@ -22,7 +22,7 @@ def test_project_imports_and_reports_the_install_command(no_detectron2, tmp_path
     code = (
         "import transfer, transfer.convert, transfer.detection as d2, transfer.detection.convert as c\n"
         "assert not d2.detectron2_available()\n"
-        "from pretrain.mae import create_mae\n"
+        "from pretrain.methods.mae import create_mae\n"
         "m = create_mae('mae_vit_pico_patch8', img_size=32, decoder_depth=1, decoder_embed_dim=16,"
         " decoder_num_heads=2)\n"
         "assert c.load_converted({'model': m.state_dict()})[0]['sslkit']['pretrain'] == 'mae'  # pure torch\n"
@@ -44,7 +44,7 @@ def test_tools_exit_with_the_install_command(no_detectron2, tmp_path):
     assert "Traceback" not in proc.stderr
 
     from pretrain.checkpoint import save_atomic
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
 
     mae = create_mae("mae_vit_pico_patch8", img_size=32, decoder_depth=1, decoder_embed_dim=16, decoder_num_heads=2)
     src = save_atomic({"model": mae.state_dict()}, tmp_path / "mae.pth")

@@ -29,7 +29,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="module")
 def moco_r18(tmp_path_factory):
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     torch.manual_seed(0)
     return save_atomic(moco_checkpoint(build_moco("resnet18", K=16, mlp=True), "resnet18", 200),
@@ -60,7 +60,7 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
     out = tmp_path / "det"
     common = ["--config-file", CONFIGS / "tiny/mask_rcnn_vitdet_pico.py", "--train-json", train_json,
               "--test-json", val_json, "--output-dir", out]
-    run_tool("tools/train_net.py", *common, "--checkpoint", mae, "--max-iter", 8, env=ONE_THREAD)
+    run_tool("tools/train_net.py", *common, "--checkpoint", mae, "--max-iters", 8, env=ONE_THREAD)
     first = read(out)
     assert_box_and_mask_ap(first)
     assert (first["backbone"], first["pretrain"], first["checkpoint"]) == ("vit_pico_patch8", "mae", str(mae))
@@ -79,29 +79,32 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
     assert again["recipe"]["pretrain_epochs"] == 1
     assert again["checkpoint"].endswith("model_final.pth")
 
-    # Resume: continues from iteration 8 to 12.
-    run_tool("tools/train_net.py", *common, "--resume", "--max-iter", 12, env=ONE_THREAD)
-    assert "Starting training from iteration 8" in (out / "log.txt").read_text()
-    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 11
-    assert read(out)["pretrain"] == "mae"
+    # Resume from a checkpoint given by path, into another folder: continues from iteration 8 to 12.
+    resumed = tmp_path / "resumed"
+    run_tool("tools/train_net.py", *common, "--output-dir", resumed, "--resume", out / "model_final.pth",
+             "--max-iters", 12, env=ONE_THREAD)
+    assert "Starting training from iteration 8" in (resumed / "log.txt").read_text()
+    assert torch.load(resumed / "model_final.pth", weights_only=True)["iteration"] == 11
+    assert read(resumed)["pretrain"] == "mae"
 
     # The random-initialisation counterpart under the same recipe is labelled as such.
     rnd = tmp_path / "random"
     run_tool("tools/train_net.py", "--config-file", CONFIGS / "tiny/mask_rcnn_vitdet_pico.py", "--train-json",
              train_json, "--test-json", val_json, "--test-images", Path(val_json).parents[1] / "val",
-             "--output-dir", rnd, "--max-iter", 2, "--random-init", env=ONE_THREAD)
+             "--output-dir", rnd, "--max-iters", 2, "--random-init", env=ONE_THREAD)
     record = read(rnd)
     assert (record["pretrain"], record["checkpoint"]) == ("random", None)
     assert "pretrain_epochs" not in record["recipe"]
     assert_box_and_mask_ap(record)
 
 
-def test_tiny_r18_c4_from_yacs_with_a_moco_checkpoint(tmp_path, synthetic, moco_r18, one_thread):
-    """The registered extra-norm ROI head from a yacs config, initialised from the MoCo authors' checkpoint layout."""
+def test_tiny_r18_c4_from_yacs_with_a_moco_checkpoint(tmp_path, synthetic, moco_r18, moco_yacs, one_thread):
+    """The registered extra-norm ROI head from a yacs file as the MoCo authors write theirs, initialised from
+    their checkpoint layout."""
     from transfer.detection.engine import Recipe, train
 
     train_json, val_json = synthetic
-    recipe = Recipe.load(CONFIGS / "yacs/tiny_mask_rcnn_R_18_C4.yaml",
+    recipe = Recipe.load(moco_yacs / "tiny_R_18_C4_moco.yaml",
                          ["MODEL.ROI_HEADS.NUM_CLASSES", "80", "TEST.EVAL_PERIOD", "3"],  # and training goes on
                          init_checkpoint=str(moco_r18), output_dir=str(tmp_path), max_iter=6,
                          train_datasets=[train_json], test_datasets=[val_json], device="cpu")
@@ -145,7 +148,7 @@ def test_tiny_models_on_coco_tiny50(tmp_path, config, moco_r18, one_thread):
     assert predictions and {p["category_id"] for p in predictions} <= valid  # mapped back to the json's ids
 
 
-def test_voc_evaluation_writes_ap50_ap_ap75(tmp_path, one_thread):
+def test_voc_evaluation_writes_ap50_ap_ap75(tmp_path, moco_yacs, one_thread):
     """A Pascal VOC-format folder: the VOC evaluator's AP50 / AP / AP75 reach the results file as voc_det."""
     import xml.etree.ElementTree as ET
 
@@ -182,7 +185,7 @@ def test_voc_evaluation_writes_ap50_ap_ap75(tmp_path, one_thread):
     name = f"shapes_voc_{tmp_path.name}"
     register_pascal_voc(name, str(root), "test", 2007, class_names=list(CLASSES))
 
-    recipe = Recipe.load(CONFIGS / "yacs/tiny_mask_rcnn_R_18_C4.yaml", ["MODEL.MASK_ON", "False"],
+    recipe = Recipe.load(moco_yacs / "tiny_R_18_C4_moco.yaml", ["MODEL.MASK_ON", "False"],
                          output_dir=str(tmp_path / "out"), train_datasets=[name], test_datasets=[name],
                          init_checkpoint="", device="cpu")
     model = recipe.build_model()

@@ -44,8 +44,8 @@ def test_verdict_is_welchs_test_on_the_seeds():
 @pytest.fixture(scope="module")
 def big_files(tmp_path_factory):
     """A ViT-B/16 MAE encoder and a MoCo v2 R-50, in the authors' layouts (half precision: only shapes matter)."""
-    from pretrain.mae import create_mae, encoder_state_dict
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.mae import create_mae, encoder_state_dict
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     root = tmp_path_factory.mktemp("big")
     mae = create_mae("mae_vit_base_patch16")
@@ -96,8 +96,8 @@ def test_dry_run_prints_the_full_ladder_with_gpu_hours(big_files, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A few-step MAE pico and MoCo R-18 from the project's trainer, a labelled synthetic folder, a segmentation
-    folder."""
+    """A few-step MAE pico, MoCo R-18 and MoCo v3 ViT-pico from the project's trainer, a labelled synthetic folder, a
+    segmentation folder."""
     from pretrain.config import load_config
     from pretrain.synthetic import write_segmentation_dataset
     from pretrain.trainer import Trainer
@@ -112,6 +112,9 @@ def tiny(tmp_path_factory):
                                         "optim.warmup_epochs=0", f"train.output_dir={root}/mae"], method="mae")).fit()
     Trainer(load_config(None, common + ["model.arch=resnet18", "model.queue_size=64", "model.mlp=true",
                                         "model.bn_splits=2", f"train.output_dir={root}/moco"], method="moco")).fit()
+    Trainer(load_config(None, common + ["model.arch=vit_pico", "model.dim=32", "model.mlp_dim=64",
+                                        "optim.warmup_epochs=0", f"train.output_dir={root}/mocov3"],
+                        method="mocov3")).fit()
     write_synthetic_folder(root / "cls", per_class=8, size=32)
     write_segmentation_dataset(root / "seg", "train", 8, size=(32, 32))
     write_segmentation_dataset(root / "seg", "val", 4, size=(32, 32), seed=1)
@@ -128,15 +131,16 @@ def ladder(tiny, checkpoint, out, *extra, check=True):
 
 @pytest.mark.slow
 def test_quick_suite_end_to_end_with_two_seeds(tiny, tmp_path):
-    """On the MoCo checkpoint; the demo's test runs the quick suite and more on a MAE and a MoCo checkpoint
+    """On the MoCo v3 ViT checkpoint; the demo's test runs the quick suite and more on a MAE and a MoCo checkpoint
     (tests/test_demo.py), so one here is enough for what the demo does not check (every job's line, a rerun)."""
     from transfer.results import read_results
 
-    which = "moco/checkpoint_last.pth.tar"
+    which = "mocov3/checkpoint_last.pth.tar"
     out = tmp_path / "ladder"
     proc = ladder(tiny, tiny / which, out)
     folder = next(out.iterdir())
     plan = json.loads((folder / "plan.json").read_text())
+    assert (plan["checkpoint"]["pretrain"], plan["checkpoint"]["backbone"]) == ("moco_v3", "vit_pico_patch8")
     assert len(plan["jobs"]) == 3 * 2 * 2  # knn, linear, dense probe x (pretrained, random) x 2 seeds
     for job in plan["jobs"]:
         rec = read_results(Path(job["folder"]) / "results.json")

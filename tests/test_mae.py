@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pretrain.checkpoint import CheckpointFormatError, save_atomic
-from pretrain.mae import (
+from pretrain.methods.mae import (
     MAE_ARCHS, MaskedAutoencoderViT, create_mae, encoder_state_dict, load_mae_weights, mae_vit_base_patch16,
 )
 from pretrain.pos_embed import get_2d_sincos_pos_embed

@@ -20,7 +20,7 @@ PICO = dict(patch_size=8, embed_dims=96, num_layers=4, num_heads=3, out_indices=
 
 def perturbed_mae(img_size=32, seed=0):
     """A pico MAE whose every tensor (the k bias of qkv included) is non-trivial."""
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
 
     torch.manual_seed(seed)
     model = create_mae("mae_vit_pico_patch8", img_size=img_size, decoder_depth=1, decoder_embed_dim=32,
@@ -55,17 +55,24 @@ def vit_encoder(checkpoint=None, img_size=32, **kw):
 
 
 # ----------------------------------------------------------------- MAE ViT
-@pytest.mark.parametrize("layout", ["authors_full", "authors_encoder_only", "project"])
+@pytest.mark.parametrize("layout", ["authors_full", "authors_encoder_only", "project", "mocov3_authors"])
 def test_mae_checkpoint_gives_the_source_features(tmp_path, layout):
+    """Every ViT export gives the source's block maps; "mocov3_authors": the same ViT as a MoCo v3 base encoder in
+    the MoCo v3 authors' layout (projector, momentum encoder and predictor beside it)."""
     from pretrain.checkpoint import save_atomic
-    from pretrain.mae import encoder_state_dict
+    from pretrain.methods.mae import encoder_state_dict
 
     mae = perturbed_mae()
     sd = mae.state_dict()
     assert sd["blocks.0.attn.qkv.bias"][96:192].abs().min() > 0  # a real k bias, kept by mmseg's MAE (bias=True)
     ckpt = {"authors_full": {"model": sd, "args": argparse.Namespace(model="mae_vit_pico_patch8", input_size=32)},
             "authors_encoder_only": {"model": encoder_state_dict(sd)},
-            "project": {"model": sd, "epoch": 3, "config": "model:\n  arch: mae_vit_pico_patch8\n"}}[layout]
+            "project": {"model": sd, "epoch": 3, "config": "model:\n  arch: mae_vit_pico_patch8\n"},
+            "mocov3_authors": {"epoch": 300, "arch": "vit_pico", "state_dict": {
+                **{f"module.base_encoder.{k}": v for k, v in encoder_state_dict(sd).items()},
+                "module.base_encoder.head.0.weight": torch.zeros(16, 96),
+                **{f"module.momentum_encoder.{k}": v + 1 for k, v in encoder_state_dict(sd).items()},
+                "module.predictor.0.weight": torch.zeros(16, 16)}}}[layout]
     path = save_atomic(ckpt, tmp_path / "mae.pth")
     enc = vit_encoder(path)
     x = torch.randn(2, 3, 32, 32)
@@ -170,7 +177,7 @@ def perturbed_bn(net, seed=0):
 
 def test_moco_checkpoint_gives_the_source_features(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
     from transfer.segmentation.resnet import ResNetEncoder
 
     torch.manual_seed(0)
@@ -212,13 +219,13 @@ def test_supervised_torchvision_checkpoint_and_report(tmp_path):
     with pytest.raises(CheckpointFormatError, match="does not fit"):
         ResNetEncoder(depth=18, init_cfg=dict(type="Pretrained", checkpoint=str(path))).init_weights()
     vit = save_atomic({"model": perturbed_mae().state_dict()}, tmp_path / "mae.pth")
-    with pytest.raises(CheckpointFormatError, match="expected a MoCo or torchvision ResNet"):
+    with pytest.raises(CheckpointFormatError, match="expected a ResNet checkpoint"):
         ResNetEncoder(depth=18, init_cfg=dict(type="Pretrained", checkpoint=str(vit))).init_weights()
 
 
 def test_moco_conversion_cli(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     moco = build_moco("resnet18", K=64)
     src = save_atomic(moco_checkpoint(moco, "resnet18", epoch=1), tmp_path / "moco.pth.tar")

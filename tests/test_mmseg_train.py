@@ -61,7 +61,7 @@ def check_results(path, task, backbone, pretrain, iterations, batch):
 
 def test_print_config_applies_the_command_line(tmp_path):
     proc = train_seg(TINY / "upernet_r18_folder-64x64.py", "--print-config", "--data-root", tmp_path,
-                     "--classes", "a,b,c", "--ignore-label", "11", "--iters", "16",
+                     "--classes", "a,b,c", "--ignore-label", "11", "--max-iters", "16",
                      "--cfg-options", "train_dataloader.batch_size=2")
     from mmengine.config import Config
 
@@ -78,7 +78,7 @@ def test_print_config_applies_the_command_line(tmp_path):
 
 def test_trained_record_labels_the_pretraining(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
     from transfer.segmentation.runner import load_seg_config, set_backbone_checkpoint, trained_record
 
     cfg = load_seg_config(TINY / "upernet_r18_folder-64x64.py")  # labelled moco_v2
@@ -112,8 +112,8 @@ def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_res
     Trainer(load_config(None, tiny_mae_overrides + ["train.epochs=1"], method="mae")).fit()
     mae = tmp_path / "run" / "checkpoint-last.pth"  # the project's pretraining checkpoint (32 px)
     work = tmp_path / "seg_run"
-    cmd = [TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", synthetic_seg, "--work-dir", work,
-           "--checkpoint", mae, "--iters", "8",
+    cmd = [TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", synthetic_seg, "--output-dir", work,
+           "--checkpoint", mae, "--max-iters", "8",
            "--cfg-options", "default_hooks.checkpoint.interval=4", "default_hooks.logger.interval=1"]
     proc = train_seg(*cmd)
     assert "converted tensors:            60" in proc.stdout and "mismatched:                   none" in proc.stdout
@@ -150,7 +150,7 @@ def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_res
     metrics = read_json(work / "results.json")["metrics"]
     evaluated = tmp_path / "eval"
     # (the tiny config as it is: 40 iterations, random init; the checkpoint's meta says otherwise)
-    train_seg(TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", synthetic_seg, "--work-dir", evaluated,
+    train_seg(TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", synthetic_seg, "--output-dir", evaluated,
               "--eval-only", "--resume", work / "iter_8.pth")
     rec = check_results(evaluated / "results.json", "semantic_seg", "vit_pico_patch8", "mae", iterations=8, batch=4)
     assert rec["metrics"] == pytest.approx(metrics) and rec["recipe"]["pretrain_epochs"] == 1
@@ -168,14 +168,14 @@ def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_res
 @pytest.mark.slow
 def test_tiny_resnet_upernet_from_moco_on_ade20k_sample(tmp_path):
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     root = shared_data("ade20k_sample") / "ADEChallengeData2016"
     moco = build_moco("resnet18", K=64)  # a v1 head: the checkpoint says moco_v1, the config moco_v2
     ckpt = save_atomic(moco_checkpoint(moco, "resnet18", epoch=1), tmp_path / "moco.pth.tar")
     work = tmp_path / "ade"
-    proc = train_seg(TINY / "upernet_r18_ade20k-64x64.py", "--data-root", root, "--work-dir", work,
-                     "--checkpoint", ckpt, "--iters", "4", "--cfg-options", "train_dataloader.batch_size=2")
+    proc = train_seg(TINY / "upernet_r18_ade20k-64x64.py", "--data-root", root, "--output-dir", work,
+                     "--checkpoint", ckpt, "--max-iters", "4", "--cfg-options", "train_dataloader.batch_size=2")
     assert "MoCo query encoder taken" in proc.stdout
     rec = check_results(work / "results.json", "ade20k_seg", "resnet18", "moco_v1", iterations=4, batch=2)
     assert rec["checkpoint"] == str(ckpt) and rec["recipe"]["pretrain_epochs"] == 1
@@ -190,7 +190,7 @@ def test_tiny_vit_upernet_random_init_on_camvid(tmp_path):
     root = shared_data("camvid_val")
     work = tmp_path / "camvid"
     train_seg(TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", root, "--classes", CAMVID,
-              "--ignore-label", "11", "--random-init", "--work-dir", work, "--iters", "4",
+              "--ignore-label", "11", "--random-init", "--output-dir", work, "--max-iters", "4",
               "--cfg-options", "train_dataloader.batch_size=2")
     rec = check_results(work / "results.json", "semantic_seg", "vit_pico_patch8", "random", iterations=4, batch=2)
     assert rec["checkpoint"] is None
@@ -201,7 +201,7 @@ def test_two_process_torchrun_on_cpu(synthetic_seg, tmp_path):
     work = tmp_path / "ddp"
     run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
              "tools/train_seg.py", TINY / "upernet_r18_folder-64x64.py", "--data-root", synthetic_seg,
-             "--work-dir", work, "--iters", "2", "--pretrain", "supervised",
+             "--output-dir", work, "--max-iters", "2", "--pretrain", "supervised",
              "--cfg-options", "train_dataloader.batch_size=2", env={"OMP_NUM_THREADS": "1"})
     # Two processes of 2 images: a batch of 4; pretrain "random" since no checkpoint was given.
     check_results(work / "results.json", "semantic_seg", "resnet18", "random", iterations=2, batch=4)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import torchvision
 
 from pretrain.checkpoint import CheckpointFormatError, load_file, save_atomic
-from pretrain.moco import SplitBatchNorm2d, backbone_state_dict, build_moco
+from pretrain.backbones import read_backbone
+from pretrain.methods.moco import SplitBatchNorm2d, build_moco
 
 
 def small_moco(**kw):
@@ -238,12 +239,12 @@ def test_queue_must_divide_by_global_batch_at_start():
 
 
 def test_query_backbone_exports_strictly_into_torchvision(tmp_path):
-    from pretrain.methods import resnet_features
+    from pretrain.methods.moco import resnet_features
 
     model = build_moco("resnet50", K=256, mlp=True)
     path = save_atomic({"epoch": 200, "arch": "resnet50", "state_dict":
                         {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "moco.pth.tar")
-    sd = backbone_state_dict(str(path))
+    sd = read_backbone(str(path)).state_dict
     net = torchvision.models.resnet50()
     net.fc = nn.Identity()
     net.load_state_dict(sd, strict=True)
@@ -251,14 +252,17 @@ def test_query_backbone_exports_strictly_into_torchvision(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(net(x), resnet_features(model.encoder_q, x), atol=1e-5)
     # A supervised torchvision checkpoint passes through (fc dropped); a ViT is refused.
-    assert set(backbone_state_dict(torchvision.models.resnet18().state_dict())) == set(
+    assert set(read_backbone(torchvision.models.resnet18().state_dict()).state_dict) == set(
         k for k in torchvision.models.resnet18().state_dict() if not k.startswith("fc."))
-    from pretrain.mae import MaskedAutoencoderViT
+    from pretrain.methods.mae import MaskedAutoencoderViT
 
     vit = MaskedAutoencoderViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
                                decoder_depth=1, decoder_num_heads=2)
-    with pytest.raises(CheckpointFormatError, match="expected a MoCo or torchvision ResNet.*MAE"):
-        backbone_state_dict({"model": vit.state_dict()})
+    assert read_backbone({"model": vit.state_dict()}).family == "vit"
+    from transfer.convert import to_torchvision
+
+    with pytest.raises(CheckpointFormatError, match="converts ResNets.*MAE"):
+        to_torchvision({"model": vit.state_dict()})
 
 
 def test_to_torchvision_reports_every_dropped_tensor(tmp_path):
@@ -268,7 +272,7 @@ def test_to_torchvision_reports_every_dropped_tensor(tmp_path):
     model = build_moco("resnet18", K=64, mlp=True)
     v2 = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
     report = to_torchvision(v2)
-    assert report.ok and report.converted == len(backbone_state_dict(v2))
+    assert report.ok and report.converted == len(read_backbone(v2).state_dict)
     assert set(report.dropped) == {k for k in model.state_dict()
                                    if not k.startswith("encoder_q.") or k.startswith("encoder_q.fc.")}
     r18 = torchvision.models.resnet18().state_dict()

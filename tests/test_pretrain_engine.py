@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import REPO, free_port, run_tool, shared_data
 from pretrain.checkpoint import load_file
 from pretrain.config import ConfigError, load_config
+from pretrain.methods import methods
 from pretrain.data import ImageFolderDataset, ResumableSampler
 from pretrain.transforms import mae_transform
 from pretrain.schedule import lr_at
@@ -52,7 +53,7 @@ def test_shipped_pretrain_configs_load():
     assert configs, "no pretraining configs shipped"
     for path in configs:
         cfg = load_config(path, [] if path.stem.endswith("_cpu") else ["data.path=/data/imagenet"])
-        assert cfg.method in ("mae", "moco")
+        assert cfg.method in methods()
     base = load_config(REPO / "configs/pretrain/mae_vit_base_in1k.yaml", ["data.path=/data/imagenet"])
     assert base.model.norm_pix_loss and base.model.mask_ratio == 0.75 and base.optim.base_lr == 1.5e-4
     assert list(base.optim.betas) == [0.9, 0.95] and base.optim.weight_decay == 0.05
@@ -197,7 +198,7 @@ def test_flat_and_imagenet_style_folders(tmp_path):
 def test_training_steps_on_real_images_lower_the_loss():
     """A fixed batch of real photos, a fixed mask: 30 AdamW steps must lower the loss clearly."""
     from pretrain.data import ImageFolderDataset
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
     from pretrain.transforms import eval_transform
 
     root = shared_data("coco_tiny50") / "val2017"

@@ -26,14 +26,14 @@ def authors_file(reference: str):
     """(checkpoint dict, file name) in the key layout of the released file a recipe names."""
     name = Path(reference.split("?")[0]).name
     if "mae_pretrain_vit_" in name:  # the MAE authors' encoder-only files: {"model": encoder}
-        from pretrain.mae import DECODER_PREFIXES, create_mae
+        from pretrain.methods.mae import DECODER_PREFIXES, create_mae
 
         size = name.split("mae_pretrain_vit_")[1].split(".")[0]
         arch = f"mae_vit_{size}_patch{14 if size == 'huge' else 16}"
         sd = meta_state(lambda: create_mae(arch))
         return {"model": {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES + ("mask_token",))}}, name
     if "moco_v2_800ep" in name:  # the MoCo authors' main_moco.py checkpoint after 800 epochs
-        from pretrain.moco import build_moco
+        from pretrain.methods.moco import build_moco
 
         sd = meta_state(lambda: build_moco("resnet50", K=256, mlp=True))
         return {"epoch": 800, "arch": "resnet50", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, name
@@ -66,7 +66,7 @@ def check_label(config, task, backbone, pretrain, recipe, keys=EVAL_RECIPE_KEYS)
 def shipped(folder, pattern):
     return sorted(p for p in (REPO / "configs" / folder).rglob(pattern)
                   if not any(part in str(p.relative_to(REPO / "configs")) for part in CPU_SIZED)
-                  and "_base_" not in p.parts and "common" not in p.parts and "yacs" not in p.parts)
+                  and "_base_" not in p.parts and "common" not in p.parts)
 
 
 @pytest.mark.detectron2
@@ -116,7 +116,7 @@ def gpus(config: str) -> int:
 def test_classification_recipes_find_their_published_rows(config):
     from transfer.classification.config import load_cls_config
     from transfer.classification.protocols import protocol
-    from transfer.convert import guess_pretrain
+    from pretrain.backbones import read_backbone
 
     cfg = load_cls_config(REPO / config, ["data.path=/data/imagenet"])
     proto = protocol(cfg.protocol)
@@ -128,7 +128,7 @@ def test_classification_recipes_find_their_published_rows(config):
     with torch.device("meta"):
         _, backbone = proto.build_model(cfg, 1000)
     # The label, and the evaluation's length and image size (the batch depends on the launch).
-    check_label(config, proto.task, backbone, guess_pretrain(ckpt, path=name),
+    check_label(config, proto.task, backbone, read_backbone(ckpt, path=name).label,
                 {"epochs": cfg.train.epochs, "img_size": cfg.data.img_size}, keys=("epochs", "img_size"))
 
 

@@ -16,7 +16,7 @@ from conftest import ONE_THREAD, run_tool, shared_data
 def mae(tmp_path_factory):
     """A pico MAE written by the project's code in the authors' layout; returns (path, model)."""
     from pretrain.checkpoint import save_atomic
-    from pretrain.mae import create_mae
+    from pretrain.methods.mae import create_mae
 
     torch.manual_seed(0)
     model = create_mae("mae_vit_pico_patch8", img_size=32, decoder_depth=1, decoder_embed_dim=32, decoder_num_heads=2)
@@ -29,7 +29,7 @@ def moco(tmp_path_factory):
     """A MoCo v2 ResNet-18 (pretrain.moco's builder and checkpoint layout) whose batch-norm statistics are not
     the defaults; returns (path, checkpoint)."""
     from pretrain.checkpoint import save_atomic
-    from pretrain.moco import build_moco, moco_checkpoint
+    from pretrain.methods.moco import build_moco, moco_checkpoint
 
     torch.manual_seed(0)
     model = build_moco("resnet18", K=64, mlp=True)
@@ -53,7 +53,7 @@ def timm_vit(img_size, state_dict):
 def test_vit_features_are_timms_cls_token_and_patch_grid(mae):
     from timm.layers import resample_abs_pos_embed
 
-    from pretrain.mae import encoder_state_dict
+    from pretrain.methods.mae import encoder_state_dict
     from transfer.backbone import load_frozen_backbone
 
     path, model = mae
@@ -122,7 +122,7 @@ def test_bad_backbones_say_what_was_expected(mae, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_frozen_backbone(tmp_path / "missing.pth")
     other = save_atomic({"state_dict": {"embed.weight": torch.zeros(3)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointFormatError, match="neither a ViT .* nor a ResNet"):
+    with pytest.raises(CheckpointFormatError, match="expected a pretraining checkpoint.*a timm / DeiT ViT or a torchvision ResNet"):
         load_frozen_backbone(other)
     with pytest.raises(CheckpointFormatError, match="holds a ViT"):
         load_frozen_backbone(mae[0], "resnet18")

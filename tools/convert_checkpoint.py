@@ -6,10 +6,13 @@
   python tools/convert_checkpoint.py moco_v2_800ep_pretrain.pth.tar r50_d2.pkl --to detectron2
   python tools/convert_checkpoint.py output/mae_vit_base_in1k/checkpoint-799.pth vit_b_d2.pth --to detectron2
   python tools/convert_checkpoint.py mae_pretrain_vit_base.pth vit_b_mmseg.pth --to mmseg
+  python tools/convert_checkpoint.py vit-s-300ep.pth.tar mocov3_vit_s --to timm   # a folder to publish
 
-Sources: MAE (the authors' full or encoder-only files, the project's checkpoints),
-MoCo v1/v2 (the authors' .pth.tar, the project's), timm / DeiT ViTs, torchvision
-ResNets. The report lists what was dropped or left missing by design (decoder,
+Sources: every checkpoint's backbone export (pretrain.backbones.read_backbone): the files of
+each pretraining method, the authors' or the project's (MAE full or encoder-only, MoCo v1/v2,
+MoCo v3 ViTs and ResNets), timm / DeiT ViTs, torchvision ResNets, exported folders. An OUTPUT
+without a suffix for --to timm / torchvision is a folder: model.safetensors + timm's config.json,
+which timm.create_model("local-dir:OUTPUT", pretrained=True) loads. The report lists what was dropped or left missing by design (decoder,
 heads, relative position terms...) apart from real mismatches; a mismatch exits
 non-zero and writes nothing. Pickled files beyond tensors / numpy arrays are
 refused unless --allow-pickle (only for files you trust).

@@ -83,9 +83,9 @@ class Demo:
 
     def checkpoint(self, method: str) -> Path:
         from pretrain.trainer import LAST
-        from pretrain.methods import METHODS
+        from pretrain.methods import get_method
 
-        return self.out / "pretrain" / method / METHODS[method].checkpoint_name(LAST)
+        return self.out / "pretrain" / method / get_method(method).checkpoint_name(LAST)
 
     def tool(self, name: str, *args, log: str, echo: bool = False) -> subprocess.CompletedProcess:
         """Run tools/<name> as a user would; its output goes to logs/<log>.log (``echo``: its progress
@@ -178,7 +178,7 @@ class Demo:
                   "--out", self.ladder_folder(method), "--data", *data, "--rung-args",
                   f"knn=--img-size {s.img} --num-workers 0", f"linear={cls}",
                   f"dense_probe=--iters {s.probe_iters} --crop {s.img} --num-workers 0",
-                  f"segmentation=--iters {s.seg_iters}", f"detection=--max-iter {s.det_iters}",
+                  f"segmentation=--max-iters {s.seg_iters}", f"detection=--max-iters {s.det_iters}",
                   log=f"ladder_{method}", echo=True)
 
     def ladder_report(self, method: str) -> Path:

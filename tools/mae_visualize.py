@@ -28,7 +28,7 @@ def main(argv=None):
 
     from pretrain.checkpoint import CheckpointFormatError
     from pretrain.images import DecodedImage, EncodedImage
-    from pretrain.mae import mae_from_checkpoint
+    from pretrain.methods.mae import mae_from_checkpoint
     from pretrain.synthetic import render_scene, scene_rng
     from pretrain.transforms import eval_transform
     from pretrain.visualize import figure_mask_ratios, figure_reconstructions

@@ -7,27 +7,31 @@
   python tools/pretrain_net.py --method mae train.device=cpu data.synthetic=true   # defaults, synthetic scenes
 
 Overrides are ``section.key=value`` (e.g. ``train.epochs=10 optim.base_lr=1e-4``).
-SIGTERM / Ctrl-C stop at the next step with a checkpoint that --resume continues.
+SIGTERM / Ctrl-C stop at the next step with a checkpoint that --resume continues. The run flags
+are those every training tool shares (pretrain.cli), less --eval-only: pretraining has no evaluation
+of its own (tools/evaluate.py measures a checkpoint).
 """
 import argparse
 import signal
 import sys
 
+from pretrain.cli import add_run_args, resume_override, run_overrides
 from pretrain.config import ConfigError, load_config, to_yaml
+from pretrain.methods import methods
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (method: mae | moco)")
+    p.add_argument("config", nargs="?", help="YAML config (method: a registered pretraining method)")
     p.add_argument("overrides", nargs="*", help="section.key=value")
-    p.add_argument("--method", choices=["mae", "moco"], help="method when no config file is given")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="checkpoint to resume from (default: the newest in train.output_dir)")
+    p.add_argument("--method", choices=sorted(methods()), help="method when no config file is given")
+    add_run_args(p, output_dir="checkpoints and logs (sets train.output_dir)",
+                 max_iters="stop after N optimizer steps, with a checkpoint --resume continues (sets train.max_iters)",
+                 resume="continue a run: auto = the newest checkpoint in the output folder, or PATH")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     args = p.parse_intermixed_args(argv)
-    if args.resume and "=" in args.resume:  # `--resume a.b=c`: an override, not a path
-        args.overrides.append(args.resume)
-        args.resume = "auto"
+    args.resume, taken = resume_override(args.resume)
+    args.overrides += taken + run_overrides(args)
     if args.config and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None

@@ -6,21 +6,23 @@ r"""Evaluate a pretrained backbone by ImageNet-protocol classification (config: 
       --checkpoint mae_pretrain_vit_base.pth data.path=/data/imagenet train.accum_iter=4
   python tools/train_cls.py configs/classification/moco_r50_linear.yaml --checkpoint moco_v2_800ep_pretrain.pth.tar \
       data.path=/data/imagenet
-  python tools/train_cls.py configs/classification/moco_r50_linear.yaml data.path=/data/imagenet --resume  # newest
+  python tools/train_cls.py configs/classification/moco_r50_linear.yaml data.path=/data/imagenet \
+      --output-dir output/classification/moco_r50_linear --resume      # the newest checkpoint there
   python tools/train_cls.py configs/classification/mae_vit_base_finetune.yaml data.path=/data/imagenet \
       --eval-only --resume mae_finetuned_vit_base.pth
 
 Protocols: mae_linear (frozen ViT, BN + linear head, LARS), mae_finetune (layer-wise lr decay,
 RandAugment, mixup / cutmix), moco_linear (frozen ResNet, fc, SGD lr 30). Overrides are
-``section.key=value``; --checkpoint sets model.checkpoint (the pretrained weights). Writes
-top-1 / top-5 to <train.output_dir>/results.json. SIGTERM / Ctrl-C stop at the next step
+``section.key=value``; --checkpoint sets model.checkpoint (the pretrained weights), --output-dir
+train.output_dir, --max-iters train.max_iters (the flags every training tool shares: pretrain.cli).
+Writes top-1 / top-5 to <train.output_dir>/results.json. SIGTERM / Ctrl-C stop at the next step
 with a checkpoint that --resume continues.
 """
 import argparse
 import signal
 import sys
-from pathlib import Path
 
+from pretrain.cli import add_run_args, resume_override, run_overrides
 from transfer.classification.config import PROTOCOL_SCHEMAS, ConfigError, load_cls_config, to_yaml
 
 
@@ -30,19 +32,19 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--protocol", choices=sorted(PROTOCOL_SCHEMAS), help="protocol (default: the config's)")
     p.add_argument("--checkpoint", help="pretrained backbone weights (sets model.checkpoint)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="checkpoint to resume from (default: the newest in train.output_dir); "
-                        "with --eval-only, the classifier to evaluate")
-    p.add_argument("--eval-only", action="store_true", help="evaluate a trained classifier and write results")
+    add_run_args(p, output_dir="checkpoints, logs and results.json (sets train.output_dir)",
+                 max_iters="stop after N optimizer steps, with a checkpoint --resume continues (sets train.max_iters)",
+                 resume="continue a run: auto = the newest checkpoint in the output folder, or PATH; "
+                        "with --eval-only, the classifier to evaluate",
+                 eval_only="evaluate a trained classifier and write results")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     args = p.parse_intermixed_args(argv)  # options may come between the overrides
     if args.config and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None
-    if args.resume and "=" in args.resume and not Path(args.resume).exists():  # `--resume a.b=c`: an override
-        args.overrides.append(args.resume)
-        args.resume = "auto"
-    overrides = list(args.overrides) + ([f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    args.resume, taken = resume_override(args.resume)
+    overrides = [*args.overrides, *taken, *run_overrides(args)] + (
+        [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
     try:
         cfg = load_cls_config(args.config, overrides, protocol=args.protocol)
     except ConfigError as e:

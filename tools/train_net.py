@@ -4,40 +4,57 @@
   # ViTDet-B Mask R-CNN on COCO from a MAE checkpoint (the authors' or the project's), 8 GPUs
   python tools/train_net.py --config-file configs/detectron2/COCO/mask_rcnn_vitdet_b_100ep.py --num-gpus 8 \\
       --checkpoint output/mae_vit_base_in1k/checkpoint-799.pth
-  # MoCo R50-C4 on VOC07+12 (the authors' yacs recipe), evaluation only, 2 machines x 8 GPUs
-  python tools/train_net.py --config-file configs/detectron2/yacs/pascal_voc_R_50_C4_24k_moco.yaml \\
-      --num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://host:port MODEL.WEIGHTS moco_r50.pkl
+  # MoCo R50-C4 on VOC07+12, 2 machines x 8 GPUs (run on each with its --machine-rank)
+  python tools/train_net.py --config-file configs/detectron2/VOC/faster_rcnn_R_50_C4_24k_moco.py \\
+      --num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://host:port \\
+      --checkpoint moco_v2_800ep_pretrain.pth.tar --output-dir output/det/voc_r50_c4_moco
+  # the same recipe from the MoCo authors' own yacs file (their repository's detection/configs/)
+  python tools/train_net.py --config-file moco/detection/configs/pascal_voc_R_50_C4_24k_moco.yaml \\
+      --num-gpus 8 MODEL.WEIGHTS moco_v2_800ep_pretrain.pth.tar
   # a CPU-sized run on your own COCO-format data, registered by path
   python tools/train_net.py --config-file configs/detectron2/tiny/mask_rcnn_vitdet_pico.py \\
       --checkpoint mae_pico.pth --train-json data/annotations/instances_train.json \\
-      --test-json data/annotations/instances_val.json --max-iter 40 --output-dir output/det_tiny
+      --test-json data/annotations/instances_val.json --max-iters 40 --output-dir output/det_tiny
 
-Config overrides follow the options: ``key=value`` for LazyConfigs (``train.max_iter=1000``),
-``KEY VALUE`` pairs for yacs configs (``SOLVER.MAX_ITER 1000``); a dataset name there may be a
-registered one or a COCO json path (``annotations.json[:image_folder]``). The initial checkpoint may be
+The recipes are LazyConfigs (configs/detectron2/); yacs files run too, for the MoCo authors' ResNet-C4
+recipes users hold (their Res5ROIHeadsExtraNorm head is registered here). Config overrides follow the
+options: ``key=value`` for LazyConfigs (``train.max_iter=1000``), ``KEY VALUE`` pairs for yacs configs
+(``SOLVER.MAX_ITER 1000``); a dataset name there may be a registered one or a COCO json path
+(``annotations.json[:image_folder]``). --output-dir, --max-iters, --resume and --eval-only are the
+flags every training tool shares (pretrain.cli); --max-iter still works. The initial checkpoint may be
 any checkpoint ``tools/convert_checkpoint.py --to detectron2`` reads (MAE, MoCo, timm, DeiT,
 torchvision) or a detectron2 file; it is converted in memory and placed strictly. Pickled files
 beyond tensors / numpy arrays are refused unless --allow-pickle (only for files you trust).
 """
 import argparse
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretrain.cli import add_run_args, is_key_value, resume_override  # noqa: E402
+
+YACS_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")  # SOLVER.MAX_ITER
+
+
+def is_override(value: str) -> bool:
+    """An override ``--resume`` took for a path: ``key=value`` (LazyConfig), or a yacs key of a ``KEY VALUE`` pair."""
+    return is_key_value(value) or bool(YACS_KEY.fullmatch(value))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, help="LazyConfig (.py) or yacs config (.yaml)")
-    p.add_argument("--eval-only", action="store_true", help="evaluate the initial checkpoint (or, with --resume, "
-                                                             "the last checkpoint in the output folder)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    add_run_args(p, output_dir="checkpoints, logs and results.json (sets train.output_dir / OUTPUT_DIR)",
+                 max_iters="train N iterations, ending with a checkpoint (sets train.max_iter / SOLVER.MAX_ITER)",
+                 resume="continue a run: auto = the last checkpoint in the output folder, or PATH (a training "
+                        "checkpoint of this tool); with --eval-only, the checkpoint to evaluate",
+                 eval_only="evaluate the initial checkpoint (with --resume, the resumed one) and write results",
+                 max_iters_aliases=["--max-iter"])
     init = p.add_mutually_exclusive_group()
     init.add_argument("--checkpoint", help="initial weights (train.init_checkpoint / MODEL.WEIGHTS): a pretraining "
                                            "checkpoint or a detectron2 file (default: the config's)")
     init.add_argument("--random-init", action="store_true", help="start from random initialisation")
-    p.add_argument("--output-dir", default=None, help="train.output_dir / OUTPUT_DIR")
-    p.add_argument("--max-iter", type=int, default=None, help="train.max_iter / SOLVER.MAX_ITER")
     p.add_argument("--train-json", help="training set: a COCO-format json (registered by path)")
     p.add_argument("--train-images", help="its image folder (default: found from the COCO layout)")
     p.add_argument("--test-json", help="evaluation set: a COCO-format json (registered by path)")
@@ -52,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--dist-url", default="auto", help="tcp://host:port of the rank-0 machine (multi-machine)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = p.parse_args(argv)
+    args.resume, taken = resume_override(args.resume, is_override)
+    args.opts = taken + args.opts
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        p.error(f"--resume: checkpoint not found: {args.resume}")
     args.train_datasets = dataset_spec(p, args.train_json, args.train_images, "train")
     args.test_datasets = dataset_spec(p, args.test_json, args.test_images, "test")
     return args
@@ -63,19 +84,25 @@ def dataset_spec(parser, json_file, images, flag):
     return None if not json_file else [f"{json_file}:{images}" if images else str(json_file)]
 
 
+def load_recipe(args):
+    """The config with its overrides, then the settings of the options."""
+    from transfer.detection.engine import Recipe
+
+    return Recipe.load(args.config_file, args.opts, init_checkpoint="" if args.random_init else args.checkpoint,
+                       output_dir=args.output_dir, max_iter=args.max_iters, train_datasets=args.train_datasets,
+                       test_datasets=args.test_datasets, device=args.device)
+
+
 def main(args):
     import logging
 
     from detectron2.engine import default_setup
 
     from pretrain.checkpoint import CheckpointFormatError
-    from transfer.detection.engine import Recipe, evaluate_checkpoint, train
+    from transfer.detection.engine import evaluate_checkpoint, train
 
     try:
-        recipe = Recipe.load(args.config_file, args.opts,
-                             init_checkpoint="" if args.random_init else args.checkpoint,
-                             output_dir=args.output_dir, max_iter=args.max_iter, train_datasets=args.train_datasets,
-                             test_datasets=args.test_datasets, device=args.device)
+        recipe = load_recipe(args)
     except (FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"error: {e}")
     default_setup(recipe.cfg, args)

@@ -6,17 +6,19 @@
   torchrun --nproc_per_node 8 tools/train_seg.py configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py
   torchrun --nproc_per_node 4 tools/train_seg.py configs/mmseg/upernet_r50-moco_4xb4-80k_ade20k-512x512.py \\
       --checkpoint moco_v2_800ep_pretrain.pth.tar
-  python tools/train_seg.py CONFIG --resume                       # continue the newest checkpoint of the work dir
+  python tools/train_seg.py CONFIG --resume                 # continue the newest checkpoint of the output folder
   python tools/train_seg.py CONFIG --eval-only --resume iter_160000.pth    # evaluate a trained segmentor
-  python tools/train_seg.py configs/mmseg/tiny/upernet_r18_folder-64x64.py --data-root DIR --random-init --iters 60
+  python tools/train_seg.py configs/mmseg/tiny/upernet_r18_folder-64x64.py --data-root DIR --random-init \\
+      --max-iters 60 --output-dir work_dirs/seg_tiny
 
 --checkpoint takes the pretrained backbone in any layout the encoders read (the
 authors' MAE / MoCo files, the project's checkpoints, timm / torchvision files,
 files converted by tools/convert_checkpoint.py --to mmseg) and prints what was
 loaded, left out by design, or mismatched (an error). --cfg-options takes mmengine's
 ``key=value`` overrides (e.g. ``train_dataloader.batch_size=8 optim_wrapper.optimizer.lr=2e-4``).
-Writes mIoU / mAcc / aAcc and the recipe to <work-dir>/results.json. On a CPU
-the GPU recipe falls back to BN and fp32.
+Writes mIoU / mAcc / aAcc and the recipe to <output-dir>/results.json. On a CPU
+the GPU recipe falls back to BN and fp32. --output-dir, --max-iters, --resume and --eval-only are
+the flags every training tool shares (pretrain.cli); --work-dir and --iters still work.
 """
 import argparse
 import os
@@ -27,11 +29,12 @@ from pathlib import Path
 def parse_args(argv=None):
     from mmengine.config import DictAction
 
+    from pretrain.cli import add_run_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="mmseg config (configs/mmseg/...)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="key=value config overrides (mmengine syntax: a.b=1 c=[1,2])")
-    p.add_argument("--work-dir", help="logs, checkpoints and results.json (default: work_dirs/<config name>)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--checkpoint", help="pretrained backbone weights (sets model.backbone.init_cfg)")
     init.add_argument("--random-init", action="store_true", help="train the backbone from random initialisation")
@@ -40,11 +43,12 @@ def parse_args(argv=None):
     p.add_argument("--data-root", help="dataset root for every split (ADE20K: the ADEChallengeData2016 folder)")
     p.add_argument("--classes", help="SegFolderDataset class list: a file (one name a line) or 'a,b,c'")
     p.add_argument("--ignore-label", type=int, nargs="+", help="SegFolderDataset label values to ignore (e.g. 11)")
-    p.add_argument("--iters", type=int, help="train this many iterations (the schedule is scaled to match)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="checkpoint to resume (default: the newest in the work dir); with --eval-only, the "
-                        "trained segmentor to evaluate")
-    p.add_argument("--eval-only", action="store_true", help="evaluate a trained segmentor and write results")
+    add_run_args(p, output_dir="logs, checkpoints and results.json (sets work_dir; default: work_dirs/<config name>)",
+                 max_iters="train N iterations, the schedule scaled to match (sets train_cfg.max_iters)",
+                 resume="continue a run: auto = the newest checkpoint in the output folder, or PATH; "
+                        "with --eval-only, the trained segmentor to evaluate",
+                 eval_only="evaluate a trained segmentor and write results",
+                 output_dir_aliases=["--work-dir"], max_iters_aliases=["--iters"])
     p.add_argument("--print-config", action="store_true", help="print the final config and exit")
     return p.parse_args(argv)
 
@@ -56,7 +60,7 @@ def build_config(args):
     import torch
 
     cfg = load_seg_config(args.config)
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    cfg.work_dir = args.output_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
     if args.checkpoint:
         set_backbone_checkpoint(cfg, args.checkpoint)
     elif args.random_init:
@@ -66,8 +70,8 @@ def build_config(args):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     set_data(cfg, args.data_root, classes, args.ignore_label)
     match_num_classes(cfg)
-    if args.iters:
-        set_iterations(cfg, args.iters)
+    if args.max_iters:
+        set_iterations(cfg, args.max_iters)
     cfg.merge_from_dict(args.cfg_options)  # last: explicit overrides win over the flags above
     cfg.launcher = "pytorch" if "LOCAL_RANK" in os.environ else "none"  # torchrun sets it
     changes = adapt_to_device(cfg, torch.cuda.is_available())

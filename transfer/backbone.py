@@ -1,11 +1,10 @@
 """Frozen backbones for the evaluation rungs (kNN, dense probe): any checkpoint, one interface.
 
-``load_frozen_backbone`` reads every checkpoint the project reads, through the conversions the
-classification protocols use (``transfer.classification.vit.load_vit_backbone`` for MAE full /
-encoder-only, the project's MAE, timm and DeiT ViTs; ``transfer.classification.resnet.
-load_resnet_backbone``, i.e. ``pretrain.moco.backbone_state_dict``, for MoCo v1/v2/v3, the project's
-MoCo and torchvision ResNets), or initialises an architecture at random (seeded by the caller's
-``torch.manual_seed``). The backbone it returns is frozen: eval mode (batch norm keeps its
+``load_frozen_backbone`` reads every checkpoint the project reads as its backbone export
+(``pretrain.backbones.read_backbone``: any pretraining method's file, the authors' or the project's,
+timm, DeiT and torchvision files, an exported folder), loaded as the classification protocols load
+it (``transfer.classification.vit.load_vit_backbone`` / ``resnet.load_resnet_backbone``), or
+initialises an architecture at random (seeded by the caller's ``torch.manual_seed``). The backbone it returns is frozen: eval mode (batch norm keeps its
 pretrained statistics, also when a parent module calls ``train()``) and no gradients. It gives
 
 * ``global_features(x) -> [B, C]``: ViT: the cls token after the final norm (what MAE's linear
@@ -27,17 +26,14 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, unwrap_state_dict
-from pretrain.mae import arch_from_state_dict
-from pretrain.moco import backbone_state_dict
+from pretrain.backbones import is_resnet_name, read_backbone
+from pretrain.checkpoint import CheckpointFormatError
 from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD
 from transfer.classification.resnet import build_resnet_classifier, load_resnet_backbone
 from transfer.classification.vit import load_vit_backbone, vit_arch
-from transfer.convert import ConversionReport, guess_pretrain, pretrain_epochs, resnet_arch
+from transfer.convert import ConversionReport
 
-__all__ = ["FrozenBackbone", "ViTBackbone", "ResNetBackbone", "load_frozen_backbone", "RESNET_PREFIXES"]
-
-RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
+__all__ = ["FrozenBackbone", "ViTBackbone", "ResNetBackbone", "load_frozen_backbone"]
 
 
 class FrozenBackbone(nn.Module):
@@ -52,7 +48,7 @@ class FrozenBackbone(nn.Module):
         self.name = name  # the backbone's name in results files (vit_base_patch16, resnet50, ...)
         self.embed_dim = embed_dim
         self.stride = stride  # output stride of dense_features
-        self.pretrain = pretrain  # transfer.convert.guess_pretrain's label, or "random"
+        self.pretrain = pretrain  # the export's provenance label, or "random"
         self.pretrain_epochs = pretrain_epochs
         self.report = report  # what the checkpoint conversion loaded and left out (None: random init)
 
@@ -133,7 +129,7 @@ def build_vit(arch: dict, img_size: int = 224) -> VisionTransformer:
 
 
 def _family(arch: str) -> str:
-    return "resnet" if arch.startswith(RESNET_PREFIXES) else "vit"
+    return "resnet" if is_resnet_name(arch) else "vit"
 
 
 def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pickle: bool = False) -> FrozenBackbone:
@@ -154,31 +150,21 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
         return ViTBackbone(build_vit(info), info["name"]).freeze()
 
     path = str(checkpoint)
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = load_file(path, allow_pickle)
-    try:
-        state = unwrap_state_dict(ckpt)
-    except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{path}: {e}") from None
-    labels = dict(pretrain=guess_pretrain(ckpt, path=path), pretrain_epochs=pretrain_epochs(ckpt))
-    if describe_state_dict(state) in ("mae", "vit"):
-        if arch and _family(arch) != "vit":
-            raise CheckpointFormatError(f"{path} holds a ViT ({describe_state_dict(state, True)}), not a {arch}")
-        info = vit_arch(arch or "auto", state)
-        vit = build_vit(info, img_size=arch_from_state_dict(state)["img_size"])  # the table as trained
-        report = load_vit_backbone(vit, ckpt, name=path)
+    export = read_backbone(path, allow_pickle)
+    if arch and _family(arch) != export.family:
+        family = {"vit": "ViT", "resnet": "ResNet"}[export.family]
+        raise CheckpointFormatError(f"{path} holds a {family} ({export.arch}, {export.provenance.layout}), not a {arch}")
+    labels = dict(pretrain=export.label, pretrain_epochs=export.provenance.epochs)
+    if export.family == "vit":
+        info = vit_arch(arch or "auto", export)
+        vit = build_vit(info, img_size=export.shape["img_size"])  # the table as trained
+        report = load_vit_backbone(vit, export, name=path)
         return ViTBackbone(vit, info["name"], report=report, **labels).freeze()
-    try:
-        resnet = arch or resnet_arch(backbone_state_dict(state))
-    except CheckpointFormatError as e:
-        raise CheckpointFormatError(
-            f"{path} is neither a ViT (MAE, timm, DeiT) nor a ResNet (MoCo, torchvision) checkpoint: {e}") from None
-    if _family(resnet) != "resnet":
-        raise CheckpointFormatError(f"{path} holds a ResNet ({describe_state_dict(state, True)}), not a {arch}")
-    net = build_resnet_classifier(resnet, num_classes=1)  # fc is replaced by the identity
-    report = load_resnet_backbone(net, ckpt, name=path)
-    return ResNetBackbone(net, resnet, report=report, **labels).freeze()
+    net = build_resnet_classifier(arch or export.arch, num_classes=1)  # fc is replaced by the identity
+    report = load_resnet_backbone(net, export, name=path)
+    return ResNetBackbone(net, arch or export.arch, report=report, **labels).freeze()
 
 
 def add_backbone_args(p) -> None:

@@ -138,31 +138,14 @@ def file_digest(path, chunk: int = 1 << 22) -> str:
 
 def inspect_checkpoint(path, allow_pickle: bool = False) -> CheckpointInfo:
     """Family, backbone name and pretraining of any checkpoint the project reads."""
-    from pretrain.checkpoint import (
-        CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict,
-    )
-    from transfer.convert import guess_pretrain, resnet_arch
+    from pretrain.backbones import read_backbone
 
     path = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = load_file(path, allow_pickle=allow_pickle)
-    sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
-    kind = describe_state_dict(sd)
-    if kind in ("mae", "vit"):
-        from transfer.classification.vit import vit_arch
-
-        name = vit_arch("auto", sd)["name"]
-        family, arch = "vit", f"mae_{name}"
-    elif kind in ("moco", "resnet") or any(k.startswith("base_encoder.") for k in sd):
-        from pretrain.moco import backbone_state_dict
-
-        name = arch = resnet_arch(backbone_state_dict(ckpt))
-        family = "resnet"
-    else:
-        raise CheckpointFormatError(f"{path}: expected a ViT (MAE, timm, DeiT) or ResNet (MoCo, torchvision) "
-                                    f"checkpoint, found {describe_state_dict(sd, verbose=True)}")
-    return CheckpointInfo(path, file_digest(path), family, name, arch, guess_pretrain(ckpt, path=path))
+    export = read_backbone(path, allow_pickle)
+    arch = f"mae_{export.arch}" if export.family == "vit" else export.arch
+    return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label)
 
 
 # -------------------------------------------------------------------- jobs
@@ -303,7 +286,7 @@ def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: Checkpoin
                 *recipe.args, *extra, f"train.seed={seed}"]
     if rung == "segmentation":
         init = ["--checkpoint", ckpt] if ckpt else ["--random-init"]
-        return [recipe.tool, recipe.config, *init, *data_args, "--work-dir", folder, *label, *recipe.args, *extra,
+        return [recipe.tool, recipe.config, *init, *data_args, "--output-dir", folder, *label, *recipe.args, *extra,
                 "--cfg-options", f"randomness.seed={seed}"]
     raise ValueError(rung)
 
@@ -366,7 +349,8 @@ def launch_command(job: Job, resume: bool, python: str = sys.executable, nodes: 
     cmd = list(job.command)
     flag = RESUME_FLAG.get(cmd[0])
     if resume and flag:
-        cmd.insert(1 if cmd[0] != "tools/train_cls.py" else 2, flag)
+        # After a positional config (train_cls, train_seg), whose path an optional-argument --resume would take.
+        cmd.insert(2 if cmd[0] in ("tools/train_cls.py", "tools/train_seg.py") else 1, flag)
     gpus = job.gpus if _cuda_devices() else 1
     if cmd[0] == "tools/train_net.py":
         return [python, *cmd[:1], "--num-gpus", str(min(gpus, 8)), "--num-machines", str(nodes),

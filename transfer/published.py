@@ -23,6 +23,8 @@ MAE_LINPROBE = "github.com/facebookresearch/mae FINETUNE.md, linear probing, pap
 VITDET_README = "github.com/facebookresearch/detectron2 projects/ViTDet/README.md, COCO Mask R-CNN"
 MOCO_PAPER = "He et al. 2019, Momentum Contrast for Unsupervised Visual Representation Learning (arXiv:1911.05722)"
 MOCO_V2_PAPER = "Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning (arXiv:2003.04297)"
+MOCO_V3_README = "github.com/facebookresearch/moco-v3 README.md / CONFIG.md (batch 4096)"
+VITDET_PAPER = "Li et al. 2022, Exploring Plain Vision Transformer Backbones for Object Detection (arXiv:2203.16527)"
 MMSEG_UPERNET = "github.com/open-mmlab/mmsegmentation configs/upernet/README.md, ADE20K, UPerNet R-50 512x512"
 
 # Supervised weights behind baseline rows that the project's counterparts do not use.
@@ -58,6 +60,7 @@ _VITDET = {"iterations": 184375, "batch": 64, "img_size": 1024, "pretrain_epochs
 _ADE = {"iterations": 160000, "batch": 16, "crop_size": 512}
 _ADE_MAE = {**_ADE, "pretrain_epochs": 1600}
 _SUP = {"pretrain_epochs": 90}
+_LIN_MOCO_V3 = {"epochs": 90, "batch": 1024, "img_size": 224}  # main_lincls.py: SGD, cls token, no BN
 
 PUBLISHED: List[Published] = [
     # MAE, ImageNet-1K (best epoch)
@@ -115,6 +118,27 @@ PUBLISHED: List[Published] = [
     Published("coco_instance_seg", "resnet50", "supervised", {"box_AP": 40.0, "mask_AP": 34.7},
               {**_COCO_C4_2X, **_SUP}, MOCO_PAPER + ", Table 5d (R50-C4, 2x)",
               weights=MSRA_R50),
+    # MoCo v3, ImageNet-1K (ViTs 300 epochs; ViT-S with 12 heads), linear (main_lincls) and DeiT fine-tuning
+    Published("imagenet_linear", "vit_small_patch16", "moco_v3", {"top1_best": 73.2},
+              {**_LIN_MOCO_V3, "pretrain_epochs": 300}, MOCO_V3_README),
+    Published("imagenet_linear", "vit_base_patch16", "moco_v3", {"top1_best": 76.7},
+              {**_LIN_MOCO_V3, "pretrain_epochs": 300}, MOCO_V3_README),
+    Published("imagenet_finetune", "vit_base_patch16", "moco_v3", {"top1_best": 83.2},
+              {"epochs": 150, "batch": 1024, "img_size": 224, "pretrain_epochs": 300},
+              MOCO_V3_README + " (DeiT's recipe, 150 epochs)"),
+    Published("imagenet_linear", "resnet50", "moco_v3", {"top1_best": 68.9}, {**_LIN_MOCO_V3, "pretrain_epochs": 100},
+              MOCO_V3_README),
+    Published("imagenet_linear", "resnet50", "moco_v3", {"top1_best": 72.8}, {**_LIN_MOCO_V3, "pretrain_epochs": 300},
+              MOCO_V3_README),
+    Published("imagenet_linear", "resnet50", "moco_v3", {"top1_best": 74.6}, {**_LIN_MOCO_V3, "pretrain_epochs": 1000},
+              MOCO_V3_README),
+    # MoCo v3 ViTs in detection (ViTDet's pre-training ablation) and segmentation (MAE paper, Table 5)
+    Published("coco_instance_seg", "vit_base_patch16", "moco_v3", {"box_AP": 47.9, "mask_AP": 42.7},
+              {**_VITDET, "pretrain_epochs": 300}, VITDET_PAPER + ", Table 4 (ViT-B, IN-1K MoCo v3)"),
+    Published("ade20k_seg", "vit_base_patch16", "moco_v3", {"mIoU": 47.3}, {**_ADE, "pretrain_epochs": 300},
+              MAE_PAPER + ", Table 5 (MoCo v3)"),
+    Published("ade20k_seg", "vit_large_patch16", "moco_v3", {"mIoU": 49.1}, {**_ADE, "pretrain_epochs": 300},
+              MAE_PAPER + ", Table 5 (MoCo v3)"),
     # Supervised R50, ADE20K UperNet (mmsegmentation model zoo; ResNetV1c)
     Published("ade20k_seg", "resnet50", "supervised", {"mIoU": 40.70},
               {"iterations": 80000, "batch": 16, "crop_size": 512, **_SUP}, MMSEG_UPERNET + ", 80k",

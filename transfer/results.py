@@ -24,6 +24,21 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+def pretrain_label(given: Optional[str], from_checkpoint: Optional[str], has_checkpoint: bool,
+                   recipe_default: Optional[str] = None) -> str:
+    """The ``pretrain`` a results file records, one rule for every task: ``random`` when the backbone starts
+    from no pretrained weights; else the label given (command line, config; ``auto`` is none), else what the
+    checkpoint's backbone export says (``pretrain.backbones.Provenance.label``) unless it does not know,
+    else the recipe's default, else ``unknown``."""
+    if not has_checkpoint:
+        return "random"
+    if given and given != "auto":
+        return given
+    if from_checkpoint and from_checkpoint != "unknown":
+        return from_checkpoint
+    return recipe_default or "unknown"
+
+
 # task -> the metrics it reports (all in percent, higher is better)
 TASKS: Dict[str, List[str]] = {
     # top1 / top5: the final epoch's; top1_best: the best epoch's (what the MAE and MoCo authors report)

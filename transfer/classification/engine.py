@@ -20,22 +20,22 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from pretrain import distributed as du
+from pretrain.backbones import read_backbone
 from pretrain.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
 from pretrain.data import worker_init
 from pretrain.logger import MetricLogger
-from pretrain.mae import configure_attention
-from pretrain.methods import MAEMethod
-from pretrain.trainer import LAST, TrainerBase, start_run
-from transfer.results import write_results
+from pretrain.trainer import LAST, TrainerBase, configure_attention, start_run
+from transfer.results import pretrain_label, write_results
 
 from .config import to_yaml
 from .data import build_criterion, build_datasets, build_mixup, resolve_splits
-from .protocols import build_optimizer, guess_pretrain, pretrain_epochs, protocol
+from .protocols import build_optimizer, protocol
 
 log = logging.getLogger(__name__)
 
 # The MAE authors' names (checkpoint-<epoch>.pth, checkpoint-last.pth), as their fine-tuning code writes.
-checkpoint_name = MAEMethod.checkpoint_name
+def checkpoint_name(tag) -> str:
+    return f"checkpoint-{tag}.pth"  # the layout of the MAE authors' main_finetune / main_linprobe
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> Dict[int, int]:
@@ -73,11 +73,12 @@ class ClassificationTrainer(TrainerBase):
                                      worker_init_fn=worker_init, generator=torch.Generator().manual_seed(t.seed))
 
         # ---- model, pretrained weights (the file is read once here), frozen parts
-        pretrained = load_file(m.checkpoint, m.allow_pickle) if m.checkpoint else None
+        pretrained = read_backbone(m.checkpoint, m.allow_pickle) if m.checkpoint else None
         self.model, self.backbone = self.protocol.build_model(cfg, self.num_classes, pretrained)
-        self.pretrain = m.pretrain if m.pretrain != "auto" else (
-            guess_pretrain(pretrained) if pretrained is not None else ("unknown" if eval_only else "random"))
-        self.pretrain_epochs = pretrain_epochs(pretrained) if pretrained is not None else None
+        # Evaluating a trained classifier: its checkpoint's own record fills the label in (resume).
+        self.pretrain = pretrain_label(m.pretrain, pretrained.label if pretrained is not None else None,
+                                       pretrained is not None or eval_only)
+        self.pretrain_epochs = pretrained.provenance.epochs if pretrained is not None else None
         fresh = None  # keys the pretrained file does not hold (all of them without a file)
         if pretrained is not None and not eval_only:
             report = self.protocol.load_pretrained(self.model, cfg, pretrained)
@@ -176,30 +177,26 @@ class ClassificationTrainer(TrainerBase):
         log.info("resumed from %s at epoch %d, iter %d, step %d", path, self.epoch, self.iter, self.step)
 
     # --------------------------------------------------------------- training
-    def fit(self) -> Dict:
-        """Train to ``train.epochs``, evaluating and checkpointing; returns the final metrics."""
+    def after_epoch(self, done: bool):
         t = self.cfg.train
-        while self.epoch < t.epochs:
-            self.train_epoch()
-            if self.stopped:
-                self.save([LAST])
-                log.info("stopped at epoch %d, iter %d; resume with --resume", self.epoch, self.iter)
-                self.metrics.close()
-                return {}
-            self.epoch, self.iter = self.epoch + 1, 0
-            done = self.epoch == t.epochs
-            if done or self.epoch % t.eval_every_epochs == 0:
-                self.last_eval = {**self.evaluate(), "epoch": self.epoch - 1}
-                if not self.best_eval or self.last_eval["top1"] > self.best_eval["top1"]:
-                    self.best_eval = dict(self.last_eval)
-                self.metrics.log(self.step, prefix="eval", **self.last_eval, top1_best=self.best_eval["top1"])
-            tags = []
-            if done or self.epoch % t.ckpt_every_epochs == 0:
-                tags.append(LAST)
-            if done or (t.keep_every_epochs and self.epoch % t.keep_every_epochs == 0):
-                tags.append(self.epoch - 1)
-            if tags:
-                self.save(tags)
+        if done or self.epoch % t.eval_every_epochs == 0:
+            self.last_eval = {**self.evaluate(), "epoch": self.epoch - 1}
+            if not self.best_eval or self.last_eval["top1"] > self.best_eval["top1"]:
+                self.best_eval = dict(self.last_eval)
+            self.metrics.log(self.step, prefix="eval", **self.last_eval, top1_best=self.best_eval["top1"])
+        tags = []
+        if done or self.epoch % t.ckpt_every_epochs == 0:
+            tags.append(LAST)
+        if done or (t.keep_every_epochs and self.epoch % t.keep_every_epochs == 0):
+            tags.append(self.epoch - 1)
+        if tags:
+            self.save(tags)
+
+    def finish(self, stopped: bool) -> Dict:
+        """The final metrics (and results.json), after the frozen check of the linear protocols; {} when stopped."""
+        if stopped:
+            self.metrics.close()
+            return {}
         if self.protocol.linear:
             self.check_frozen()
         self.metrics.close()

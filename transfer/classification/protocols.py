@@ -12,30 +12,31 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoint import load_file, unwrap_state_dict
-from transfer.convert import ConversionReport, guess_pretrain, pretrain_epochs, resnet_arch  # noqa: F401 (re-exported)
+from pretrain.backbones import BackboneExport, read_backbone
+from transfer.convert import ConversionReport
 
-from .lars import LARS
+from pretrain.lars import LARS
 from .resnet import build_resnet_classifier, load_resnet_backbone, resnet_backbone_state
 from .vit import build_vit_classifier, load_vit_backbone, param_groups_layer_decay, vit_arch, vit_backbone_state
 
-__all__ = ["PROTOCOLS", "Protocol", "protocol", "build_optimizer", "guess_pretrain", "pretrain_epochs"]
+__all__ = ["PROTOCOLS", "Protocol", "protocol", "build_optimizer"]
 
 
 class Protocol:
-    """``checkpoint`` arguments are the pretrained file as ``pretrain.checkpoint.load_file``
-    returns it (read once by the engine); ``cfg.model.checkpoint`` names it in messages."""
+    """``pretrained`` arguments are the pretrained backbone as ``pretrain.backbones.read_backbone``
+    returns it (read once by the engine); ``cfg.model.checkpoint`` names its file."""
 
     name: str
     task: str  # transfer.results task
     linear: bool  # frozen backbone, only the head learns
     head: str  # the trainable module's attribute name in the linear protocols
 
-    def build_model(self, cfg, num_classes: int, checkpoint: Optional[Dict] = None) -> Tuple[nn.Module, str]:
-        """(model with a fresh head, backbone name for results); ``model.arch=auto`` reads ``checkpoint``."""
+    def build_model(self, cfg, num_classes: int, pretrained: Optional[BackboneExport] = None
+                    ) -> Tuple[nn.Module, str]:
+        """(model with a fresh head, backbone name for results); ``model.arch=auto`` builds ``pretrained``'s."""
         raise NotImplementedError
 
-    def load_pretrained(self, model: nn.Module, cfg, checkpoint: Dict) -> ConversionReport:
+    def load_pretrained(self, model: nn.Module, cfg, pretrained: BackboneExport) -> ConversionReport:
         raise NotImplementedError
 
     def backbone_state(self, model: nn.Module, cfg) -> Dict[str, torch.Tensor]:
@@ -72,15 +73,15 @@ class MAELinear(Protocol):
     name, task, linear, head = "mae_linear", "imagenet_linear", True, "head"
     bn_head = True
 
-    def build_model(self, cfg, num_classes, checkpoint=None):
-        arch = vit_arch(cfg.model.arch, _auto_state(cfg, checkpoint))
+    def build_model(self, cfg, num_classes, pretrained=None):
+        arch = vit_arch(cfg.model.arch, _pretrained(cfg, pretrained))
         model = build_vit_classifier(arch, num_classes, cfg.data.img_size, global_pool=cfg.model.global_pool,
                                      drop_path=cfg.model.drop_path, bn_head=self.bn_head,
                                      head_init_std=cfg.model.head_init_std)
         return model, arch["name"]
 
-    def load_pretrained(self, model, cfg, checkpoint):
-        return load_vit_backbone(model, checkpoint, name=cfg.model.checkpoint)
+    def load_pretrained(self, model, cfg, pretrained):
+        return load_vit_backbone(model, pretrained, name=cfg.model.checkpoint)
 
     def backbone_state(self, model, cfg):
         return vit_backbone_state(model, cfg.model.checkpoint, cfg.model.allow_pickle)[0]
@@ -97,14 +98,17 @@ class MAEFinetune(MAELinear):
 class MoCoLinear(Protocol):
     name, task, linear, head = "moco_linear", "imagenet_linear", True, "fc"
 
-    def build_model(self, cfg, num_classes, checkpoint=None):
+    def build_model(self, cfg, num_classes, pretrained=None):
         arch = cfg.model.arch
         if arch == "auto":
-            arch = resnet_arch(resnet_backbone_state(_auto_state(cfg, checkpoint))[0])
+            pretrained = _pretrained(cfg, pretrained)
+            if pretrained.family != "resnet":
+                raise ValueError(f"{cfg.model.checkpoint} holds a {pretrained.arch}; moco_linear trains a ResNet")
+            arch = pretrained.arch
         return build_resnet_classifier(arch, num_classes, cfg.model.head_init_std), arch
 
-    def load_pretrained(self, model, cfg, checkpoint):
-        return load_resnet_backbone(model, checkpoint, name=cfg.model.checkpoint)
+    def load_pretrained(self, model, cfg, pretrained):
+        return load_resnet_backbone(model, pretrained, name=cfg.model.checkpoint)
 
     def backbone_state(self, model, cfg):
         return resnet_backbone_state(cfg.model.checkpoint, cfg.model.allow_pickle)[0]
@@ -129,15 +133,14 @@ def build_optimizer(groups: List[Dict], o, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {o.name!r}; expected lars, sgd or adamw")
 
 
-def _auto_state(cfg, checkpoint: Optional[Dict]) -> Optional[Dict[str, torch.Tensor]]:
-    """The checkpoint's tensors when the architecture is to be read off them."""
-    if cfg.model.arch != "auto":
-        return None
-    if checkpoint is None and not cfg.model.checkpoint:
+def _pretrained(cfg, pretrained: Optional[BackboneExport]) -> Optional[BackboneExport]:
+    """The pretrained backbone, read from ``model.checkpoint`` when the engine has not (``model.arch=auto``
+    needs one)."""
+    if pretrained is None and cfg.model.checkpoint:
+        pretrained = read_backbone(cfg.model.checkpoint, cfg.model.allow_pickle)
+    if pretrained is None and cfg.model.arch == "auto":
         raise ValueError("model.arch=auto reads the architecture off model.checkpoint: set one of them")
-    if checkpoint is None:
-        checkpoint = load_file(cfg.model.checkpoint, cfg.model.allow_pickle)
-    return unwrap_state_dict(checkpoint)
+    return pretrained
 
 
 def protocol(name: str) -> Protocol:

@@ -3,8 +3,8 @@
 The state dict is torchvision's (``conv1``, ``layer1`` ... ``fc``), the layout of the
 authors' ``main_lincls.py`` (behind DDP's ``module.``), so their linear-classification
 checkpoints and torchvision's supervised ImageNet files evaluate here unchanged.
-Pretrained backbones come through ``pretrain.moco.backbone_state_dict``: MoCo v1/v2
-(the authors' ``encoder_q``, the project's), MoCo v3 ResNets, torchvision files.
+Pretrained backbones come as a ``pretrain.backbones.BackboneExport`` (``read_backbone``: any
+pretraining method's ResNet checkpoint, the authors' or the project's, torchvision files).
 """
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_state_dict_file, unwrap_state_dict
-from pretrain.moco import backbone_state_dict
-from transfer.convert import ConversionReport, resnet_arch
+from pretrain.backbones import is_resnet_name, resnet_arch
+from pretrain.checkpoint import CheckpointFormatError
+from transfer.convert import ConversionReport
+
+from .vit import _source_name, as_export
 
 __all__ = ["build_resnet_classifier", "resnet_backbone_state", "load_resnet_backbone"]
 
 
 def build_resnet_classifier(arch: str, num_classes: int, fc_init_std: float = 0.01) -> nn.Module:
     """torchvision ResNet with ``fc`` re-initialised: normal(0, fc_init_std) weight, zero bias."""
-    if not arch.startswith(("resnet", "resnext", "wide_resnet")) or not hasattr(torchvision.models, arch):
+    if not is_resnet_name(arch) or not hasattr(torchvision.models, arch):
         raise ValueError(f"unknown torchvision ResNet {arch!r} (e.g. resnet18, resnet50, resnet101)")
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
     nn.init.normal_(model.fc.weight, mean=0.0, std=fc_init_std)
@@ -32,23 +34,18 @@ def build_resnet_classifier(arch: str, num_classes: int, fc_init_std: float = 0.
 
 
 def resnet_backbone_state(source, allow_pickle: bool = False) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
-    """(torchvision state dict without fc, the source's kind, dropped source keys) of a checkpoint."""
-    raw = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
-    sd = backbone_state_dict(raw)
-    dropped = sorted(k for k in raw if _strip_wrappers(k) not in sd)  # fc / MLP head, encoder_k, queue
-    return sd, describe_state_dict(raw, verbose=True), dropped
-
-
-def _strip_wrappers(key: str) -> str:
-    for prefix in ("module.", "encoder_q.", "base_encoder."):
-        key = key[len(prefix):] if key.startswith(prefix) else key
-    return key
+    """(torchvision state dict without fc, the source's kind, dropped source keys) of a checkpoint (or an export)."""
+    export = as_export(source, allow_pickle)
+    if export.family != "resnet":
+        raise CheckpointFormatError(f"expected a ResNet checkpoint (MoCo, torchvision), found "
+                                    f"{export.provenance.layout} ({export.arch})")
+    return dict(export.state_dict), export.provenance.layout, list(export.dropped)
 
 
 def load_resnet_backbone(model: nn.Module, source, allow_pickle: bool = False,
                          name: Optional[str] = None) -> ConversionReport:
     """Load a pretrained backbone into ``model``; ``fc`` stays as initialised (the only missing keys)."""
-    name = name or (str(source) if not isinstance(source, dict) else "<state dict>")
+    name = name or _source_name(source)
     try:
         sd, kind, dropped = resnet_backbone_state(source, allow_pickle)
     except CheckpointFormatError as e:

@@ -9,9 +9,10 @@
   asserts the same).
 
 State dicts are the authors' (``models_vit.py``) layout, so their fine-tuned and
-linear-probe checkpoints load here and ours in their code. Pretrained weights come
-through ``pretrain.mae``'s conversions: MAE full / encoder-only files, the project's
-checkpoints, timm and DeiT ViTs (supervised baselines).
+linear-probe checkpoints load here and ours in their code. Pretrained weights come as a
+``pretrain.backbones.BackboneExport`` (``read_backbone``: any pretraining method's checkpoint, the
+authors' or the project's, timm and DeiT ViTs for the supervised baselines), whose shape (heads
+included) builds the model when ``model.arch=auto``.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
-from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_state_dict_file, unwrap_state_dict
-from pretrain.mae import MAE_ARCHS, arch_from_state_dict, checkpoint_filter_fn, encoder_state_dict
+from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
+from pretrain.checkpoint import CheckpointFormatError
+from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport
 
 __all__ = [
@@ -37,27 +39,33 @@ __all__ = [
 ]
 
 
-def vit_arch(name: str, checkpoint_state: Optional[Dict[str, torch.Tensor]] = None) -> Dict:
-    """Encoder shape of ``name``: an MAE preset (``mae_vit_base_patch16``), the authors'
-    classifier name (``vit_base_patch16``), a timm name (``vit_base_patch16_224``), or
-    ``auto`` (read off ``checkpoint_state``). Returns patch_size, embed_dim, depth,
-    num_heads, mlp_ratio and ``name`` (the backbone's name in results files)."""
+def vit_arch(name: str, export: Optional[BackboneExport] = None) -> Dict:
+    """Encoder shape of ``name``: a preset (``vit_base_patch16``, or the MAE / timm spellings
+    ``mae_vit_base_patch16``, ``vit_base_patch16_224``), or ``auto``: the shape of ``export``, the
+    pretrained backbone (heads included, which a preset name could get wrong: MoCo v3's ViT-S has 12).
+    Returns patch_size, embed_dim, depth, num_heads, mlp_ratio and ``name`` (the backbone's name in
+    results files)."""
     if name == "auto":
-        if checkpoint_state is None:
+        if export is None:
             raise ValueError("model.arch=auto needs a checkpoint to read the architecture from")
-        info = arch_from_state_dict(checkpoint_state)
-        preset = info["arch"]
-        label = preset[len("mae_"):] if preset else f"vit_{info['embed_dim']}d{info['depth']}_patch{info['patch_size']}"
-        return {k: info[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")} | {"name": label}
+        if export.family != "vit":
+            raise CheckpointFormatError(f"{export.provenance.source} holds a {export.arch}, not a ViT")
+        return {k: export.shape[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")} | \
+            {"name": export.arch}
     base = name[len("mae_"):] if name.startswith("mae_") else name
     base = base[: -len("_224")] if base.endswith("_224") else base
-    preset = f"mae_{base}"
-    if preset not in MAE_ARCHS:
-        known = sorted(a[len("mae_"):] for a in MAE_ARCHS)
-        raise ValueError(f"unknown ViT {name!r}; expected one of {known} (or mae_*, *_224 spellings, or auto)")
-    a = MAE_ARCHS[preset]
-    return {"patch_size": a.patch_size, "embed_dim": a.embed_dim, "depth": a.depth, "num_heads": a.num_heads,
-            "mlp_ratio": 4.0, "name": base}
+    if base not in VIT_ARCHS:
+        raise ValueError(f"unknown ViT {name!r}; expected one of {sorted(VIT_ARCHS)} (or mae_*, *_224 spellings, "
+                         f"or auto)")
+    a = VIT_ARCHS[base]
+    arch = {"patch_size": a.patch_size, "embed_dim": a.embed_dim, "depth": a.depth, "num_heads": a.num_heads,
+            "mlp_ratio": a.mlp_ratio, "name": base}
+    if export is not None and export.family == "vit":
+        theirs = {k: export.shape[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}
+        if theirs != {k: arch[k] for k in theirs}:
+            raise CheckpointFormatError(f"{export.provenance.source} (a ViT of {theirs}) does not fit model.arch={name} "
+                                        f"({ {k: arch[k] for k in theirs} }): say model.arch=auto")
+    return arch
 
 
 def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, global_pool: str = "token",
@@ -80,22 +88,28 @@ def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, glob
     return model
 
 
+def as_export(source, allow_pickle: bool = False) -> BackboneExport:
+    """``source`` as a backbone export: one already read, or a path / loaded checkpoint to read."""
+    return source if isinstance(source, BackboneExport) else read_backbone(source, allow_pickle)
+
+
 def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = False
                        ) -> Tuple[Dict[str, torch.Tensor], str, List[str], List[str]]:
-    """The encoder weights of ``source`` (a path, or a loaded checkpoint) as ``model`` takes them.
+    """The encoder weights of ``source`` (an export, a path, or a loaded checkpoint) as ``model`` takes them.
 
     Returns (state_dict, the source's kind, dropped source keys, notes): the decoder and
     any classifier are dropped, the position table resized to the model's grid.
     """
-    raw = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
-    kind = describe_state_dict(raw, verbose=True)
-    if describe_state_dict(raw) not in ("mae", "vit"):
+    export = as_export(source, allow_pickle)
+    if export.family != "vit":
         raise CheckpointFormatError(
-            f"expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight'), found {kind}")
-    encoder = encoder_state_dict(raw)
-    sd, notes = checkpoint_filter_fn(encoder, model)
-    dropped = sorted(k for k in raw if k not in sd)
-    return sd, kind, dropped, notes
+            f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT), found {export.provenance.layout} ({export.arch})")
+    sd, notes = dict(export.state_dict), list(export.notes)
+    if sd["pos_embed"].shape != model.pos_embed.shape:
+        old = tuple(sd["pos_embed"].shape)
+        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], model.patch_embed.grid_size)
+        notes.append(f"resized pos_embed {old} -> {tuple(sd['pos_embed'].shape)}")
+    return sd, export.provenance.layout, list(export.dropped), notes
 
 
 def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = False,
@@ -106,7 +120,7 @@ def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = Fal
     reported as dropped by design; any other missing or unexpected key, or a shape
     mismatch, is an error that lists them.
     """
-    name = name or (str(source) if not isinstance(source, dict) else "<state dict>")
+    name = name or _source_name(source)
     try:
         sd, kind, dropped, notes = vit_backbone_state(model, source, allow_pickle)
     except CheckpointFormatError as e:
@@ -133,6 +147,12 @@ def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = Fal
         name, kind, f"timm VisionTransformer (global_pool={model.global_pool})", converted=len(sd),
         dropped=dropped + unused_by_design, missing_by_design=list(result.missing_keys), notes=notes,
     )
+
+
+def _source_name(source) -> str:
+    if isinstance(source, BackboneExport):
+        return source.provenance.source
+    return str(source) if not isinstance(source, dict) else "<state dict>"
 
 
 # ---------------------------------------------------------------- layer decay

@@ -10,11 +10,11 @@ Nothing here imports it at import time: call ``require_detectron2()`` first.
 
 * ``convert``      checkpoints -> detectron2 ViT / ResNet weights, with a report
 * ``checkpoint``   detectron2's checkpointer, reading pretraining checkpoints safely
-* ``backbones``    ViTDet as a yacs backbone (``BACKBONE_REGISTRY``)
+* ``backbones``    backbone parts the LazyConfigs take beyond detectron2's
 * ``roi_heads``    MoCo's C4 head with an extra norm after res5 (``ROI_HEADS_REGISTRY``)
-* ``config``       the yacs keys these need; ``get_cfg()``
+* ``config``       ``get_cfg()`` for yacs files: the MoCo authors' recipes, with that head registered
 * ``data``         COCO-format datasets registered by path
-* ``engine``       one train / evaluate loop for LazyConfigs and yacs configs
+* ``engine``       one train / evaluate loop for the LazyConfig recipes and those yacs files
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Checkpoints -> detectron2 weights, with a report of what was carried over.
 
-Two families, each into the detectron2 module behind the published numbers:
+Both start from the backbone export (``pretrain.backbones.read_backbone``: any pretraining
+method's checkpoint, the authors' or the project's, timm / DeiT / torchvision files), by family,
+each into the detectron2 module behind the published numbers:
 
-* ViTs (MAE full or encoder-only files, the project's MAE checkpoints, timm and
-  DeiT ViTs) -> detectron2's ``ViT`` (ViTDet), under the Mask R-CNN's names
+* ViTs (MAE, MoCo v3, timm and DeiT ViTs) -> detectron2's ``ViT`` (ViTDet), under the Mask R-CNN's names
   ``backbone.net.*``. The decoder, the classifier, the final ``norm`` and the
   ``cls_token`` are dropped by design (ViTDet has no class token and no final
   norm); the position table keeps its class row, as detectron2's ViT expects
@@ -14,7 +15,7 @@ Two families, each into the detectron2 module behind the published numbers:
   bicubic interpolation (``patch_resize="bicubic"``, the default). FlexiViT's
   pseudo-inverse resize (``"pinv"``: a patch upsampled to the new size embeds as
   before) is an option, and a deviation from the published recipe.
-* ResNets (MoCo v1/v2/v3, the project's MoCo checkpoints, torchvision) ->
+* ResNets (MoCo v1/v2/v3, torchvision) ->
   detectron2's ``ResNet`` names (``stem``, ``res2``-``res5``, ``shortcut``,
   ``convK.norm``), with ``matching_heuristics`` so that detectron2 places
   ``res5`` in the backbone (FPN) or in the C4 box head alike, as the MoCo
@@ -32,17 +33,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from pretrain.checkpoint import (
-    CheckpointFormatError, describe_state_dict, load_file, save_atomic, strip_prefix, unwrap_state_dict,
-)
-from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, MAE_ARCHS, arch_from_state_dict
-from pretrain.moco import backbone_state_dict
+from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
+from pretrain.checkpoint import CheckpointFormatError, save_atomic
 from pretrain.pos_embed import resize_pos_embed
-from transfer.convert import ConversionReport, compare_keys, guess_pretrain, pretrain_epochs, resnet_arch
+from transfer.convert import ConversionReport, compare_keys
 
 from . import require_detectron2
 from .utils import meta_init
@@ -56,7 +54,7 @@ AUTHOR = "sslkit"  # the "__author__" of the files written here
 VIT_PREFIX = "backbone.net."  # where detectron2's ViTDet keeps the ViT
 # Source keys ViTDet has no use for: the final norm (ViTDet reads the last block's
 # output), the class token (no class token), the classifier (a new task).
-_VIT_UNUSED = ("cls_token", "norm.", "dist_token") + CLASSIFIER_KEYS
+_VIT_UNUSED = ("cls_token", "norm.")
 _VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
 # How a patch embedding is resized to another patch size: the ViTDet authors' bicubic
 # interpolation of the kernel (their ViT-H/14 -> 16 file), or FlexiViT's pseudo-inverse resize.
@@ -66,7 +64,7 @@ PATCH_RESIZE = ("bicubic", "pinv")
 # --------------------------------------------------------------------- labels
 def vit_name(embed_dim: int, depth: int, patch_size: int) -> str:
     """``vit_base_patch16`` ...: the timm-style name of a ViT shape (``vit_pico_patch8`` for the demo preset)."""
-    size = next((name.split("_")[2] for name, a in MAE_ARCHS.items() if (a.embed_dim, a.depth) == (embed_dim, depth)),
+    size = next((name.split("_")[1] for name, a in VIT_ARCHS.items() if (a.embed_dim, a.depth) == (embed_dim, depth)),
                 _VIT_SIZES.get(embed_dim, f"d{embed_dim}x{depth}"))
     return f"vit_{size}_patch{patch_size}"
 
@@ -112,29 +110,26 @@ def resize_patch_embed(weight: torch.Tensor, patch_size: int, method: str = "bic
     return resized.to(weight.dtype)
 
 
-def vit_to_detectron2(state_dict: Mapping[str, torch.Tensor], patch_size: Optional[int] = None,
-                      patch_resize: str = "bicubic") -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
-    """A MAE / timm / DeiT ViT state dict -> detectron2 ``ViT`` weights under ``backbone.net.``.
+def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: str = "bicubic"
+                      ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
+    """A ViT backbone (an export, or any checkpoint ``read_backbone`` reads) -> detectron2 ``ViT`` weights
+    under ``backbone.net.``.
 
     Returns (weights, dropped source keys, notes, shape info with the
     ``pretrain_img_size`` the position table was made for). The info's
     ``backbone`` names the pretrained ViT (``vit_huge_patch14`` also when its
     patch embedding is resized to 16), as the published numbers do.
     """
-    sd = unwrap_state_dict(dict(state_dict))
-    if describe_state_dict(sd) not in ("mae", "vit"):
-        raise CheckpointFormatError(
-            "expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight'), "
-            f"found {describe_state_dict(sd, verbose=True)}")
-    info = arch_from_state_dict(sd)
-    notes: List[str] = []
-    dropped = sorted(k for k in sd if k.startswith(DECODER_PREFIXES + _VIT_UNUSED))
-    out = {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES + _VIT_UNUSED)}
+    export = source if isinstance(source, BackboneExport) else read_backbone(dict(source))
+    if export.family != "vit":
+        raise CheckpointFormatError(f"expected a ViT checkpoint, found {export.provenance.layout} ({export.arch})")
+    info = dict(export.shape)
+    notes: List[str] = list(export.notes)
+    sd = export.state_dict
+    dropped = sorted(export.dropped + [k for k in sd if k.startswith(_VIT_UNUSED)])
+    out = {k: v for k, v in sd.items() if not k.startswith(_VIT_UNUSED)}
     grid = info["img_size"] // info["patch_size"]
     pos = out["pos_embed"]
-    if "dist_token" in sd:  # DeiT distilled: class and distillation rows; keep the class row
-        pos = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
-        notes.append("dropped the distillation token's position row")
     if pos.shape[1] != grid * grid + 1:
         raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected a class row and a square grid")
     old_patch = info["patch_size"]
@@ -189,16 +184,17 @@ def _resnet_name(key: str) -> str:
     return "stem." + key.replace("bn1.", "conv1.norm.")  # conv1.weight, bn1.* -> stem.conv1(.norm)
 
 
-def resnet_to_detectron2(source: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
-    """A MoCo / torchvision ResNet -> detectron2 ``ResNet`` names; returns (weights, dropped keys, arch)."""
-    sd = backbone_state_dict(dict(source))
-    arch = resnet_arch(sd)
+def resnet_to_detectron2(source) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
+    """A ResNet backbone (an export, or any checkpoint ``read_backbone`` reads) -> detectron2 ``ResNet`` names;
+    returns (weights, dropped keys, arch)."""
+    export = source if isinstance(source, BackboneExport) else read_backbone(dict(source))
+    if export.family != "resnet":
+        raise CheckpointFormatError(f"expected a ResNet checkpoint, found {export.provenance.layout} ({export.arch})")
     # The counters of batch norm are not weights (frozen BN has none).
+    sd = export.state_dict
     out = {_resnet_name(k): v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-    kept = {k for k in sd if not k.endswith("num_batches_tracked")}
-    dropped = [k for k in source if k.split("encoder_q.")[-1].split("base_encoder.")[-1].removeprefix("module.")
-               not in kept]
-    return out, sorted(dropped), arch
+    dropped = export.dropped + [k for k in sd if k.endswith("num_batches_tracked")]
+    return out, sorted(dropped), export.arch
 
 
 def _resnet_model_keys(arch: str) -> Dict[str, torch.Tensor]:
@@ -216,48 +212,26 @@ def _resnet_model_keys(arch: str) -> Dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------- entries
-def _load(source, allow_pickle: bool) -> Tuple[Any, Dict[str, torch.Tensor], str]:
-    if isinstance(source, Mapping):
-        ckpt, name = source, "<dict>"
-    else:
-        ckpt, name = load_file(source, allow_pickle=allow_pickle), str(source)
-    try:
-        sd = unwrap_state_dict(ckpt)
-    except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{name}: {e}") from None
-    return ckpt, sd, name
+def _read(source, allow_pickle: bool, name: Optional[str] = None) -> BackboneExport:
+    return read_backbone(source, allow_pickle, path=name)
 
 
-def family(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``vit`` or ``resnet`` for the sources this module converts; raises for anything else."""
-    kind = describe_state_dict(strip_prefix(dict(state_dict), "module."))
-    if kind in ("mae", "vit"):
-        return "vit"
-    if kind in ("moco", "resnet") or any(k.startswith(("base_encoder.", "module.base_encoder.")) for k in state_dict):
-        return "resnet"
-    raise CheckpointFormatError(
-        "expected a MAE / ViT checkpoint (the authors' MAE files, the project's, timm, DeiT) or a MoCo / "
-        f"torchvision ResNet checkpoint, found {describe_state_dict(state_dict, verbose=True)}"
-        + (" (already converted: load it as it is)" if kind.startswith("detectron2") else ""))
-
-
-def _convert_loaded(ckpt, sd: Dict[str, torch.Tensor], name: str, patch_size: Optional[int],
-                    patch_resize: str = "bicubic") -> Tuple[Dict[str, Any], List[str], Dict]:
+def _convert_export(export: BackboneExport, patch_size: Optional[int], patch_resize: str = "bicubic"
+                    ) -> Tuple[Dict[str, Any], List[str], Dict]:
     notes: List[str] = []
-    if family(sd) == "vit":
-        weights, dropped, notes, info = vit_to_detectron2(sd, patch_size, patch_resize)
+    if export.family == "vit":
+        weights, dropped, notes, info = vit_to_detectron2(export, patch_size, patch_resize)
         meta = {k: info[k] for k in ("backbone", "pretrain_img_size", "patch_size", "embed_dim", "depth", "num_heads")}
         heuristics = False  # full names: loads into any ViTDet model as it is
     else:
         if patch_size:
             raise ValueError("patch_size applies to ViTs; this is a ResNet checkpoint")
-        weights, dropped, arch = resnet_to_detectron2(sd)
+        weights, dropped, arch = resnet_to_detectron2(export)
         info = meta = {"backbone": arch, "weights": "torchvision"}  # the layout it converts into (7x7 stem, stride 3x3)
         heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)
-    meta.update(pretrain=guess_pretrain(ckpt, path=name), source=name)
-    epochs = pretrain_epochs(ckpt)
-    if epochs is not None:
-        meta["pretrain_epochs"] = epochs
+    meta.update(pretrain=export.label, source=export.provenance.source)
+    if export.provenance.epochs is not None:
+        meta["pretrain_epochs"] = export.provenance.epochs
     converted = {"model": weights, "__author__": AUTHOR, "matching_heuristics": heuristics, "sslkit": meta}
     return converted, notes, {**info, "dropped": dropped}
 
@@ -269,8 +243,7 @@ def load_converted(source, allow_pickle: bool = False, patch_size: Optional[int]
     ``{"model": weights, "__author__": "sslkit", "matching_heuristics": bool,
     "sslkit": {"pretrain", "backbone", "source", ...}}``. ``name``: the file a loaded ``source`` came from.
     """
-    ckpt, sd, loaded_name = _load(source, allow_pickle)
-    converted, notes, _ = _convert_loaded(ckpt, sd, name or loaded_name, patch_size, patch_resize)
+    converted, notes, _ = _convert_export(_read(source, allow_pickle, name), patch_size, patch_resize)
     return converted, notes
 
 
@@ -283,10 +256,10 @@ def convert(source, output=None, allow_pickle: bool = False, patch_size: Optiona
     """
     if output is not None and Path(output).suffix not in (".pkl", ".pth"):
         raise ValueError(f"detectron2 reads .pkl or .pth files; got output {output}")
-    ckpt, sd, name = _load(source, allow_pickle)
-    converted, notes, info = _convert_loaded(ckpt, sd, name, patch_size, patch_resize)
+    export = _read(source, allow_pickle)
+    converted, notes, info = _convert_export(export, patch_size, patch_resize)
     weights, meta = converted["model"], converted["sslkit"]
-    if family(sd) == "vit":
+    if export.family == "vit":
         target = _vitdet_model_keys(info)
         design, bad = compare_keys(weights, target, _vit_by_design)
         target_name = (f"detectron2 ViTDet Mask R-CNN ({meta['backbone']}, ViT under {VIT_PREFIX}; "
@@ -302,7 +275,7 @@ def convert(source, output=None, allow_pickle: bool = False, patch_size: Optiona
         target_name = f"detectron2 ResNet ({meta['backbone']}, stem..res5; matching_heuristics)"
         notes.append("input: RGB, ImageNet mean/std in 0-255 units, RESNETS.STRIDE_IN_1X1=False (torchvision "
                      "layout); res5 is placed by detectron2's matching heuristics (backbone or C4 head)")
-    report = ConversionReport(name, describe_state_dict(sd, verbose=True), target_name, converted=len(weights),
+    report = ConversionReport(export.provenance.source, export.provenance.layout, target_name, converted=len(weights),
                               dropped=info["dropped"], missing_by_design=design, mismatched=bad,
                               notes=notes + [f"pretraining: {meta['pretrain']}"])
     if output and report.ok:

@@ -1,5 +1,9 @@
 """Train and evaluate a detection recipe from a LazyConfig (``.py``) or a yacs config (``.yaml``).
 
+The project's recipes are LazyConfigs (``configs/detectron2/``). yacs configs are read for the
+ResNet recipes users hold in that form, the MoCo authors' (their repository's
+``detection/configs/``: Base-RCNN-C4-BN, VOC 24k, COCO 2x, with the ``Res5ROIHeadsExtraNorm``
+head registered by ``transfer.detection.roi_heads``); ViTDet, as in detectron2, is LazyConfig-only.
 ``Recipe`` puts both config kinds behind one interface (model, optimizer,
 loaders, schedule, evaluators, settings); ``train`` and ``evaluate`` are the
 loop of detectron2's ``tools/lazyconfig_train_net.py`` (``SimpleTrainer`` /
@@ -20,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from transfer.results import write_results
+from transfer.results import pretrain_label, write_results
 
 from . import require_detectron2
 
@@ -148,9 +152,9 @@ class Recipe:
 
     @property
     def patch_resize(self) -> str:
-        """How a pretrained patch embedding of another size is resized (``train.patch_embed_resize`` /
-        ``MODEL.VIT.PATCH_EMBED_RESIZE``): ``bicubic``, as the ViTDet authors, or ``pinv`` (a deviation)."""
-        method = self.get("train.patch_embed_resize", "MODEL.VIT.PATCH_EMBED_RESIZE", "bicubic")
+        """How a pretrained patch embedding of another size is resized (``train.patch_embed_resize``):
+        ``bicubic``, as the ViTDet authors, or ``pinv`` (a deviation). yacs configs hold ResNets only."""
+        method = self.cfg.train.get("patch_embed_resize", "bicubic") if self.lazy else "bicubic"
         if method not in PATCH_RESIZE:
             raise ValueError(f"{self.path}: the patch embedding resize must be one of {', '.join(PATCH_RESIZE)}, "
                              f"got {method!r}")
@@ -169,8 +173,7 @@ class Recipe:
             name = target if isinstance(target, str) else target.__name__
             return next((kind for key, kind in (("SimpleFeaturePyramid", "ViTDet"), ("FPN", "FPN"))
                          if key in name), "C4")
-        name = self.cfg.MODEL.BACKBONE.NAME.lower()
-        return "ViTDet" if "vitdet" in name else "FPN" if "fpn" in name else "C4"
+        return "FPN" if "fpn" in self.cfg.MODEL.BACKBONE.NAME.lower() else "C4"
 
     @property
     def task(self) -> str:
@@ -231,7 +234,7 @@ class Recipe:
             for group in [optimizer.defaults, *optimizer.param_groups]:
                 group.update({k: _plain(v) for k, v in group.items() if OmegaConf.is_config(v)})
             return optimizer
-        from .config import build_optimizer
+        from detectron2.solver import build_optimizer
 
         return build_optimizer(self.cfg, model)
 
@@ -240,9 +243,7 @@ class Recipe:
             return instantiate(self.cfg.dataloader.train)
         from detectron2.data import build_detection_train_loader
 
-        from .config import build_train_mapper
-
-        return build_detection_train_loader(self.cfg, mapper=build_train_mapper(self.cfg))
+        return build_detection_train_loader(self.cfg)
 
     def build_lr_hook(self, optimizer):
         if self.lazy:
@@ -351,17 +352,27 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
 
 
 def _pretrain_label(info: Dict[str, Any], override: Optional[str], init_checkpoint: str) -> str:
-    return override or info.get("pretrain") or ("random" if not init_checkpoint else "unknown")
+    # A resumed run's checkpoint records what pretrained it, also when no initial weights are named now.
+    return pretrain_label(override, info.get("pretrain"), bool(init_checkpoint) or bool(info.get("pretrain")))
 
 
-def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool = False,
+def resumed_file(checkpointer: Checkpointer, resume: Optional[str]) -> Optional[str]:
+    """The checkpoint ``resume`` names: ``auto``, the last one in the output folder (None when there is
+    none yet, a first run); else a path; None without ``resume``."""
+    if resume == "auto":
+        return checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
+    return resume or None
+
+
+def evaluate_checkpoint(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False,
                         pretrain: Optional[str] = None) -> Dict[str, Dict]:
-    """``--eval-only``: load the recipe's checkpoint (or the last one in output_dir with ``resume``) and evaluate."""
+    """``--eval-only``: load the checkpoint ``resume`` names (``resumed_file``), else the recipe's initial
+    checkpoint, and evaluate."""
     model = recipe.build_model()
     info = PretrainInfo()
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info,
                                 patch_resize=recipe.patch_resize)
-    path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else recipe.init_checkpoint
+    path = resumed_file(checkpointer, resume) or recipe.init_checkpoint
     if path:
         checkpointer.load(path, checkpointables=["pretrain_info"])  # a training checkpoint knows its pretraining
     if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
@@ -370,9 +381,10 @@ def evaluate_checkpoint(recipe: Recipe, resume: bool = False, allow_pickle: bool
                     pretrain=_pretrain_label(info.info, pretrain, path), pretrained=info.info)
 
 
-def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pretrain: Optional[str] = None
+def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False, pretrain: Optional[str] = None
           ) -> Dict[str, Dict]:
-    """Train (from ``init_checkpoint``, or resuming the last checkpoint in output_dir), evaluate at the end."""
+    """Train from ``init_checkpoint``, or continuing the checkpoint ``resume`` names (``resumed_file``:
+    ``auto`` or a path), and evaluate at the end."""
     s = recipe.settings()
     model = recipe.build_model()
     log.info("Model:\n%s", model)
@@ -406,9 +418,13 @@ def train(recipe: Recipe, resume: bool = False, allow_pickle: bool = False, pret
         hooks.PeriodicWriter(default_writers(recipe.output_dir, recipe.max_iter), period=s["log_period"])
         if comm.is_main_process() else None,
     ])
-    checkpointer.resume_or_load(recipe.init_checkpoint, resume=resume)
+    resumed = resumed_file(checkpointer, resume)
+    if resumed:  # model, optimizer, schedule and iteration
+        checkpointer.load(resumed)
+    else:  # the weights only, as detectron2's resume_or_load
+        checkpointer.load(recipe.init_checkpoint, checkpointables=[])
     if checkpointer.pretrained:
         info.info = checkpointer.pretrained
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    start_iter = trainer.iter + 1 if resumed else 0
     trainer.train(start_iter, recipe.max_iter)
     return final

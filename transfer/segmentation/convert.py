@@ -16,7 +16,6 @@ from transfer.convert import ConversionReport
 
 __all__ = ["convert"]
 
-VIT_KINDS = ("mae", "vit", "mmseg-vit")
 
 
 def convert(source, output=None, allow_pickle: bool = False, img_size: Union[int, Tuple[int, int], None] = None,
@@ -33,7 +32,7 @@ def convert(source, output=None, allow_pickle: bool = False, img_size: Union[int
 
     raw = load_checkpoint_file(source, allow_pickle=allow_pickle) if not isinstance(source, dict) else source
     name = str(source) if not isinstance(source, dict) else "<dict>"
-    if describe_state_dict(unwrap_state_dict(raw)) in VIT_KINDS:
+    if _family(raw, name) == "vit":
         sd, report = _convert_vit(raw, name, img_size, final_norm)
     else:
         sd, report = _convert_resnet(raw, name)
@@ -42,17 +41,30 @@ def convert(source, output=None, allow_pickle: bool = False, img_size: Union[int
     return report
 
 
+def _family(raw, name: str) -> str:
+    """vit | resnet: an mmseg file by its names, anything else by its backbone export."""
+    from pretrain.backbones import read_backbone
+
+    sd = unwrap_state_dict(raw)
+    if describe_state_dict(sd) == "mmseg-vit":
+        return "vit"
+    if any(k.startswith("backbone.layer1.") for k in sd):  # a trained mmseg segmentor's ResNet
+        return "resnet"
+    return read_backbone(raw, path=name).family
+
+
 def _convert_vit(raw, name, img_size, final_norm):
     from mmseg.models.backbones import MAE
 
-    from pretrain.mae import arch_from_state_dict
+    from pretrain.backbones import read_backbone
     from transfer.segmentation.vit import mmseg_vit_kwargs, vit_to_mmseg
 
     sd = unwrap_state_dict(raw)
     if describe_state_dict(sd) == "mmseg-vit":
         info = _mmseg_vit_info(sd)
     else:
-        info = arch_from_state_dict(sd)
+        export = read_backbone(raw, path=name)
+        info = {"arch": export.arch, **export.shape}
     kwargs = mmseg_vit_kwargs(info)
     heads = kwargs["num_heads"] or "?"
     kwargs["num_heads"] = kwargs["num_heads"] or 1  # shapes do not depend on it

@@ -2,8 +2,8 @@
 
 mmseg's ``ResNet`` with ``style='pytorch'`` and no deep stem is torchvision's
 architecture (7x7 stem, stride on the 3x3 conv) under torchvision's parameter
-names, so MoCo and supervised torchvision weights load by name once the
-wrapper of their file is removed (``pretrain.moco.backbone_state_dict``). This
+names, so MoCo and supervised torchvision weights load by name: their backbone
+export (``pretrain.backbones.read_backbone``) is in torchvision's names. This
 differs from mmseg's UperNet recipe, which uses ``ResNetV1c`` (three-conv deep
 stem) and its own ImageNet weights: self-supervised ResNets are torchvision
 ResNets.
@@ -15,16 +15,16 @@ every tensor of the backbone comes from the checkpoint, a mismatch raises.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from mmengine.logging import print_log
 from mmseg.models.backbones import ResNet
 from mmseg.registry import MODELS
 
+from pretrain.backbones import read_backbone, resnet_arch
 from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, strip_prefix, unwrap_state_dict
-from pretrain.moco import backbone_state_dict
-from transfer.convert import ConversionReport, compare_keys, resnet_arch
+from transfer.convert import ConversionReport, compare_keys
 from transfer.segmentation.checkpoint import load_checkpoint_file
 
 __all__ = ["ResNetEncoder", "resnet_to_mmseg", "resnet_backbone", "resnet_depth"]
@@ -40,13 +40,6 @@ def resnet_depth(state_dict: Dict[str, torch.Tensor]) -> int:
     return _DEPTHS[arch]
 
 
-def _without_encoder_prefix(key: str) -> str:
-    for prefix in ("encoder_q.", "base_encoder.", "backbone."):
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
 def _segmentor_backbone(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The backbone of a trained mmseg segmentor's state dict; any other state dict as it is."""
     if any(k.startswith("backbone.layer1.") for k in sd):
@@ -54,28 +47,38 @@ def _segmentor_backbone(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def resnet_backbone(checkpoint) -> Dict[str, torch.Tensor]:
-    """The ResNet of a MoCo / torchvision / mmseg-segmentor checkpoint, under torchvision names."""
-    return backbone_state_dict(_segmentor_backbone(unwrap_state_dict(checkpoint)))
+def _resnet_export(checkpoint, source: str) -> Tuple[Dict[str, torch.Tensor], List[str], str, List[str]]:
+    """(torchvision-named ResNet, dropped keys, what the file is, notes) of any checkpoint ``read_backbone`` reads,
+    or of a trained mmseg segmentor (its backbone)."""
+    full = unwrap_state_dict(checkpoint)
+    segmentor = _segmentor_backbone(full)
+    if segmentor is not full:
+        dropped = sorted(k for k in full if not k.startswith("backbone.")) + [k for k in segmentor if k.startswith("fc.")]
+        return ({k: v for k, v in segmentor.items() if not k.startswith("fc.")}, dropped,
+                describe_state_dict(segmentor, verbose=True) + " (the backbone of an mmseg segmentor)", [])
+    export = read_backbone(checkpoint, path=source)
+    if export.family != "resnet":
+        raise CheckpointFormatError(f"{source}: expected a ResNet checkpoint (MoCo, torchvision), found "
+                                    f"{export.provenance.layout} ({export.arch})")
+    return export.state_dict, export.dropped, export.provenance.layout, export.notes
+
+
+def resnet_backbone(checkpoint, source: str = "<dict>") -> Dict[str, torch.Tensor]:
+    """The ResNet of a checkpoint (any ``read_backbone`` reads, or a trained mmseg segmentor's), under
+    torchvision names."""
+    return _resnet_export(checkpoint, source)[0]
 
 
 def resnet_to_mmseg(checkpoint, target: Dict[str, torch.Tensor], source: str = "<dict>",
                     target_name: str = "mmseg ResNet") -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """A MoCo / torchvision ResNet checkpoint as mmseg ``ResNet`` weights, with a report.
+    """A ResNet checkpoint (MoCo, torchvision, ...) as mmseg ``ResNet`` weights, with a report.
 
     The names are torchvision's on both sides; what is left out is the
     classifier / projection head, the key encoder and the queue (or, from a
     trained mmseg segmentor, the neck and heads).
     """
-    full = unwrap_state_dict(checkpoint)
-    raw = _segmentor_backbone(full)
-    sd = backbone_state_dict(raw)
+    sd, dropped, kind, notes = _resnet_export(checkpoint, source)
     design, bad = compare_keys(sd, target, lambda k: False)
-    dropped = sorted(k for k in full if _without_encoder_prefix(k) not in sd)
-    notes = []
-    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in raw):
-        notes.append("MoCo query encoder taken; key encoder, queue and projection head dropped")
-    kind = describe_state_dict(raw, verbose=True) + (" (the backbone of an mmseg segmentor)" if raw is not full else "")
     report = ConversionReport(source, kind, target_name, converted=len(sd),
                               dropped=dropped, missing_by_design=design, mismatched=bad, notes=notes)
     return sd, report

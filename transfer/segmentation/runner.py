@@ -169,26 +169,30 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
                    inspect_checkpoint: bool = True) -> Dict:
     """What a training run of ``cfg`` on ``world_size`` processes trains (see ``SegResultsHook``).
 
-    The pretraining label: "random" without a checkpoint, else ``pretrain`` if
-    given, what the checkpoint says (``transfer.convert.guess_pretrain``: the
-    project's config, the MoCo version, a supervised classifier), else the config's
-    (``sslkit_results.pretrain``). ``inspect_checkpoint`` reads the checkpoint
+    The pretraining label: ``transfer.results.pretrain_label`` of ``pretrain``, the checkpoint's
+    backbone export and the config's ``sslkit_results.pretrain``. ``inspect_checkpoint`` reads the checkpoint
     for that and for its pretraining epochs (released weights without an epoch
     record none).
     """
-    from transfer.convert import guess_pretrain, pretrain_epochs
+    from pretrain.backbones import read_backbone
+    from pretrain.checkpoint import CheckpointFormatError
+
+    from transfer.results import pretrain_label
 
     checkpoint = backbone_checkpoint(cfg)
     info = cfg.get("sslkit_results") or {}
-    label, epochs = info.get("pretrain") or "unknown", None
+    label, epochs = None, None
     if checkpoint and inspect_checkpoint and Path(checkpoint).is_file():
         from transfer.segmentation.checkpoint import load_checkpoint_file
 
-        loaded = load_checkpoint_file(checkpoint)
-        guessed = guess_pretrain(loaded, path=checkpoint)
-        label = guessed if guessed != "unknown" else label  # the file knows better than the config
-        epochs = pretrain_epochs(loaded)
-    record = {"pretrain": (pretrain or label) if checkpoint else "random", "checkpoint": checkpoint,
+        try:
+            provenance = read_backbone(load_checkpoint_file(checkpoint), path=checkpoint).provenance
+        except CheckpointFormatError:  # an mmseg file (a trained segmentor): the config says
+            provenance = None
+        if provenance is not None:
+            label, epochs = provenance.label, provenance.epochs
+    record = {"pretrain": pretrain_label(pretrain, label, bool(checkpoint), info.get("pretrain")),
+              "checkpoint": checkpoint,
               "iterations": cfg.train_cfg.max_iters, "batch": cfg.train_dataloader.batch_size * world_size}
     if epochs and checkpoint:
         record["pretrain_epochs"] = epochs

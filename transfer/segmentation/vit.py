@@ -9,9 +9,9 @@ of setup:
 * layer scale starts at 1.0 (``init_values``): with gamma = 1 a block computes
   exactly what the pretrained timm block did; the paper's fine-tuning recipe
   (``mmseg::mae/...ade20k-512x512.py``) uses the same value;
-* a ``Pretrained`` init_cfg is read through ``vit_to_mmseg``, so the authors'
-  MAE files (full or encoder-only), the project's checkpoints, timm ViTs and
-  already-converted mmseg files all load, with a report that separates what is
+* a ``Pretrained`` init_cfg is read through ``vit_to_mmseg``, so every ViT
+  backbone export (``pretrain.backbones.read_backbone``: MAE and MoCo v3 files, the
+  authors' or the project's, timm / DeiT ViTs) and already-converted mmseg files load, with a report that separates what is
   missing by design (relative position terms) from real mismatches, which
   raise. mmseg's own loader would load a MAE file with ``strict=False`` and,
   the names not matching, silently keep the random weights.
@@ -28,8 +28,8 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
+from pretrain.backbones import read_backbone
 from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, strip_prefix, unwrap_state_dict
-from pretrain.mae import CLASSIFIER_KEYS, DECODER_PREFIXES, checkpoint_filter_fn, encoder_state_dict
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport, compare_keys
 from transfer.segmentation.checkpoint import load_checkpoint_file
@@ -105,6 +105,7 @@ def vit_to_mmseg(
     raw = unwrap_state_dict(checkpoint)
     kind = describe_state_dict(raw)
     notes: List[str] = []
+    layout = describe_state_dict(raw, verbose=True)
     if kind == "mmseg-vit":  # already converted, or a whole mmseg segmentor
         sd = strip_prefix({k: v for k, v in raw.items() if k.startswith("backbone.")} or raw, "backbone.")
         dropped = sorted(k for k in raw if k.startswith(("decode_head.", "auxiliary_head.", "neck.")))
@@ -113,12 +114,17 @@ def vit_to_mmseg(
             old = tuple(sd["pos_embed"].shape)
             sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], grid)
             notes.append(f"resized pos_embed {old} -> {tuple(sd['pos_embed'].shape)}")
-    elif kind in ("mae", "vit"):
-        encoder = encoder_state_dict(raw)
-        dropped = sorted(k for k in raw if k.startswith(DECODER_PREFIXES) or k.startswith(CLASSIFIER_KEYS))
-        shell = _mae_shell(encoder, grid)
-        encoder, filter_notes = checkpoint_filter_fn(encoder, shell)
-        notes += [n for n in filter_notes if not n.startswith("dropped classifier key")]
+    else:
+        export = read_backbone(checkpoint, path=source)
+        if export.family != "vit":
+            raise CheckpointFormatError(f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT, or mmseg's "
+                                        f"'layers.0.attn.qkv.weight'), found {export.provenance.layout} ({export.arch})")
+        encoder, dropped, notes = dict(export.state_dict), list(export.dropped), list(export.notes)
+        layout = export.provenance.layout
+        if grid is not None and _grid_of(encoder["pos_embed"]) != tuple(grid):
+            old = tuple(encoder["pos_embed"].shape)
+            encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], grid)
+            notes.append(f"resized pos_embed {old} -> {tuple(encoder['pos_embed'].shape)}")
         sd, dropped_norm = _timm_to_mmseg_names(encoder, final_norm)
         dropped += dropped_norm
         if dropped_norm:
@@ -133,38 +139,17 @@ def vit_to_mmseg(
                     filled += 1
         if filled:
             notes.append(f"layer scale set to 1 in {filled // 2} blocks (the source has none: identity)")
-    else:
-        raise CheckpointFormatError(
-            "expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight' or mmseg's "
-            f"'layers.0.attn.qkv.weight'), found {describe_state_dict(raw, verbose=True)}"
-        )
     design, bad = compare_keys(sd, target, _is_relative_position_key)
     if any("relative_position_bias_table" in b and "shape" in b for b in bad):
         notes.append("relative position tables of another window size cannot be resized here; "
                      "use the image size they were trained at")
-    report = ConversionReport(source, describe_state_dict(raw, verbose=True), target_name, converted=len(sd),
+    report = ConversionReport(source, layout, target_name, converted=len(sd),
                               dropped=dropped, missing_by_design=design, mismatched=bad, notes=notes)
     return sd, report
 
 
-def _mae_shell(encoder: Dict[str, torch.Tensor], grid: Optional[Tuple[int, int]]):
-    """A weightless MAE (meta device, no blocks) with the target grid, for ``checkpoint_filter_fn``."""
-    from pretrain.mae import MaskedAutoencoderViT
-
-    w = encoder.get("patch_embed.proj.weight")
-    if w is None or "pos_embed" not in encoder:
-        raise CheckpointFormatError(f"a ViT checkpoint without patch_embed.proj.weight / pos_embed "
-                                    f"(keys: {sorted(encoder)[:8]})")
-    patch = w.shape[-1]
-    gh, gw = grid if grid is not None else _grid_of(encoder["pos_embed"])
-    with torch.device("meta"):
-        return MaskedAutoencoderViT(img_size=(gh * patch, gw * patch), patch_size=patch, in_chans=w.shape[1],
-                                    embed_dim=w.shape[0], depth=0, num_heads=1, decoder_embed_dim=8,
-                                    decoder_depth=0, decoder_num_heads=1)
-
-
 def mmseg_vit_kwargs(info: Dict) -> Dict:
-    """``MAEViTEncoder`` arguments for a ViT described by ``pretrain.mae.arch_from_state_dict``."""
+    """``MAEViTEncoder`` arguments for a ViT of this shape (a backbone export's ``shape``)."""
     ratio = info["mlp_ratio"]
     return dict(patch_size=info["patch_size"], embed_dims=info["embed_dim"], num_layers=info["depth"],
                 num_heads=info["num_heads"], mlp_ratio=int(ratio) if float(ratio).is_integer() else ratio)

@@ -3,7 +3,7 @@
 Each tiny config is its family's recipe with smaller numbers (backbone width and
 depth, channels, image size, iterations), the same modules and the same
 initialisation path, so that a run in minutes on a CPU exercises what a full
-run does. ``--max-iter`` rescales the whole schedule (cosine, warm-up as a
+run does. ``--max-iters`` rescales the whole schedule (cosine, warm-up as a
 fraction). BN instead of SyncBN: one process.
 """
 from detectron2.config import LazyCall as L

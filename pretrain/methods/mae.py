@@ -8,34 +8,40 @@ Parameter names and shapes are those of the authors' ``MaskedAutoencoderViT``,
 so their checkpoints (a dict with key ``model``) load strictly and ours load
 into their code; the encoder part uses timm's ViT names, so it exports to a
 file that ``timm.create_model('vit_base_patch16_224', num_classes=0)`` loads
-strictly (``encoder_state_dict``). Conversions from the other formats sit at the
-bottom of this file, beside the model they load (``checkpoint_filter_fn``).
+strictly (``encoder_state_dict``, ``MAEMethod.export``).
+
+Below the model: the method as the trainer runs it (``MAEPretrainConfig``, ``MAEMethod``) and the
+authors' checkpoint layout (``model``, ``epoch`` = the last finished, ``args``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, PatchEmbed
+from timm.optim import param_groups_weight_decay
 
-from .checkpoint import (
-    CheckpointFormatError, describe_state_dict, load_file, load_state_dict_file, unwrap_state_dict,
-)
-from .pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
+from ..backbones import VIT_ARCHS, BackboneExport, Provenance, ViTArch, read_backbone, vit_export
+from ..checkpoint import CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict
+from ..config import DataConfig, OptimConfig, TrainConfig
+from ..pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
+from ..transforms import mae_transform
+from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
 
 __all__ = [
     "MaskedAutoencoderViT",
     "MAE_ARCHS",
     "create_mae",
-    "checkpoint_filter_fn",
     "encoder_state_dict",
     "load_mae_weights",
-    "arch_from_state_dict",
     "mae_from_checkpoint",
-    "configure_attention",
+    "MAEModelConfig",
+    "MAEPretrainConfig",
+    "MAEMethod",
 ]
 
 
@@ -222,43 +228,10 @@ def _init_linear_and_norm(m: nn.Module):
         nn.init.zeros_(m.bias)
 
 
-def configure_attention(model: nn.Module, device_type: str, amp_dtype: Optional[torch.dtype]) -> bool:
-    """Pick timm's attention path for the run; returns whether the fused one is used.
-
-    Fused scaled-dot-product attention everywhere except CPU bf16 training, where
-    its backward kernel is slower than the explicit softmax(QK^T)V path (1.27 s vs
-    1.67 s per ViT-B MAE step on 2 Xeon cores; benchmarks/mae_masked_encoding.py).
-    """
-    fused = not (device_type == "cpu" and amp_dtype == torch.bfloat16)
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = fused
-    return fused
-
-
 # ------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class MAEArch:
-    """Encoder shape of a preset; ``timm_name`` is the timm model its encoder loads into."""
-
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    timm_name: Optional[str] = None
-    extra: Dict = field(default_factory=dict)
-
-
-MAE_ARCHS: Dict[str, MAEArch] = {
-    # Paper presets, named as in the authors' code.
-    "mae_vit_base_patch16": MAEArch(16, 768, 12, 12, "vit_base_patch16_224"),
-    "mae_vit_large_patch16": MAEArch(16, 1024, 24, 16, "vit_large_patch16_224"),
-    "mae_vit_huge_patch14": MAEArch(14, 1280, 32, 16, "vit_huge_patch14_224"),
-    # Small presets for CPUs and tests.
-    "mae_vit_small_patch16": MAEArch(16, 384, 12, 6, "vit_small_patch16_224"),
-    "mae_vit_tiny_patch16": MAEArch(16, 192, 12, 3, "vit_tiny_patch16_224"),
-    "mae_vit_pico_patch8": MAEArch(8, 96, 4, 3),  # demo size: trains in minutes on 2 cores at 64 px
-}
+# Paper presets (named as in the authors' code) and small ones for CPUs and tests: an encoder shape of
+# ``pretrain.backbones.VIT_ARCHS`` each, and the decoder of the arguments.
+MAE_ARCHS: Dict[str, ViTArch] = {f"mae_{name}": arch for name, arch in VIT_ARCHS.items()}
 
 
 def create_mae(arch: str, **kwargs) -> MaskedAutoencoderViT:
@@ -289,10 +262,8 @@ mae_vit_tiny_patch16 = _preset("mae_vit_tiny_patch16")
 mae_vit_pico_patch8 = _preset("mae_vit_pico_patch8")
 
 
-# --------------------------------------------------------------- conversions
+# ------------------------------------------------------- checkpoint layout
 DECODER_PREFIXES = ("decoder_", "mask_token")
-# Keys of a fine-tuned / supervised timm ViT that the MAE encoder has no use for.
-CLASSIFIER_KEYS = ("head.", "fc_norm.", "head_dist.", "dist_token")
 
 
 def encoder_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -303,66 +274,13 @@ def encoder_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
     return {k: v for k, v in state_dict.items() if not k.startswith(DECODER_PREFIXES)}
 
 
-def checkpoint_filter_fn(
-    state_dict: Dict[str, torch.Tensor], model: MaskedAutoencoderViT
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Adapt a MAE or timm-ViT state dict to ``model``; returns (state_dict, notes).
-
-    Accepts the authors' full MAE checkpoints, their encoder-only releases, the
-    project's checkpoints, timm / DeiT ViTs (classifier dropped), with or without
-    a DDP ``module.`` prefix; resizes the encoder position table to the model's
-    grid. Refuses, with what it found, anything that is not a ViT.
-    """
-    state_dict = unwrap_state_dict(state_dict)
-    if describe_state_dict(state_dict) not in ("mae", "vit"):
-        raise CheckpointFormatError(
-            "expected a MAE or ViT checkpoint (keys like 'blocks.0.attn.qkv.weight'), "
-            f"found {describe_state_dict(state_dict, verbose=True)}"
-        )
-    notes = []
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith(CLASSIFIER_KEYS):
-            notes.append(f"dropped classifier key {k}")
-            continue
-        out[k] = v
-    if "dist_token" in state_dict and "pos_embed" in out:  # DeiT distilled: two prefix tokens
-        out["pos_embed"] = torch.cat([out["pos_embed"][:, :1], out["pos_embed"][:, 2:]], dim=1)
-        notes.append("dropped the distillation token's position")
-    if "pos_embed" in out and out["pos_embed"].shape != model.pos_embed.shape:
-        old = out["pos_embed"].shape
-        out["pos_embed"] = resize_pos_embed(out["pos_embed"], model.patch_embed.grid_size)
-        notes.append(f"resized pos_embed {tuple(old)} -> {tuple(out['pos_embed'].shape)}")
-    if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape != model.decoder_pos_embed.shape:
-        # Fixed sin-cos: regenerate rather than interpolate.
-        out["decoder_pos_embed"] = model.decoder_pos_embed.detach().clone()
-        notes.append("regenerated decoder_pos_embed for the new grid")
-    return out, notes
-
-
-def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict:
-    """Encoder (and decoder) shape read off a MAE / ViT state dict.
-
-    Heads cannot be read off shapes: they come from the preset with the same
-    width, depth and patch size (the paper's models), else from width / 64.
-    """
-    sd = unwrap_state_dict(state_dict)
-    w = sd["patch_embed.proj.weight"]
-    embed_dim, patch_size = w.shape[0], w.shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    grid = sd["pos_embed"].shape[1] - 1
-    preset = next((name for name, a in MAE_ARCHS.items()
-                   if (a.patch_size, a.embed_dim, a.depth) == (patch_size, embed_dim, depth)), None)
-    num_heads = MAE_ARCHS[preset].num_heads if preset else max(1, embed_dim // 64)
-    info = {"arch": preset, "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth,
-            "num_heads": num_heads, "img_size": int(round(grid**0.5)) * patch_size,
-            "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim}
-    if "decoder_embed.weight" in sd:
-        dec_dim = sd["decoder_embed.weight"].shape[0]
-        info.update(decoder_embed_dim=dec_dim,
-                    decoder_depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")),
-                    decoder_num_heads=16 if dec_dim == 512 else max(1, dec_dim // 32))
-    return info
+def decoder_shape(state_dict: Dict[str, torch.Tensor]) -> Dict:
+    """decoder_embed_dim / depth / num_heads of a full MAE state dict (heads: the authors' 16 at width 512,
+    else width / 32, as the presets)."""
+    dim = state_dict["decoder_embed.weight"].shape[0]
+    return {"decoder_embed_dim": dim,
+            "decoder_depth": 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("decoder_blocks.")),
+            "decoder_num_heads": 16 if dim == 512 else max(1, dim // 32)}
 
 
 def mae_from_checkpoint(source, **overrides) -> Tuple[MaskedAutoencoderViT, Dict]:
@@ -377,9 +295,9 @@ def mae_from_checkpoint(source, **overrides) -> Tuple[MaskedAutoencoderViT, Dict
         raise CheckpointFormatError(
             f"expected a full MAE checkpoint (encoder and decoder), found {describe_state_dict(sd, verbose=True)}"
         )
-    info = arch_from_state_dict(sd)
-    kwargs = {k: info[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "img_size")}
-    kwargs["norm_pix_loss"] = False
+    export = MAEMethod().export(ckpt, str(source) if not isinstance(source, dict) else "<dict>")
+    info = {"arch": f"mae_{export.arch}" if f"mae_{export.arch}" in MAE_ARCHS else None, **export.shape}
+    kwargs = {**decoder_shape(sd), "img_size": info["img_size"], "norm_pix_loss": False}
     if isinstance(ckpt.get("config"), str):  # the project's trainer
         from omegaconf import OmegaConf
 
@@ -396,7 +314,7 @@ def mae_from_checkpoint(source, **overrides) -> Tuple[MaskedAutoencoderViT, Dict
         raise CheckpointFormatError(f"no MAE preset has the shape {info}; build the model yourself")
     kwargs.update(overrides)
     model = create_mae(info["arch"], **kwargs)
-    load_mae_weights(model, sd, encoder_only_ok=False)
+    load_mae_weights(model, ckpt, encoder_only_ok=False)
     info.update(kwargs)
     return model, info
 
@@ -405,13 +323,27 @@ def load_mae_weights(model: MaskedAutoencoderViT, source, encoder_only_ok: bool 
     """Load a checkpoint (path or dict) into ``model``; returns the notes of what was adapted.
 
     A full MAE checkpoint must match exactly. An encoder-only file (the authors'
-    ``mae_pretrain_vit_*.pth``, a timm ViT) fills the encoder and leaves the
-    decoder as initialised, which is reported; any other missing or unexpected
-    key is an error naming the keys.
+    ``mae_pretrain_vit_*.pth``, a timm / DeiT ViT: ``pretrain.backbones.read_backbone``) fills the
+    encoder and leaves the decoder as initialised, which is reported; any other missing or unexpected
+    key is an error naming the keys. Position tables are resized to the model's grid.
     """
-    sd = load_state_dict_file(source) if not isinstance(source, dict) else source
-    sd, notes = checkpoint_filter_fn(sd, model)
-    result = model.load_state_dict(sd, strict=False)
+    ckpt = load_file(source) if not isinstance(source, Mapping) else source
+    sd = unwrap_state_dict(ckpt)
+    export = read_backbone(ckpt, path=str(source) if not isinstance(source, Mapping) else None)
+    if export.family != "vit":
+        raise CheckpointFormatError(f"expected a MAE or ViT checkpoint, found {describe_state_dict(sd, True)}")
+    notes = list(export.notes)
+    out = dict(export.state_dict)
+    if describe_state_dict(sd) == "mae":
+        out.update({k: v for k, v in sd.items() if k.startswith(DECODER_PREFIXES)})
+    if out["pos_embed"].shape != model.pos_embed.shape:
+        old = out["pos_embed"].shape
+        out["pos_embed"] = resize_pos_embed(out["pos_embed"], model.patch_embed.grid_size)
+        notes.append(f"resized pos_embed {tuple(old)} -> {tuple(out['pos_embed'].shape)}")
+    if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape != model.decoder_pos_embed.shape:
+        out["decoder_pos_embed"] = model.decoder_pos_embed.detach().clone()  # fixed sin-cos: regenerated
+        notes.append("regenerated decoder_pos_embed for the new grid")
+    result = model.load_state_dict(out, strict=False)
     missing_decoder = [k for k in result.missing_keys if k.startswith(DECODER_PREFIXES)]
     other_missing = [k for k in result.missing_keys if not k.startswith(DECODER_PREFIXES)]
     if other_missing or result.unexpected_keys or (missing_decoder and not encoder_only_ok):
@@ -422,3 +354,98 @@ def load_mae_weights(model: MaskedAutoencoderViT, source, encoder_only_ok: bool 
     if missing_decoder:
         notes.append(f"encoder-only checkpoint: {len(missing_decoder)} decoder tensors left as initialised")
     return notes
+
+
+# ------------------------------------------------------------------ method
+@dataclass
+class MAEModelConfig:
+    arch: str = "mae_vit_base_patch16"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+
+
+@dataclass
+class MAEPretrainConfig:
+    method: str = "mae"
+    model: MAEModelConfig = field(default_factory=MAEModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@register_method
+class MAEMethod(PretrainMethod):
+    name = "mae"
+    config_schema = MAEPretrainConfig
+
+    def validate(self, cfg, fail):
+        if not 0.0 <= cfg.model.mask_ratio < 1.0:
+            fail(f"model.mask_ratio must be in [0, 1), got {cfg.model.mask_ratio}")
+        if cfg.model.arch not in MAE_ARCHS:
+            fail(f"model.arch must be one of {sorted(MAE_ARCHS)}, got {cfg.model.arch!r}")
+
+    def label(self, cfg) -> str:
+        return "mae"
+
+    def build_model(self, cfg, world_size: int = 1) -> nn.Module:
+        m = cfg.model
+        return create_mae(
+            m.arch, img_size=cfg.data.img_size, norm_pix_loss=m.norm_pix_loss,
+            decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+            decoder_num_heads=m.decoder_num_heads,
+        )
+
+    def build_transform(self, cfg, device: torch.device) -> Callable:
+        return mae_transform(cfg.data.img_size, cfg.data.crop_min_scale)
+
+    def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
+        # No weight decay on biases and norms (1-d tensors), as the authors' code.
+        groups = param_groups_weight_decay(model, cfg.optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused_ok(model))
+
+    def loss(self, model: nn.Module, batch, cfg):
+        loss, _, _ = model(batch[0], mask_ratio=cfg.model.mask_ratio)
+        return loss, {}
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
+        return model.forward_features(imgs)[:, 0]  # the cls token
+
+    def checkpoint_name(self, tag) -> str:
+        return f"checkpoint-{tag}.pth"
+
+    def pack(self, model: nn.Module, cfg, finished_epoch: int) -> Dict:
+        """The authors' layout: ``model``, ``epoch`` (the last finished); the trainer adds ``optimizer``, ``scaler``."""
+        return {"model": model.state_dict(), "epoch": finished_epoch}
+
+    def epochs_done(self, ckpt: Mapping) -> int:
+        return int(ckpt["epoch"]) + 1
+
+    @classmethod
+    def claims(cls, ckpt: Mapping, source: str = "") -> bool:
+        """The authors' full checkpoints (with the decoder), and their encoder-only releases
+        (``mae_pretrain_vit_*.pth``: a bare ViT encoder, which only the name tells)."""
+        try:
+            kind = describe_state_dict(strip_prefix(unwrap_state_dict(ckpt), "module."))
+        except CheckpointFormatError:
+            return False
+        return kind == "mae" or (kind == "vit" and "mae" in Path(source).name.lower()
+                                 and "head.weight" not in unwrap_state_dict(ckpt))
+
+    def export(self, ckpt: Mapping, source: str = "<dict>") -> BackboneExport:
+        sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
+        cfg, epoch, data = run_config(ckpt), ckpt.get("epoch"), None
+        if cfg is not None:
+            data, layout = trained_on(cfg), "the project's MAE checkpoint"
+        elif ckpt.get("args") is not None:
+            data = vars(ckpt["args"]).get("data_path")
+            layout = "the MAE authors' checkpoint"
+        else:
+            layout = "a MAE encoder" if describe_state_dict(sd) == "vit" else "a MAE checkpoint"
+        provenance = Provenance("mae", self.name, self.epochs_done(ckpt) if isinstance(epoch, int) else None,
+                                data, source, layout)
+        dropped = sorted(k for k in sd if k.startswith(DECODER_PREFIXES))
+        return vit_export(encoder_state_dict(sd), provenance, dropped=dropped)

@@ -18,7 +18,8 @@ Shuffle BN, which keeps batch norm from leaking which key matches which query:
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,10 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .checkpoint import CheckpointFormatError, describe_state_dict, load_state_dict_file, unwrap_state_dict, strip_prefix
-from .distributed import all_gather_tensor, get_rank, get_world_size
+from ..backbones import BackboneExport, Provenance, resnet_export, split_prefix
+from ..checkpoint import CheckpointFormatError, strip_prefix, unwrap_state_dict
+from ..config import DataConfig, OptimConfig, TrainConfig
+from ..distributed import all_gather_tensor, get_rank, get_world_size
+from ..transforms import moco_transform
+from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
 
-__all__ = ["MoCo", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "backbone_state_dict", "moco_checkpoint"]
+__all__ = ["MoCo", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "moco_checkpoint", "resnet_features",
+           "MoCoModelConfig", "MoCoPretrainConfig", "MoCoMethod"]
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -176,31 +182,137 @@ def build_moco(arch: str = "resnet50", **kwargs) -> MoCo:
     return MoCo(getattr(torchvision.models, arch), **kwargs)
 
 
-# --------------------------------------------------------------- conversions
-def moco_checkpoint(model: MoCo, arch: str, epoch: int) -> Dict:
-    """The authors' checkpoint layout: module.-prefixed state dict, epoch, arch (the trainer adds
-    the optimizer)."""
+def resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet's pooled features (the input of ``fc``)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
+
+
+# ------------------------------------------------------- checkpoint layout
+def moco_checkpoint_name(tag) -> str:
+    """The authors' file names: ``checkpoint_0199.pth.tar`` (the epoch just finished), ``checkpoint_last.pth.tar``."""
+    return f"checkpoint_{tag:04d}.pth.tar" if isinstance(tag, int) else f"checkpoint_{tag}.pth.tar"
+
+
+def moco_checkpoint(model: nn.Module, arch: str, epoch: int) -> Dict:
+    """The authors' checkpoint layout: module.-prefixed state dict, ``epoch`` (the next one to run), ``arch``
+    (the trainer adds the optimizer)."""
     return {"epoch": epoch, "arch": arch, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
 
 
-def backbone_state_dict(source, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
-    """A ResNet backbone under torchvision names, without ``fc``.
+# ------------------------------------------------------------------ method
+@dataclass
+class MoCoModelConfig:
+    arch: str = "resnet50"  # any torchvision ResNet constructor name
+    dim: int = 128
+    queue_size: int = 65536  # K
+    momentum: float = 0.999  # m
+    temperature: float = 0.07  # T: 0.07 (v1), 0.2 (v2)
+    mlp: bool = False  # v2: 2-layer MLP head
+    aug: str = "v1"  # v1 | v2 ("aug+")
+    # Single process only: batch norm over this many sub-batches (and keys shuffled
+    # across them), the stand-in for multi-GPU Shuffle BN. 1 turns it off.
+    bn_splits: int = 8
 
-    ``source``: a path or a loaded checkpoint: MoCo v1/v2 (the authors' or the
-    project's; the query encoder is taken), MoCo v3 ResNet (``base_encoder``),
-    or a torchvision ResNet (supervised baseline). The result loads strictly into
-    ``torchvision.models.resnet50()`` once its ``fc`` is replaced by Identity.
-    """
-    sd = load_state_dict_file(source, allow_pickle) if not isinstance(source, dict) else unwrap_state_dict(source)
-    for prefix in ("encoder_q.", "base_encoder.", "module.encoder_q.", "module.base_encoder."):
-        if any(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            break
-    sd = strip_prefix(sd, "module.")
-    if describe_state_dict(sd) != "resnet":
-        raise CheckpointFormatError(
-            "expected a MoCo or torchvision ResNet checkpoint (keys like 'encoder_q.layer1.0.conv1.weight' "
-            f"or 'layer1.0.conv1.weight'), found {describe_state_dict(sd, verbose=True)}"
-        )
-    return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
+def _moco_optim() -> OptimConfig:
+    return OptimConfig(
+        name="sgd", base_lr=0.03, weight_decay=1e-4, momentum=0.9, schedule="step",
+        warmup_epochs=0.0, milestones=[120, 160],
+    )
+
+
+@dataclass
+class MoCoPretrainConfig:
+    method: str = "moco"
+    model: MoCoModelConfig = field(default_factory=MoCoModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_moco_optim)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=32))
+
+
+@register_method
+class MoCoMethod(PretrainMethod):
+    """MoCo v1 and v2 (v2: ``model.mlp``, ``model.aug=v2``, T = 0.2, cosine schedule)."""
+
+    name = "moco"
+    config_schema = MoCoPretrainConfig
+
+    def validate(self, cfg, fail):
+        if cfg.model.aug not in ("v1", "v2"):
+            fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+
+    def label(self, cfg) -> str:
+        return "moco_v2" if cfg.model.mlp else "moco_v1"
+
+    def build_model(self, cfg, world_size: int = 1) -> nn.Module:
+        m = cfg.model
+        global_batch = cfg.train.batch_size * world_size
+        if m.queue_size % global_batch:
+            raise ValueError(
+                f"model.queue_size (K={m.queue_size}) must be a multiple of the global batch "
+                f"train.batch_size x processes = {global_batch}"
+            )
+        # Shuffle BN across processes under DDP; split BN in a single process.
+        splits = m.bn_splits if world_size == 1 else 1
+        if splits > 1 and cfg.train.batch_size % splits:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} must be a multiple of model.bn_splits={splits}")
+        return build_moco(m.arch, dim=m.dim, K=m.queue_size, m=m.momentum, T=m.temperature, mlp=m.mlp,
+                          bn_splits=splits)
+
+    def build_transform(self, cfg, device: torch.device) -> Callable:
+        # Colour jitter, grayscale and blur where they are cheapest: batched on a CUDA device, else in the
+        # loader workers (beside the training step); the same parameters either way.
+        return moco_transform(cfg.model.aug, cfg.data.img_size, cfg.data.crop_min_scale,
+                              colour_on_device=device.type == "cuda")
+
+    def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
+        # As the authors: weight decay on every parameter of the query encoder.
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                               fused=fused_ok(model))
+
+    def loss(self, model: nn.Module, batch, cfg):
+        views = batch[0]  # [N, 2, C, H, W]
+        logits, labels = model(views[:, 0], views[:, 1])
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(dim=1) == labels).float().mean().detach()  # instance discrimination top-1
+        return loss, {"acc1": acc}
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
+        return resnet_features(model.encoder_q, imgs)
+
+    def checkpoint_name(self, tag) -> str:
+        return moco_checkpoint_name(tag)
+
+    def pack(self, model: nn.Module, cfg, finished_epoch: int) -> Dict:
+        return moco_checkpoint(model, cfg.model.arch, finished_epoch + 1)
+
+    def epochs_done(self, ckpt: Mapping) -> int:
+        return int(ckpt["epoch"])
+
+    @classmethod
+    def claims(cls, ckpt: Mapping, source: str = "") -> bool:
+        try:
+            return any(k.startswith("encoder_q.") for k in strip_prefix(unwrap_state_dict(ckpt), "module."))
+        except CheckpointFormatError:
+            return False
+
+    def export(self, ckpt: Mapping, source: str = "<dict>") -> BackboneExport:
+        """The query encoder under torchvision names (its ``fc`` / MLP head, the key encoder and the queue
+        dropped)."""
+        sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
+        encoder, dropped = split_prefix(sd, "encoder_q.")
+        cfg, epoch = run_config(ckpt), ckpt.get("epoch")
+        if cfg is not None:
+            label, data, layout = self.label(cfg), trained_on(cfg), "the project's MoCo checkpoint"
+        else:
+            label, data, layout = ("moco_v2" if "fc.0.weight" in encoder else "moco_v1"), None, \
+                "the MoCo authors' checkpoint"
+        provenance = Provenance(label, self.name, self.epochs_done(ckpt) if isinstance(epoch, int) else None, data,
+                                source, layout)
+        export = resnet_export(encoder, provenance, dropped=dropped, prefix="encoder_q.")
+        export.notes.append("MoCo query encoder taken; key encoder, queue and projection head dropped")
+        return export

@@ -1,0 +1,253 @@
+"""The backbone every method exports and every transfer reads, and the conversions into it.
+
+Two canonical forms, each a model users already have:
+
+* a ViT under the names of timm's ``VisionTransformer`` (``num_classes=0``): ``patch_embed.proj``,
+  ``cls_token``, ``pos_embed`` (class row first), ``blocks.i.*``, ``norm``;
+* a ResNet under torchvision's names, without ``fc``.
+
+A ``BackboneExport`` is one of them with its shape (ViT heads included: they are not in the tensor
+shapes), what was left out, and where it came from (``Provenance``: method, results label, epochs,
+data). ``read_backbone`` makes one of any file users hold. A pretraining method knows its own
+checkpoint layout (the project's files and the authors'), so a file in one is read by asking the
+method (``pretrain.methods``); files of no method (timm, DeiT, torchvision, a bare encoder) are read
+here. ``BackboneExport.save`` writes a folder a user can publish: ``model.safetensors`` and a timm
+``config.json``, which ``timm.create_model("local-dir:FOLDER", pretrained=True)`` loads.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from .checkpoint import CheckpointFormatError, describe_state_dict, load_file, save_atomic, strip_prefix, \
+    unwrap_state_dict
+
+__all__ = [
+    "ViTArch", "VIT_ARCHS", "RESNET_PREFIXES", "Provenance", "BackboneExport", "read_backbone", "vit_shape",
+    "vit_export", "resnet_export", "resnet_arch", "is_resnet_name", "CLASSIFIER_KEYS",
+]
+
+
+# ------------------------------------------------------------------ shapes
+@dataclass(frozen=True)
+class ViTArch:
+    """A ViT encoder's shape; ``timm_name`` is the timm model of that shape (None: no timm preset)."""
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    timm_name: Optional[str] = None
+
+
+VIT_ARCHS: Dict[str, ViTArch] = {
+    "vit_base_patch16": ViTArch(16, 768, 12, 12, timm_name="vit_base_patch16_224"),
+    "vit_large_patch16": ViTArch(16, 1024, 24, 16, timm_name="vit_large_patch16_224"),
+    "vit_huge_patch14": ViTArch(14, 1280, 32, 16, timm_name="vit_huge_patch14_224"),
+    "vit_small_patch16": ViTArch(16, 384, 12, 6, timm_name="vit_small_patch16_224"),
+    "vit_tiny_patch16": ViTArch(16, 192, 12, 3, timm_name="vit_tiny_patch16_224"),
+    "vit_pico_patch8": ViTArch(8, 96, 4, 3),  # demo size: trains in minutes on 2 cores at 64 px
+}
+RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
+# Keys of a fine-tuned / supervised timm ViT that a backbone has no use for.
+CLASSIFIER_KEYS = ("head.", "fc_norm.", "head_dist.", "dist_token")
+
+
+def is_resnet_name(arch: str) -> bool:
+    return arch.startswith(RESNET_PREFIXES)
+
+
+def vit_shape(state_dict: Mapping[str, torch.Tensor], num_heads: Optional[int] = None) -> Dict:
+    """A ViT's shape read off its tensors (timm names): patch_size, embed_dim, depth, num_heads,
+    mlp_ratio, img_size (the position table's), and ``arch``, the preset of that shape or a made-up
+    name. Heads are not in the shapes: ``num_heads`` when the caller knows them, else the preset's
+    (the paper models), else width / 64."""
+    w = state_dict["patch_embed.proj.weight"]
+    embed_dim, patch_size = int(w.shape[0]), int(w.shape[-1])
+    depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    rows = state_dict["pos_embed"].shape[1] - (1 if "cls_token" in state_dict else 0)
+    preset = next((name for name, a in VIT_ARCHS.items()
+                   if (a.patch_size, a.embed_dim, a.depth) == (patch_size, embed_dim, depth)), None)
+    heads = num_heads or (VIT_ARCHS[preset].num_heads if preset else max(1, embed_dim // 64))
+    return {"arch": preset or f"vit_{embed_dim}d{depth}_patch{patch_size}", "patch_size": patch_size,
+            "embed_dim": embed_dim, "depth": depth, "num_heads": heads,
+            "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+            "img_size": int(round(rows ** 0.5)) * patch_size}
+
+
+def resnet_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """torchvision ResNet name from the block counts and block type of a state dict."""
+    counts = tuple(1 + max((int(k.split(".")[1]) for k in state_dict if k.startswith(f"layer{i}.")), default=-1)
+                   for i in range(1, 5))
+    bottleneck = "layer1.0.conv3.weight" in state_dict
+    table = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34", (3, 4, 6, 3, True): "resnet50",
+             (3, 4, 23, 3, True): "resnet101", (3, 8, 36, 3, True): "resnet152"}
+    name = table.get(counts + (bottleneck,))
+    if name is None:
+        raise CheckpointFormatError(f"no torchvision ResNet has blocks {counts} (bottleneck={bottleneck})")
+    if bottleneck and state_dict["layer1.0.conv1.weight"].shape[0] == 128 and name in ("resnet50", "resnet101"):
+        name = f"wide_{name}_2"
+    return name
+
+
+# ------------------------------------------------------------------ export
+@dataclass
+class Provenance:
+    """Where a backbone came from. ``label`` is the results files' pretraining label (``mae``,
+    ``moco_v1`` / ``_v2`` / ``_v3``, ``supervised``, ``unknown``); ``method`` the registered method
+    that trained it (empty for files of no method); ``epochs`` of pretraining, when the file says."""
+
+    label: str = "unknown"
+    method: str = ""
+    epochs: Optional[int] = None
+    data: Optional[str] = None  # what it was pretrained on, when the file says (a path, "synthetic")
+    source: str = "<dict>"  # the file
+    layout: str = ""  # what the file was, in words
+
+
+@dataclass
+class BackboneExport:
+    family: str  # "vit" | "resnet"
+    arch: str  # vit_base_patch16, resnet50, ... (a made-up name for a ViT of no preset's shape)
+    state_dict: Dict[str, torch.Tensor]  # canonical names (module docstring)
+    shape: Dict[str, Any] = field(default_factory=dict)  # ViT: vit_shape's keys; ResNet: {}
+    dropped: List[str] = field(default_factory=list)  # source tensors left out, by design
+    notes: List[str] = field(default_factory=list)  # what was adapted on the way
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def label(self) -> str:
+        return self.provenance.label
+
+    def timm_config(self) -> Dict:
+        """timm's ``config.json`` for this backbone (``architecture``, ``model_args``, ``pretrained_cfg``)."""
+        if self.family == "vit":
+            s = self.shape
+            preset = VIT_ARCHS.get(self.arch)
+            architecture = preset.timm_name if preset and preset.timm_name and preset.num_heads == s["num_heads"] \
+                else "vit_base_patch16_224"  # any ViT builder: model_args give the whole shape
+            model_args = {"img_size": s["img_size"], "patch_size": s["patch_size"], "embed_dim": s["embed_dim"],
+                          "depth": s["depth"], "num_heads": s["num_heads"], "mlp_ratio": s["mlp_ratio"],
+                          "num_classes": 0}
+            input_size, interpolation, crop_pct = [3, s["img_size"], s["img_size"]], "bicubic", 0.875
+        else:
+            architecture, model_args = self.arch, {"num_classes": 0}
+            input_size, interpolation, crop_pct = [3, 224, 224], "bilinear", 0.875
+        return {
+            "architecture": architecture, "num_classes": 0, "num_features": self.num_features,
+            "model_args": model_args,
+            "pretrained_cfg": {"input_size": input_size, "interpolation": interpolation, "crop_pct": crop_pct,
+                               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 0,
+                               "classifier": "head" if self.family == "vit" else "fc"},
+            "sslkit": {"family": self.family, "arch": self.arch, "shape": self.shape,
+                       "provenance": asdict(self.provenance), "dropped": self.dropped, "notes": self.notes},
+        }
+
+    @property
+    def num_features(self) -> int:
+        if self.family == "vit":
+            return int(self.shape["embed_dim"])
+        last = max(k for k in self.state_dict if k.startswith("layer4.") and k.endswith(".weight")
+                   and self.state_dict[k].ndim == 1)
+        return int(self.state_dict[last].shape[0])
+
+    def save(self, folder) -> Path:
+        """``folder/model.safetensors`` + ``folder/config.json``: loads with ``timm.create_model("local-dir:"
+        + folder, pretrained=True)`` (and the weights alone into torchvision's ResNet with ``fc = Identity()``)."""
+        folder = Path(folder)
+        save_atomic({k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+                    folder / "model.safetensors")
+        save_atomic(self.timm_config(), folder / "config.json")
+        return folder
+
+
+def vit_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance, num_heads: Optional[int] = None,
+               dropped: Optional[List[str]] = None, prefix: str = "") -> BackboneExport:
+    """A ViT under timm names from a timm / DeiT / MAE-encoder state dict: classifier keys dropped (named
+    ``prefix`` + key in ``dropped``: the encoder's place in its file), a DeiT distillation token's position
+    row removed."""
+    sd, notes = {}, []
+    dropped = list(dropped or [])
+    for k, v in state_dict.items():
+        if k.startswith(CLASSIFIER_KEYS):
+            dropped.append(prefix + k)
+        else:
+            sd[k] = v
+    if "dist_token" in state_dict and "pos_embed" in sd:  # DeiT distilled: two prefix tokens
+        sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
+        notes.append("dropped the distillation token's position row")
+    shape = vit_shape(sd, num_heads)
+    return BackboneExport("vit", shape.pop("arch"), sd, shape, sorted(dropped), notes, provenance)
+
+
+def resnet_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance,
+                  dropped: Optional[List[str]] = None, prefix: str = "") -> BackboneExport:
+    """A ResNet under torchvision names (``fc`` dropped, named ``prefix`` + key in ``dropped``)."""
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    dropped = sorted(list(dropped or []) + [prefix + k for k in state_dict if k.startswith("fc.")])
+    return BackboneExport("resnet", resnet_arch(sd), sd, {}, dropped, [], provenance)
+
+
+# ------------------------------------------------------------------ reading
+def read_backbone(source, allow_pickle: bool = False, path: Optional[str] = None) -> BackboneExport:
+    """The backbone of any checkpoint users hold: a path, a loaded checkpoint or a state dict (``path``:
+    the file a loaded one came from, for messages and labels).
+
+    The project's checkpoints and the authors' files are read by their method (it knows its layout,
+    label and epoch convention); a timm / DeiT ViT or a torchvision ResNet (``supervised`` when it
+    has its ImageNet classifier) here. Anything else is refused, saying what was found.
+    """
+    from .methods import method_of  # the methods import this module
+
+    if isinstance(source, Mapping):
+        ckpt, name = source, path or "<dict>"
+    elif Path(source).is_dir():  # a folder BackboneExport.save wrote
+        return read_saved(source)
+    else:
+        name = path or str(source)
+        ckpt = load_file(source, allow_pickle)
+    method = method_of(ckpt, name)
+    if method is not None:
+        export = method.export(ckpt, name)
+    else:
+        try:
+            sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
+        except CheckpointFormatError as e:
+            raise CheckpointFormatError(f"{name}: {e}") from None
+        kind = describe_state_dict(sd)
+        if kind == "vit":
+            label = "supervised" if "head.weight" in sd else "unknown"
+            export = vit_export(sd, Provenance(label, layout="a timm / DeiT ViT" if label == "supervised"
+                                               else "a ViT encoder (timm names)"))
+        elif kind == "resnet":
+            label = "supervised" if "fc.weight" in sd else "unknown"
+            export = resnet_export(sd, Provenance(label, layout="a torchvision ResNet"))
+        else:
+            raise CheckpointFormatError(
+                f"{name}: expected a pretraining checkpoint (MAE, MoCo: the authors' or the project's), a timm / "
+                f"DeiT ViT or a torchvision ResNet, found {describe_state_dict(sd, verbose=True)}"
+                + (" (already converted for a framework: load it there as it is)"
+                   if kind.startswith(("detectron2", "mmseg")) else ""))
+    export.provenance.source = name
+    return export
+
+
+def split_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """(the tensors under ``prefix`` without it, the other keys): a method's encoder inside its checkpoint."""
+    inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return inside, sorted(k for k in state_dict if not k.startswith(prefix))
+
+
+def read_saved(folder) -> BackboneExport:
+    """A folder ``BackboneExport.save`` wrote."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    meta = config["sslkit"]
+    sd = load_file(folder / "model.safetensors")
+    return BackboneExport(meta["family"], meta["arch"], sd, meta["shape"], meta["dropped"], meta["notes"],
+                          Provenance(**meta["provenance"]))
