@@ -198,6 +198,7 @@ class TrainerBase(abc.ABC):
     stopped: bool = False  # train_epoch stopped early (max_iters, a signal)
     _stop_requested: bool = False
     step_values: Dict[str, float] = {}  # before_step's values to log with the next window
+    last_stats: Dict[str, float] = {}  # the last logged window's (what fit returns for pretraining)
 
     def setup_training(self, dataset, build_optimizer: Callable[[float], torch.optim.Optimizer], backend: str):
         """Sampler, loader (``backend``: ``pretrain.data.BACKENDS``), the dataset's device transform, whole
@@ -447,7 +448,7 @@ class Trainer(TrainerBase):
             log.info("backbone (%s %s, %s) exported to %s", export.family, export.arch, export.label,
                      export.save(self.out / "backbone"))
         du.barrier()
-        return getattr(self, "last_stats", {})
+        return self.last_stats
 
     def before_step(self, epoch: float):
         super().before_step(epoch)
