@@ -105,6 +105,21 @@ def tiny_mae_overrides(tmp_path):
     ]
 
 
+@pytest.fixture
+def tiny_mocov3_checkpoint(tmp_path):
+    """A MoCo v3 ViT-pico/8 pretrained for one epoch of four steps at 32 px: the project's checkpoint (its
+    authors' layout) for the transfer tools."""
+    from pretrain.config import load_config
+    from pretrain.trainer import Trainer
+
+    Trainer(load_config(None, [
+        "model.arch=vit_pico", "model.dim=32", "model.mlp_dim=64", "data.img_size=32", "data.synthetic=true",
+        "data.synthetic_images=32", "data.num_workers=0", "train.batch_size=8", "train.epochs=1", "train.device=cpu",
+        "train.progress=false", "train.tensorboard=false", "optim.warmup_epochs=0",
+        f"train.output_dir={tmp_path}/mocov3"], method="mocov3")).fit()
+    return tmp_path / "mocov3" / "checkpoint_last.pth.tar"
+
+
 # Two processes' OpenMP threads fighting over two cores slow detectron2 and the probes down ten-fold: one thread each.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

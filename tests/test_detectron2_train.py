@@ -49,6 +49,19 @@ def assert_box_and_mask_ap(record):
         assert isinstance(value, float) and 0.0 <= value <= 100.0, (name, value)
 
 
+def test_tiny_vitdet_from_a_mocov3_checkpoint(tmp_path, synthetic, tiny_mocov3_checkpoint):
+    """MoCo v3 through tools/train_net.py: its base encoder is the ViTDet backbone, labelled moco_v3."""
+    train_json, val_json = synthetic
+    out = tmp_path / "det"
+    run_tool("tools/train_net.py", "--config-file", CONFIGS / "tiny/mask_rcnn_vitdet_pico.py", "--train-json",
+             train_json, "--test-json", val_json, "--output-dir", out, "--checkpoint", tiny_mocov3_checkpoint,
+             "--max-iters", 2, env=ONE_THREAD)
+    record = read(out)
+    assert_box_and_mask_ap(record)
+    assert (record["backbone"], record["pretrain"], record["recipe"]["pretrain_epochs"]) == (
+        "vit_pico_patch8", "moco_v3", 1)
+
+
 def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae_overrides):
     """tools/train_net.py as a user runs it: train, evaluate, resume, evaluate only; random-init counterpart."""
     from pretrain.config import load_config

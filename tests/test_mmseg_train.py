@@ -102,6 +102,16 @@ def test_trained_record_labels_the_pretraining(tmp_path):
     assert trained_record(cfg, 1)["pretrain"] == "moco_v2"
 
 
+def test_tiny_vit_upernet_from_a_mocov3_checkpoint(tiny_mocov3_checkpoint, synthetic_seg, tmp_path):
+    """MoCo v3 through tools/train_seg.py: the base encoder fills mmseg's MAE ViT, labelled moco_v3."""
+    work = tmp_path / "seg_run"
+    proc = train_seg(TINY / "upernet_vit-pico_folder-64x64.py", "--data-root", synthetic_seg, "--output-dir", work,
+                     "--checkpoint", tiny_mocov3_checkpoint, "--max-iters", "2")
+    assert "MoCo v3" in proc.stdout and "mismatched:                   none" in proc.stdout
+    rec = check_results(work / "results.json", "semantic_seg", "vit_pico_patch8", "moco_v3", iterations=2, batch=4)
+    assert rec["recipe"]["pretrain_epochs"] == 1
+
+
 @pytest.mark.slow
 def test_tiny_vit_upernet_from_a_project_mae_checkpoint_trains_evaluates_and_resumes(
         tiny_mae_overrides, synthetic_seg, tmp_path):
