@@ -298,10 +298,8 @@ def mae_from_checkpoint(source, **overrides) -> Tuple[MaskedAutoencoderViT, Dict
     export = MAEMethod().export(ckpt, str(source) if not isinstance(source, dict) else "<dict>")
     info = {"arch": f"mae_{export.arch}" if f"mae_{export.arch}" in MAE_ARCHS else None, **export.shape}
     kwargs = {**decoder_shape(sd), "img_size": info["img_size"], "norm_pix_loss": False}
-    if isinstance(ckpt.get("config"), str):  # the project's trainer
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.create(ckpt["config"])
+    cfg = run_config(ckpt)
+    if cfg is not None:  # the project's trainer
         info["arch"] = cfg.model.arch
         kwargs.update(norm_pix_loss=cfg.model.norm_pix_loss, decoder_num_heads=cfg.model.decoder_num_heads,
                       img_size=cfg.data.img_size)

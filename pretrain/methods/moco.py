@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, Tuple
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,8 @@ from ..distributed import all_gather_tensor, get_rank, get_world_size
 from ..transforms import moco_transform
 from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
 
-__all__ = ["MoCo", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "moco_checkpoint", "resnet_features",
+__all__ = ["MoCo", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "moco_checkpoint", "MoCoLayout",
+           "resnet_features",
            "MoCoModelConfig", "MoCoPretrainConfig", "MoCoMethod"]
 
 
@@ -190,15 +191,38 @@ def resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------- checkpoint layout
-def moco_checkpoint_name(tag) -> str:
-    """The authors' file names: ``checkpoint_0199.pth.tar`` (the epoch just finished), ``checkpoint_last.pth.tar``."""
-    return f"checkpoint_{tag:04d}.pth.tar" if isinstance(tag, int) else f"checkpoint_{tag}.pth.tar"
-
-
 def moco_checkpoint(model: nn.Module, arch: str, epoch: int) -> Dict:
     """The authors' checkpoint layout: module.-prefixed state dict, ``epoch`` (the next one to run), ``arch``
     (the trainer adds the optimizer)."""
     return {"epoch": epoch, "arch": arch, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+
+
+class MoCoLayout:
+    """The MoCo authors' checkpoint layout, v1/v2's and v3's alike: ``checkpoint_0199.pth.tar`` (the epoch just
+    finished) / ``checkpoint_last.pth.tar``, ``epoch`` = the next one to run, ``arch``, ``state_dict`` under DDP's
+    ``module.``; their files are told apart by the encoder they hold (``encoder_prefix``)."""
+
+    encoder_prefix: ClassVar[str]
+
+    def checkpoint_name(self, tag) -> str:
+        return f"checkpoint_{tag:04d}.pth.tar" if isinstance(tag, int) else f"checkpoint_{tag}.pth.tar"
+
+    def pack(self, model: nn.Module, cfg, finished_epoch: int) -> Dict:
+        return moco_checkpoint(model, cfg.model.arch, finished_epoch + 1)
+
+    def epochs_done(self, ckpt: Mapping) -> int:
+        return int(ckpt["epoch"])
+
+    @classmethod
+    def claims(cls, ckpt: Mapping, source: str = "") -> bool:
+        try:
+            return any(k.startswith(cls.encoder_prefix) for k in strip_prefix(unwrap_state_dict(ckpt), "module."))
+        except CheckpointFormatError:
+            return False
+
+    def encoder(self, ckpt: Mapping) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+        """(the encoder's tensors without its prefix, every other key of the file)."""
+        return split_prefix(strip_prefix(unwrap_state_dict(ckpt), "module."), self.encoder_prefix)
 
 
 # ------------------------------------------------------------------ method
@@ -233,11 +257,12 @@ class MoCoPretrainConfig:
 
 
 @register_method
-class MoCoMethod(PretrainMethod):
+class MoCoMethod(MoCoLayout, PretrainMethod):
     """MoCo v1 and v2 (v2: ``model.mlp``, ``model.aug=v2``, T = 0.2, cosine schedule)."""
 
     name = "moco"
     config_schema = MoCoPretrainConfig
+    encoder_prefix = "encoder_q."
 
     def validate(self, cfg, fail):
         if cfg.model.aug not in ("v1", "v2"):
@@ -284,27 +309,10 @@ class MoCoMethod(PretrainMethod):
     def features(self, model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
         return resnet_features(model.encoder_q, imgs)
 
-    def checkpoint_name(self, tag) -> str:
-        return moco_checkpoint_name(tag)
-
-    def pack(self, model: nn.Module, cfg, finished_epoch: int) -> Dict:
-        return moco_checkpoint(model, cfg.model.arch, finished_epoch + 1)
-
-    def epochs_done(self, ckpt: Mapping) -> int:
-        return int(ckpt["epoch"])
-
-    @classmethod
-    def claims(cls, ckpt: Mapping, source: str = "") -> bool:
-        try:
-            return any(k.startswith("encoder_q.") for k in strip_prefix(unwrap_state_dict(ckpt), "module."))
-        except CheckpointFormatError:
-            return False
-
     def export(self, ckpt: Mapping, source: str = "<dict>") -> BackboneExport:
         """The query encoder under torchvision names (its ``fc`` / MLP head, the key encoder and the queue
         dropped)."""
-        sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
-        encoder, dropped = split_prefix(sd, "encoder_q.")
+        encoder, dropped = self.encoder(ckpt)
         cfg, epoch = run_config(ckpt), ckpt.get("epoch")
         if cfg is not None:
             label, data, layout = self.label(cfg), trained_on(cfg), "the project's MoCo checkpoint"

@@ -34,14 +34,13 @@ import torch.nn.functional as F
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
 
-from ..backbones import BackboneExport, Provenance, ViTArch, is_resnet_name, resnet_export, split_prefix, vit_export
-from ..checkpoint import CheckpointFormatError, strip_prefix, unwrap_state_dict
+from ..backbones import BackboneExport, Provenance, ViTArch, is_resnet_name, resnet_export, vit_export
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..distributed import all_gather_tensor, get_rank
 from ..lars import LARS
 from ..transforms import ColourRecipe, TwoViews
 from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
-from .moco import moco_checkpoint, moco_checkpoint_name, resnet_features
+from .moco import MoCoLayout, resnet_features
 
 __all__ = ["MoCoV3", "MoCoV3ViT", "MoCoV3ResNet", "VisionTransformerMoCo", "VITS", "build_vit", "momentum_at",
            "MoCoV3PretrainConfig", "MoCoV3Method"]
@@ -211,9 +210,10 @@ class MoCoV3PretrainConfig:
 
 
 @register_method
-class MoCoV3Method(PretrainMethod):
+class MoCoV3Method(MoCoLayout, PretrainMethod):
     name = "mocov3"
     config_schema = MoCoV3PretrainConfig
+    encoder_prefix = "base_encoder."
     momentum: Optional[float] = None  # this step's, set by on_step
 
     def validate(self, cfg, fail):
@@ -266,35 +266,16 @@ class MoCoV3Method(PretrainMethod):
             return net.forward_features(imgs)[:, 0]  # the cls token (what the projector reads)
         return resnet_features(net, imgs)
 
-    def checkpoint_name(self, tag) -> str:
-        return moco_checkpoint_name(tag)
-
-    def pack(self, model: nn.Module, cfg, finished_epoch: int) -> Dict:
-        """The authors' layout, MoCo's: ``epoch`` (the next one), ``arch``, ``state_dict`` under ``module.``."""
-        return moco_checkpoint(model, cfg.model.arch, finished_epoch + 1)
-
-    def epochs_done(self, ckpt: Mapping) -> int:
-        return int(ckpt["epoch"])
-
-    @classmethod
-    def claims(cls, ckpt: Mapping, source: str = "") -> bool:
-        try:
-            keys = strip_prefix(unwrap_state_dict(ckpt), "module.")
-        except CheckpointFormatError:
-            return False
-        return any(k.startswith("base_encoder.") for k in keys)
-
     def export(self, ckpt: Mapping, source: str = "<dict>") -> BackboneExport:
         """The base encoder without its projector: a ViT under timm names (the heads from the architecture the
         file names: the authors' ViTs all have 12) or a ResNet under torchvision names."""
-        sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
-        encoder, dropped = split_prefix(sd, "base_encoder.")
+        encoder, dropped = self.encoder(ckpt)
         cfg, epoch = run_config(ckpt), ckpt.get("epoch")
         arch, data, layout = ckpt.get("arch"), None, "the MoCo v3 authors' checkpoint"
         if cfg is not None:
             arch, data, layout = cfg.model.arch, trained_on(cfg), "the project's MoCo v3 checkpoint"
-        provenance = Provenance("moco_v3", self.name, int(epoch) if isinstance(epoch, int) else None, data, source,
-                                layout)
+        provenance = Provenance("moco_v3", self.name, self.epochs_done(ckpt) if isinstance(epoch, int) else None, data,
+                                source, layout)
         if "patch_embed.proj.weight" in encoder:
             heads = VITS[arch].num_heads if arch in VITS else 12
             return vit_export(encoder, provenance, num_heads=heads, dropped=dropped, prefix="base_encoder.")

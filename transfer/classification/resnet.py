@@ -18,7 +18,7 @@ from pretrain.backbones import is_resnet_name, resnet_arch
 from pretrain.checkpoint import CheckpointFormatError
 from transfer.convert import ConversionReport
 
-from .vit import _source_name, as_export
+from .vit import as_export, source_name
 
 __all__ = ["build_resnet_classifier", "resnet_backbone_state", "load_resnet_backbone"]
 
@@ -45,7 +45,7 @@ def resnet_backbone_state(source, allow_pickle: bool = False) -> Tuple[Dict[str,
 def load_resnet_backbone(model: nn.Module, source, allow_pickle: bool = False,
                          name: Optional[str] = None) -> ConversionReport:
     """Load a pretrained backbone into ``model``; ``fc`` stays as initialised (the only missing keys)."""
-    name = name or _source_name(source)
+    name = name or source_name(source)
     try:
         sd, kind, dropped = resnet_backbone_state(source, allow_pickle)
     except CheckpointFormatError as e:

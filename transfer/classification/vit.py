@@ -120,7 +120,7 @@ def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = Fal
     reported as dropped by design; any other missing or unexpected key, or a shape
     mismatch, is an error that lists them.
     """
-    name = name or _source_name(source)
+    name = name or source_name(source)
     try:
         sd, kind, dropped, notes = vit_backbone_state(model, source, allow_pickle)
     except CheckpointFormatError as e:
@@ -149,7 +149,7 @@ def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = Fal
     )
 
 
-def _source_name(source) -> str:
+def source_name(source) -> str:
     if isinstance(source, BackboneExport):
         return source.provenance.source
     return str(source) if not isinstance(source, dict) else "<state dict>"
