@@ -137,7 +137,7 @@ def device_part_rate(transform, datas, batch, rounds):
 def data_wait(images_dir, size, steps, workers, authors: bool):
     """The data_wait share the trainer logs over a short MAE run (ViT-pico/16 at ``size``), with our
     loader or, swapped into the same trainer, the authors' MAE pipeline."""
-    from pretrain import methods
+    from pretrain.methods.mae import MAEMethod
     from pretrain.config import load_config
     from pretrain.trainer import Trainer
 
@@ -156,14 +156,14 @@ def data_wait(images_dir, size, steps, workers, authors: bool):
         "model.decoder_num_heads=4", "train.batch_size=16", "train.epochs=1", f"train.max_iters={steps}",
         "train.device=cpu", "train.progress=false", "train.tensorboard=false", f"train.log_every={steps}",
         f"train.output_dir={out}", "optim.warmup_epochs=0"], method="mae")
-    original = methods.MAEMethod.build_transform
+    original = MAEMethod.build_transform
     if authors:
-        methods.MAEMethod.build_transform = lambda self, cfg, device: Authors()
+        MAEMethod.build_transform = lambda self, cfg, device: Authors()
     try:
         Trainer(cfg).fit()
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     finally:
-        methods.MAEMethod.build_transform = original
+        MAEMethod.build_transform = original
         shutil.rmtree(out, ignore_errors=True)
     return records[-1]["data_wait"], records[-1]["images_per_s"]
 
