@@ -21,6 +21,8 @@ setup(
         "matplotlib",
         "pycocotools",
         "simplejpeg",
+        # its wheel bundles libturbojpeg 3 (region decoding, pretrain/jpeg_region.py); x86-64 wheels only
+        'turbojpeg; platform_machine == "x86_64"',
     ],
     extras_require={
         # mmcv needs compiled ops: see tools/setup_env.sh for how it is built.

@@ -14,7 +14,9 @@ images/s = images / CPU seconds of the process. What is timed is what the loader
               grayscale and blur, run on the device: not in this column, but measured on this CPU in
               "device part" for the record (on a GPU they take microseconds per image);
   * ours, colour in loader: MoCo as it loads for a CPU training device (colour augmentations in the
-              loader, rounded back to uint8).
+              loader, rounded back to uint8);
+  * ours, whole-image decode: without the region decode (pretrain/jpeg_region.py), what the path gives
+              where libturbojpeg 3 is missing (the same pixels).
 
 Ours draws from each sample's seed (what exact resumption needs, and costs); the authors' pipelines draw from
 the global generators, as their code does.
@@ -45,6 +47,7 @@ from torchvision import transforms as T
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pretrain import jpeg_region  # noqa: E402
 from pretrain.data import SeededSample  # noqa: E402
 from pretrain.images import EncodedImage  # noqa: E402
 from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transform, moco_transform  # noqa: E402
@@ -94,6 +97,13 @@ def ours_cls(protocol, size):
     from transfer.classification.data import train_transform
 
     return train_transform(cls_config(protocol, size))
+
+
+class WholeImage(EncodedImage):
+    """The path without its region decode: every JPEG decoded whole (at the crop's DCT scale)."""
+
+    def decode(self, scale=1, region=None):
+        return super().decode(scale, None)
 
 
 # -------------------------------------------------------------- measuring
@@ -189,11 +199,13 @@ def main():
     sizes = [Image.open(io.BytesIO(d)).size for d in datas]
     print(f"{len(datas)} JPEGs from {args.images} (median {int(np.median([w for w, _ in sizes]))} x "
           f"{int(np.median([h for _, h in sizes]))}), output {args.size} px, batches of {args.batch}, "
-          f"1 thread, torch {torch.__version__}")
+          f"1 thread, torch {torch.__version__}, region decode: "
+          f"{'libturbojpeg 3' if jpeg_region.available() else 'unavailable (whole-image decode)'}")
     s = args.size
     groups = {
         "MAE pretraining": [Pipeline("authors", pil_decode, authors_mae(s), False),
-                            Pipeline("ours", EncodedImage, mae_transform(s, 0.2), True)],
+                            Pipeline("ours", EncodedImage, mae_transform(s, 0.2), True),
+                            Pipeline("ours, whole-image decode", WholeImage, mae_transform(s, 0.2), True)],
         "MoCo v2, two views": [Pipeline("authors", pil_decode, authors_moco_v2(s), False),
                                Pipeline("ours", EncodedImage, moco_transform("v2", s, 0.2, colour_on_device=True), True),
                                Pipeline("ours, colour in loader", EncodedImage,

@@ -29,20 +29,23 @@ INSTALL = "pip install nvidia-dali-cuda120"
 
 
 def dali_problem(dataset, device) -> Optional[str]:
-    """Why DALI cannot load ``dataset`` for ``device`` here, or None when it can."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return f"DALI decodes on a CUDA device and this run trains on {device.type} (CUDA available: " \
-               f"{torch.cuda.is_available()})"
-    if importlib.util.find_spec("nvidia.dali") is None:
-        return f"NVIDIA DALI is not installed ({INSTALL})"
+    """Why DALI cannot load ``dataset`` for ``device`` here, or None when it can: what the data needs first
+    (it holds on any machine), then the machine."""
     if not hasattr(dataset, "files"):
         return "the images are rendered in memory (data.synthetic), there are no files to decode"
     transform = dataset.transform.transform
     if not isinstance(transform, SampleTransform):
         return f"{type(transform).__name__} has no plan for DALI"
+    if transform.host_work is not None:
+        return f"{transform.host_work} run(s) on the host after the crop, which a GPU decoder leaves nothing for"
     views, _ = _example_plan(transform)
     if any(v.crop is not None for v in views):
         return f"{type(transform).__name__} crops after resizing, which the DALI pipeline does not"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"DALI decodes on a CUDA device and this run trains on {device.type} (CUDA available: " \
+               f"{torch.cuda.is_available()})"
+    if importlib.util.find_spec("nvidia.dali") is None:
+        return f"NVIDIA DALI is not installed ({INSTALL})"
     return None
 
 
@@ -114,6 +117,7 @@ class DaliLoader:
             pixels = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
             feed_ndarray(dense, pixels, cuda_stream=stream)
             views.append(pixels)
-        # assemble draws nothing in the transforms DALI takes (MAE's, MoCo's with the colour on the device).
+        # assemble draws nothing in the transforms DALI takes (host_work None: MAE's, MoCo's with the colour
+        # on the device, the linear protocols').
         samples = [self.transform.assemble([v[i] for v in views], p) for i, p in enumerate(params)]
         return default_collate(samples), torch.tensor(labels)

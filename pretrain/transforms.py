@@ -53,32 +53,16 @@ class ViewPlan:
 
 
 def run_views(img, plans: Sequence[ViewPlan]) -> List[torch.Tensor]:
-    """The views as uint8 [3, h, w], from one decode at the smallest scale that every view allows."""
-    scale = min(img.reduced_scale(p.box, p.size) for p in plans)
-    shared = _DecodedOnce(img, scale)
+    """The views as uint8 [3, h, w], from one decode (of the region they read, at the smallest scale that
+    every view allows)."""
     out = []
-    for p in plans:
-        x = resize_uint8(decode_crop(shared, p.box, p.size), p.size, p.interpolation)
+    for p, x in zip(plans, decode_crop(img, [p.box for p in plans], [p.size for p in plans])):
+        x = resize_uint8(x, p.size, p.interpolation)
         if p.crop is not None:
             top, left, h, w = p.crop
             x = x[:, top:top + h, left:left + w]
         out.append(x.flip(-1) if p.flip else x)
     return out
-
-
-class _DecodedOnce:
-    """``img`` decoded at most once, at ``scale``, for several views."""
-
-    def __init__(self, img, scale: int):
-        self.img, self.scale, self.size, self._decoded = img, scale, img.size, None
-
-    def reduced_scale(self, box, out_size) -> int:
-        return self.scale
-
-    def decode(self, scale: int):
-        if self._decoded is None:
-            self._decoded = self.img.decode(scale)
-        return self._decoded
 
 
 # ------------------------------------------------------- device transforms
@@ -110,6 +94,9 @@ class SampleTransform:
     ``device_transform(inputs, device)`` finishes the collated batch on the device."""
 
     device_transform: Callable
+    # What ``assemble`` still does on the host after the views are cut (None: nothing): a GPU decoder
+    # (the DALI backend) takes only transforms that leave it nothing.
+    host_work: Optional[str] = None
 
     def plan(self, hw) -> Tuple[List[ViewPlan], Optional[torch.Tensor]]:
         raise NotImplementedError
@@ -216,6 +203,10 @@ class TwoViews(SampleTransform):
         if r.solarize_p > 0 and not r.solarize_p < torch.rand(1):
             p[SOLARIZE] = 1.0
         return p
+
+    @property
+    def host_work(self) -> Optional[str]:
+        return None if self.colour_on_device else "the colour augmentations (in the loader, for a CPU device)"
 
     def assemble(self, views, params):
         pixels = torch.stack(views)

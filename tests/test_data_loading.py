@@ -3,6 +3,7 @@ images, PIL's decode, torchvision's ops per sample. Same seeds, same draws; pixe
 import io
 import logging
 import math
+import random
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from torchvision.transforms import functional as TF
 
 from conftest import SHARED_DATA
 from pretrain import transforms as X
-from pretrain.images import EncodedImage, resize_uint8, snap_box
+from pretrain import jpeg_region
+from pretrain.images import EncodedImage, Pixels, UnreadableImage, resize_uint8, snap_box
 
 MEAN, STD = torch.tensor(X.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(X.IMAGENET_STD).view(3, 1, 1)
 
@@ -60,9 +62,80 @@ def test_decode_equals_pils(photos):
     cases = [encode(photos[0], "JPEG", quality=90), encode(photos[1], "JPEG", quality=75, subsampling=0),
              encode(gray, "JPEG"), encode(photos[2], "PNG"), encode(Image.fromarray(photos[3]).convert("CMYK"), "JPEG")]
     for data in cases:
-        ours, scale = EncodedImage(data).decode()
+        decoded = EncodedImage(data).decode()
+        ours, scale = decoded.array, decoded.scale
         reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         assert scale == 1 and ours.shape == reference.shape and np.array_equal(ours, reference)
+
+
+def subsampled_jpegs(photos):
+    """JPEGs of each chroma layout libjpeg-turbo upsamples differently (4:4:4, 4:2:2, 4:2:0, gray), a
+    progressive one, at sizes that are no multiple of the iMCU."""
+    cut = [a[:a.shape[0] - 5 * i - 3, :a.shape[1] - 7 * i - 1] for i, a in enumerate(photos[:4])]
+    return [encode(cut[0], "JPEG", quality=90, subsampling=0), encode(cut[1], "JPEG", quality=85, subsampling=1),
+            encode(cut[2], "JPEG", quality=80, subsampling=2),
+            encode(cut[3], "JPEG", quality=90, subsampling=2, progressive=True),
+            encode(cut[0].mean(axis=2).astype(np.uint8), "JPEG", quality=90)]
+
+
+def pil_decode(data, scale):
+    """PIL's decode at 1/scale (its draft mode: libjpeg's DCT scaling), as RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        if scale > 1:
+            img.draft("RGB", (img.width // scale, img.height // scale))  # PIL: the largest scale s <= its size ratio
+        return np.array(img.convert("RGB"))
+
+
+def test_region_decode_equals_a_whole_decode(photos):
+    """Decoding only the region of the crops gives, inside every crop, the pixels of PIL's decode of the
+    whole image at the same scale, bit for bit: at its edges (where a cropped decode's chroma upsampling
+    differs unless the region is widened), for each subsampling, progressive files and each DCT scale."""
+    assert jpeg_region.available(), "requirements.txt installs the turbojpeg wheel (its libturbojpeg 3)"
+    rng = random.Random(0)
+    checked = 0
+    for data in subsampled_jpegs(photos):
+        img = EncodedImage(data)
+        h, w = img.size
+        for scale in (1, 2, 4, 8):
+            whole = Pixels(pil_decode(data, scale), scale)
+            assert whole.array.shape[:2] == (-(-h // scale), -(-w // scale))
+            for i in range(12):
+                if i == 0:
+                    box = (0, 0, h, w)
+                elif i == 1:
+                    box = (h - 1, w - 1, 1, 1)
+                else:
+                    bh, bw = rng.randint(scale, h), rng.randint(scale, w)
+                    box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
+                inner = (box[0] + box[2] // 4, box[1] + box[3] // 4, max(box[2] // 2, 1), max(box[3] // 2, 1))
+                part = img.decode(scale, box)
+                assert part.array.size < whole.array.size or i == 0  # only the region was decoded
+                for b in (box, inner):  # the region itself and a crop inside it
+                    assert torch.equal(part.crop(b), whole.crop(b)), (len(data), scale, box, b)
+                    checked += 1
+    assert checked == 5 * 4 * 12 * 2
+
+
+def test_region_decode_judges_broken_files_as_a_whole_decode(photos):
+    """A file cut short below the crops is refused as a whole decode refuses it (the region decode, which
+    stops after the region, must not take it), also when an EXIF thumbnail's EOI comes before the cut; corrupt
+    entropy data gives PIL's pixels (PIL decodes what libjpeg-turbo reads only with a warning); trailing bytes
+    after the EOI are read as PIL reads them."""
+    data = encode(photos[0], "JPEG", quality=90)
+    thumbnail = encode(photos[1][:64, :64], "JPEG")
+    # a thumbnail (its own SOI ... EOI) inside an APP1 segment, as cameras write them
+    with_thumb = data[:2] + b"\xff\xe1" + (len(thumbnail) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumbnail + data[2:]
+    box = (10, 10, 100, 200)  # the top rows: a decode of the region ends long before the cut
+    for cut in (data[:len(data) * 2 // 3], with_thumb[:len(with_thumb) * 2 // 3]):
+        assert not jpeg_region.ends(cut) and jpeg_region.decode_region(cut, 1, box) is None
+        with pytest.raises(UnreadableImage):
+            EncodedImage(cut).decode(1, box)
+    assert jpeg_region.ends(data) and jpeg_region.ends(with_thumb)
+    assert torch.equal(EncodedImage(with_thumb).decode(1, box).crop(box), Pixels(pil_decode(data, 1)).crop(box))
+    for corrupt in (data[:1500] + bytes(400) + data[1900:], data[:1500] + b"\xff\xd0" * 50 + data[1600:]):
+        assert torch.equal(EncodedImage(corrupt).decode(1, box).crop(box), Pixels(pil_decode(corrupt, 1)).crop(box))
+    trailing = data + b"trailing bytes"
+    assert torch.equal(EncodedImage(trailing).decode(1, box).crop(box), Pixels(pil_decode(data, 1)).crop(box))
 
 
 def test_reduced_decode_stays_within_its_bound(photos):
@@ -85,7 +158,7 @@ def test_reduced_decode_stays_within_its_bound(photos):
         if s == 1:
             continue
         scales.add(s)
-        reduced, full = img.decode(s)[0], img.decode(1)[0]
+        reduced, full = img.decode(s).array, img.decode(1).array
         top, left, h, w = snapped = snap_box(box, s, reduced.shape[:2])
         assert h >= out[0] + 1 and w >= out[1] + 1
         source = [v * s for v in snapped]
@@ -341,6 +414,68 @@ def test_dali_falls_back_to_pil_where_it_cannot_run(tmp_path, caplog):
     assert isinstance(loader, DataLoader) and next(iter(loader))[0].dtype == torch.uint8
     with pytest.raises(ConfigError, match="data.backend must be pil or dali"):
         load_config(None, ["data.synthetic=true", "data.backend=nvjpeg"])
+
+
+def cls_train_transform(protocol, size=64):
+    from transfer.classification.config import load_cls_config
+    from transfer.classification.data import train_transform
+
+    return train_transform(load_cls_config(None, ["data.synthetic=true", f"data.img_size={size}"],
+                                           protocol=protocol).data)
+
+
+def mocov3_views():
+    from pretrain.methods.mocov3 import BYOL_VIEWS
+
+    return X.TwoViews(BYOL_VIEWS, 64, 0.08, colour_on_device=True)
+
+
+GPU_DECODER_TAKES = {  # the transforms whose plan leaves the host nothing (the DALI backend's)
+    "mae": lambda: X.mae_transform(64),
+    "moco_v2 (colour on the device)": lambda: X.moco_transform("v2", 64, colour_on_device=True),
+    "mocov3 (colour on the device)": lambda: mocov3_views(),
+    "mae_linear": lambda: cls_train_transform("mae_linear"),
+    "moco_linear": lambda: cls_train_transform("moco_linear"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPU_DECODER_TAKES))
+def test_a_gpu_decoder_given_the_plan_gives_the_samples_of_the_whole_transform(name, photos):
+    """What the DALI backend does per sample (the plan under the sample's seed, the views cut elsewhere, then
+    ``assemble``) gives the samples of the whole transform, draw for draw: the same crops, flips and colour
+    parameters, so exact resumption holds across backends. Here the views are cut by the CPU path."""
+    from pretrain.data import SeededSample, seeded
+
+    transform = GPU_DECODER_TAKES[name]()
+    assert transform.host_work is None
+    for seed, photo in enumerate(photos[:4] * 2):
+        img = EncodedImage(encode(photo, "JPEG", quality=90))
+        whole = SeededSample(transform)(img, seed)
+        with seeded(seed):
+            views, params = transform.plan(img.size)
+        split = transform.assemble(X.run_views(img, views), params)
+        for a, b in zip(*(out if isinstance(out, tuple) else (out,) for out in (whole, split))):
+            assert torch.equal(a, b), (name, seed)
+
+
+def test_transforms_with_work_after_the_crop_stay_on_the_cpu_loader():
+    from pretrain.dali import dali_problem
+    from pretrain.data import SeededSample
+
+    finetune = cls_train_transform("mae_finetune")
+    assert finetune.host_work == "RandAugment (PIL) and random erasing's boxes"
+    assert X.moco_transform("v2", 64, colour_on_device=False).host_work.startswith("the colour augmentations")
+    with pytest.raises(RuntimeError, match="RandAugment"):
+        finetune.assemble([torch.zeros(3, 64, 64, dtype=torch.uint8)], None)
+
+    class Dataset:  # what dali_problem reads
+        files = ["a.jpg"]
+        transform = SeededSample(finetune)
+
+    for device in ("cpu", "cuda"):  # the data's reason, on any machine
+        assert dali_problem(Dataset, torch.device(device)).startswith("RandAugment (PIL) and random erasing's")
+    Dataset.transform = SeededSample(cls_train_transform("mae_linear"))
+    assert dali_problem(Dataset, torch.device("cpu")).startswith("DALI decodes on a CUDA device")
 
 
 def test_wait_timer_counts_the_time_spent_waiting_for_items(monkeypatch):

@@ -86,7 +86,7 @@ class SegSplit:
 
     def image(self, i: int) -> torch.Tensor:
         """uint8 [3, H, W], decoded as the project's loaders do (``pretrain.images``)."""
-        return torch.from_numpy(EncodedImage.from_file(self.images[i]).decode()[0]).permute(2, 0, 1)
+        return torch.from_numpy(EncodedImage.from_file(self.images[i]).decode().array).permute(2, 0, 1)
 
     def label(self, i: int) -> torch.Tensor:
         """uint8 [H, W] class indices, IGNORE where unlabelled."""

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from pretrain.config import (
-    ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_data_source, validate_run,
+    ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_backend, validate_data_source,
+    validate_run,
 )
 
 __all__ = ["PROTOCOL_SCHEMAS", "load_cls_config", "ConfigError", "to_yaml"]
@@ -62,6 +63,9 @@ class ClsDataConfig:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875  # evaluation: resize to img_size / crop_pct, centre crop img_size
     num_workers: int = 8
+    # Training images: pil (the CPU loader) | dali (decode and crop on the GPU: the linear protocols; where
+    # it cannot run, e.g. RandAugment on the host, the log says why and the run loads with pil).
+    backend: str = "pil"
     # Fine-tuning regularisation (timm's implementations); off for the linear protocols.
     auto_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1 (RandAugment m9, mstd 0.5)
     reprob: float = 0.0  # random erasing probability
@@ -171,4 +175,5 @@ def _validate(cfg, path):
         fail(f"moco_linear trains a torchvision ResNet; model.arch must name one (e.g. resnet50), got {m.arch!r}")
     if cfg.protocol.startswith("mae_") and m.arch.startswith(("resnet", "resnext", "wide_")):
         fail(f"{cfg.protocol} trains a ViT; model.arch must name one (e.g. vit_base_patch16), got {m.arch!r}")
+    validate_backend(d, fail)
     validate_data_source(d, fail, "/data/imagenet holding train/ and val/; or data.train and data.val")

@@ -12,6 +12,7 @@ run sees the same crops.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,27 +44,46 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class SeedGlobalRandom:
+class SeedGlobalRandom(SampleTransform):
     """Runs a transform with ``random`` and ``numpy.random`` seeded from torch's generator,
-    restoring both afterwards (timm's RandAugment, crops and erasing use them)."""
+    restoring both afterwards (timm's RandAugment, crops and erasing use them). ``plan`` alone draws
+    what the whole transform draws first (the crop and flip), for a GPU decoder."""
 
-    def __init__(self, transform: Callable):
+    def __init__(self, transform: SampleTransform):
         self.transform = transform
 
     @property
     def device_transform(self):
         return self.transform.device_transform
 
-    def __call__(self, img):
+    @property
+    def host_work(self):
+        return self.transform.host_work
+
+    @contextlib.contextmanager
+    def global_generators(self):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         py_state, np_state = random.getstate(), np.random.get_state()
         random.seed(seed)
         np.random.seed(seed)
         try:
-            return self.transform(img)
+            yield
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+    def plan(self, hw):
+        with self.global_generators():
+            return self.transform.plan(hw)
+
+    def assemble(self, views, params):
+        if self.host_work is not None:
+            raise RuntimeError(f"{self.host_work} draw after the plan: run the whole transform")
+        return self.transform.assemble(views, params)
+
+    def __call__(self, img):
+        with self.global_generators():
+            return self.transform(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
@@ -111,6 +131,12 @@ class TimmTrainTransform(SampleTransform):
 
     def _find(self, kind):
         return next((t for t in self.transforms if isinstance(t, kind)), None)
+
+    @property
+    def host_work(self):
+        work = [name for name, on in (("RandAugment (PIL)", self.randaugment is not None),
+                                      ("random erasing's boxes", self.erasing is not None)) if on]
+        return " and ".join(work) or None
 
     def plan(self, hw):
         box = RandomResizedCropAndInterpolation.get_params(shape_only(*hw), self.scale, self.ratio)

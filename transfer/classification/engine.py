@@ -109,7 +109,7 @@ class ClassificationTrainer(TrainerBase):
         # ---- training data, optimizer, DDP
         self.setup_training(self.train_set,
                             lambda lr: build_optimizer(self.protocol.param_groups(self.model, cfg), cfg.optim, lr),
-                            backend="pil")  # timm's transforms draw from Python's generator: the CPU loader's
+                            backend=d.backend)
         self.mixup = build_mixup(d, self.num_classes)
         self.criterion = build_criterion(d, self.mixup)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
