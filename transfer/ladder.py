@@ -1,7 +1,7 @@
 """The evaluation ladder: from one checkpoint to seeded results of every rung, cheapest first.
 
 A *rung* is one protocol (weighted kNN, linear probe, frozen dense probe, fine-tuning,
-detectron2, mmseg UperNet) run by the project's own tool for it as a subprocess, so that
+detectron2, mmseg UperNet) run by the project's own tool for it as its own process, so that
 every rung is the same code a user runs by hand. ``plan`` turns a checkpoint into *jobs*:
 rung x subject (the checkpoint, and its baseline through the same protocol) x seed, each
 with its command, its output folder, the GPUs its recipe needs and an estimate of its cost.
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -371,16 +370,22 @@ def _cuda_devices() -> int:
         return 0
 
 
-def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, **launch) -> int:
-    """Run one job as a subprocess, its output in ``output.txt``; a failure is recorded in ``failed.json``."""
+def job_env(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
+def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, warm=None, **launch) -> int:
+    """Run one job as its own process (a subprocess, or a child of ``warm``, a ``WarmStarter``), its output in
+    ``output.txt``; a failure is recorded in ``failed.json``."""
+    from transfer.warm_start import call
+
     Path(job.folder).mkdir(parents=True, exist_ok=True)
     job.failure.unlink(missing_ok=True)
     cmd = launch_command(job, resume, **launch)
     with open(job.log, "a") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n")
         log.flush()
-        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        rc = call(cmd, log, job_env(env), REPO, warm)
     if rc != 0 or not job.results.is_file():
         job.failure.write_text(json.dumps({"returncode": rc, "log": str(job.log), "command": cmd,
                                            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
@@ -389,19 +394,29 @@ def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, **l
 
 def run_local(p: Plan, echo: Callable[[str], None] = print, env: Optional[Mapping[str, str]] = None) -> None:
     """Every job in order, one line as each starts and ends. Finished jobs are skipped, started ones resumed,
-    failed ones tried again; a failure never stops the others."""
-    for i, job in enumerate(p.jobs, 1):
-        state = job_state(job)
-        head = f"[{i}/{len(p.jobs)}] {job.key}"
-        if state == "done":
-            echo(f"{head}: done earlier, skipped ({result_line(job)})")
-            continue
-        echo(f"{head}: {'resuming' if state in ('started', 'failed') else 'starting'} ...")
-        start = time.time()
-        rc = run_job(job, resume=state in ("started", "failed"), env=env)
-        took = f"{time.time() - start:.0f} s"
-        echo(f"{head}: {'FAILED (exit ' + str(rc) + f', log {job.log})' if job.failure.is_file() else result_line(job)}"
-             f" in {took}")
+    failed ones tried again; a failure never stops the others. Each job is its own process, forked from a
+    server that has imported torch once (``transfer.warm_start``)."""
+    from transfer.warm_start import WarmStarter
+
+    warm = None
+    try:
+        for i, job in enumerate(p.jobs, 1):
+            state = job_state(job)
+            head = f"[{i}/{len(p.jobs)}] {job.key}"
+            if state == "done":
+                echo(f"{head}: done earlier, skipped ({result_line(job)})")
+                continue
+            echo(f"{head}: {'resuming' if state in ('started', 'failed') else 'starting'} ...")
+            start = time.time()
+            if warm is None and WarmStarter.enabled():
+                warm = WarmStarter(job_env(env))
+            rc = run_job(job, resume=state in ("started", "failed"), env=env, warm=warm)
+            took = f"{time.time() - start:.0f} s"
+            echo(f"{head}: {'FAILED (exit ' + str(rc) + f', log {job.log})' if job.failure.is_file() else result_line(job)}"
+                 f" in {took}")
+    finally:
+        if warm is not None:
+            warm.close()
 
 
 def result_line(job: Job) -> str:
