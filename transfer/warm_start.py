@@ -91,12 +91,19 @@ class WarmStarter:
         self.server.stdin.write(json.dumps({"argv": list(cmd[1:]), "log": str(log_path), "env": dict(env),
                                             "cwd": str(cwd)}) + "\n")
         self.server.stdin.flush()
-        pid = json.loads(self.server.stdout.readline())["pid"]
+        pid = self._reply()["pid"]
         try:
-            return json.loads(self.server.stdout.readline())["rc"]
+            return self._reply()["rc"]
         except BaseException:  # interrupted: the job goes too, as a subprocess would with its parent's Ctrl-C
             os.kill(pid, signal.SIGTERM)
             raise
+
+    def _reply(self) -> dict:
+        line = self.server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the warm-start server exited (code {self.server.wait()}); "
+                               f"SSLKIT_WARM_START=0 runs every job as a subprocess")
+        return json.loads(line)
 
     def close(self) -> None:
         self.server.stdin.close()
