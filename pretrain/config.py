@@ -65,6 +65,9 @@ class RunConfig:
     tensorboard: bool = True
     progress: bool = True
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    dist_timeout_min: float = 30.0  # process-group timeout: how long a collective may wait for the other ranks
+    deterministic: bool = False  # deterministic algorithms, no cuDNN autotuning: exact resume on GPUs too
+    compile: bool = False  # torch.compile the model's forward (graph breaks are named in the log)
 
 
 def validate_data_source(d, fail: Callable[[str], None], folder: str = "an image folder"):
@@ -91,6 +94,8 @@ def validate_run(t: RunConfig, fail: Callable[[str], None]):
         fail("train.batch_size, train.accum_iter and train.epochs must be >= 1")
     if t.log_every < 1 or t.ckpt_every_epochs < 1 or t.ckpt_every_iters < 0:
         fail("train.log_every and train.ckpt_every_epochs must be >= 1 (train.ckpt_every_iters: 0 is off)")
+    if t.dist_timeout_min <= 0:
+        fail(f"train.dist_timeout_min must be > 0 minutes, got {t.dist_timeout_min}")
 
 
 @dataclass
