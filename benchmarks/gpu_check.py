@@ -3,35 +3,44 @@
 
   * MAE ViT-B/16 pretraining (batch 64 at 224, bf16 autocast, AdamW): images/s and peak memory of the
     project's model and, in the same run, of a re-derivation of the authors' (models_mae.py: timm Blocks
-    with the unfused attention of the timm 0.3.2 it was written for);
+    with the unfused attention of the timm 0.3.2 it was written for), each eager and under torch.compile
+    (the compilation, timed apart, is the first step's time);
   * MoCo v2 ResNet-50 (batch 256 at 224, K = 65536, 8 split batch norms, bf16): images/s, peak memory;
   * ViTDet-B Mask R-CNN at 1024 px, 1 image a GPU as the 64-GPU recipe (detectron2; the row says so when
     detectron2 is absent): s/iter and peak memory; reference 0.314 s/iter, 10.9 GB on an A100;
   * UperNet + MAE ViT-B at 512 px, 2 images a GPU as the 8x2 recipe (mmseg): s/iter, peak memory;
     reference 9.96 GB;
   * the data path (benchmarks/data_loading.py): images/s per core of the loader against the authors', and
-    the device part (ToTensor + Normalize, MoCo's colour augmentations) in images/s on this device.
+    the device part (ToTensor + Normalize, MoCo's colour augmentations) in images/s on this device, called
+    as the trainer calls it, on the recipe's per-GPU batch.
 
 Steps are timed after warm-up, synchronised; synthetic inputs (random pixels, boxes, masks, labels).
 
   python benchmarks/gpu_check.py                  # on the GPU
-  python benchmarks/gpu_check.py --cpu --tiny     # the same rows with tiny models on a CPU (< 1 minute)
+  python benchmarks/gpu_check.py --cpu --tiny     # the same rows with tiny models on a CPU (under a minute)
+
+On a cluster node without network, with the site's PyTorch: tools/gpu_check_wheels.py prepares the folder
+it installs from, with a copy of this script (README, "The GPU check").
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import io
 import sys
 import time
 import traceback
+import warnings
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # a checkout, or the copy in tools/gpu_check_wheels.py's folder
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 
@@ -53,6 +62,10 @@ class Device:
     def reset_memory(self):
         if self.cuda:
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def reset_peak(self):
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats()
 
     def peak_gb(self):
@@ -125,38 +138,53 @@ class AuthorsMAE(nn.Module):
         return (loss * mask).sum() / mask.sum()
 
 
-def mae_rows(dev: Device, tiny: bool):
+def mae_rows(dev: Device, tiny: bool, compile: bool):
     from pretrain.methods.mae import create_mae
     from pretrain.trainer import configure_attention
 
     arch, size, batch, spec = (("mae_vit_pico_patch8", 64, 8, (8, 96, 4, 3, 64, 1, 4)) if tiny else
                                ("mae_vit_base_patch16", 224, 64, (16, 768, 12, 12, 512, 8, 16)))
     imgs = torch.randn(batch, 3, size, size, device=dev.device)
+    # On a CPU the compiled rows check that the step compiles (graph capture, the backward graph) without
+    # inductor's C++ build, which takes minutes there; the CPU's compiled speed is benchmarks/' business.
+    backend = "inductor" if dev.cuda else "aot_eager"
     rows = []
     for name in ("project", "authors (re-derived)"):
-        dev.reset_memory()
-        torch.manual_seed(0)
-        if name == "project":
-            model = create_mae(arch, img_size=size, norm_pix_loss=True, decoder_embed_dim=spec[4],
-                               decoder_depth=spec[5], decoder_num_heads=spec[6]).to(dev.device)
-            configure_attention(model, dev.device.type, dev.amp)
-            loss_fn = lambda: model(imgs, mask_ratio=0.75)[0]  # noqa: E731
-        else:
-            model = AuthorsMAE(size, *spec).to(dev.device)
-            loss_fn = lambda: model(imgs, 0.75)  # noqa: E731
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+        for compiled in (False, True) if compile else (False,):
+            dev.reset_memory()
+            torch.manual_seed(0)
+            if name == "project":
+                model = create_mae(arch, img_size=size, norm_pix_loss=True, decoder_embed_dim=spec[4],
+                                   decoder_depth=spec[5], decoder_num_heads=spec[6]).to(dev.device)
+                configure_attention(model, dev.device.type, dev.amp)
+            else:
+                model = AuthorsMAE(size, *spec).to(dev.device)
+            forward = torch.compile(model, backend=backend) if compiled else model
+            loss_fn = ((lambda: forward(imgs, mask_ratio=0.75)[0]) if name == "project" else  # noqa: E731
+                       (lambda: forward(imgs, 0.75)))
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
 
-        def step():
-            with dev.autocast():
-                loss = loss_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            def step():
+                with dev.autocast():
+                    loss = loss_fn()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
-        s = timed(step, dev, 1 if tiny else 3, 2 if tiny else 10)
-        rows.append((f"MAE {arch} pretraining, {name}", f"{batch / s:.1f} images/s", dev.peak_gb(),
-                     f"batch {batch} at {size}, {dev.precision}"))
-        del model, opt
+            # The first step compiles (forward and backward graphs): timed apart, and left out of the peak.
+            start = time.perf_counter()
+            step()
+            dev.sync()
+            first = time.perf_counter() - start
+            dev.reset_peak()
+            s = timed(step, dev, 1 if tiny else 3, 2 if tiny else 10)
+            setting = f"batch {batch} at {size}, {dev.precision}"
+            rows.append((f"MAE {arch} pretraining, {name}, {'compiled' if compiled else 'eager'}",
+                         f"{batch / s:.1f} images/s", dev.peak_gb(),
+                         f"{setting}, torch.compile ({backend}): {first:.0f} s to compile" if compiled else setting))
+            del model, forward, opt
+            if compiled:
+                torch._dynamo.reset()  # the next model compiles afresh, within the recompilation limit
     return rows
 
 
@@ -184,13 +212,26 @@ def moco_rows(dev: Device, tiny: bool):
              f"batch {batch} at {size}, K={queue}, {splits} split BNs, {dev.precision}")]
 
 
+def missing(*packages: str, ops: str) -> Optional[str]:
+    """Why a row that needs ``packages`` and the compiled extension ``ops`` cannot run here (a skip's reason),
+    or None. Compiled ops are built against one torch: a site's other torch fails to load them."""
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            return f"skipped: {package} is not installed"
+    try:
+        importlib.import_module(ops)
+    except Exception as e:  # ImportError, or an undefined symbol of another torch build
+        reason = f"skipped: {ops} (compiled ops) does not load with torch {torch.__version__}"
+        return f"{reason}: {type(e).__name__}: {e}"[:200]
+    return None
+
+
 # ------------------------------------------------------------- detection
 def vitdet_rows(dev: Device, tiny: bool):
-    import importlib.util
-
-    if importlib.util.find_spec("detectron2") is None:
-        return [("ViTDet-B Mask R-CNN", "skipped: detectron2 is not installed", None,
-                 "SSLKIT_DETECTRON2=git bash tools/setup_env.sh")]
+    reason = missing("detectron2", ops="detectron2._C")
+    if reason:
+        return [("ViTDet-B Mask R-CNN", reason, None,
+                 "detectron2 is on no registry: build it for this Python and torch (README, detectron2)")]
     from detectron2.config import LazyConfig, instantiate
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
@@ -236,6 +277,10 @@ def vitdet_rows(dev: Device, tiny: bool):
 
 # ---------------------------------------------------------- segmentation
 def upernet_rows(dev: Device, tiny: bool):
+    reason = missing("mmcv", "mmengine", "mmseg", ops="mmcv._ext")
+    if reason:
+        return [("UperNet MAE ViT-B", reason, None, "needs mmcv built with its compiled ops for this torch "
+                 "(tools/setup_env.sh builds it), then sslkit[seg]")]
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
@@ -299,10 +344,7 @@ def test_jpegs(images: str, n: int):
 
 
 def data_rows(dev: Device, tiny: bool, images: str):
-    from torch.utils.data import default_collate
-
     import data_loading as dl
-    from pretrain.data import SeededSample
     from pretrain.images import EncodedImage
     from pretrain.transforms import mae_transform, moco_transform
 
@@ -316,11 +358,10 @@ def data_rows(dev: Device, tiny: bool, images: str):
         moco_tf = moco_transform("v2", size, 0.2, colour_on_device=True)
         moco = dl.cpu_rate([dl.Pipeline("authors", dl.pil_decode, dl.authors_moco_v2(size), False),
                             dl.Pipeline("ours", EncodedImage, moco_tf, True)], datas, batch, 1 if tiny else 3)
-        collated = default_collate([SeededSample(moco_tf)(EncodedImage(d), i) for i, d in enumerate(datas[:batch])])
-        moved = tuple(t.to(dev.device) for t in collated)
         if dev.cuda:
             torch.set_num_threads(threads)
-        t = timed(lambda: moco_tf.device_transform(moved, dev.device), dev, 1, 3 if tiny else 10)
+        device_batch = batch if tiny else moco_gpu_batch()
+        t, syncs = moco_device_part(dev, moco_tf, datas, device_batch, 3 if tiny else 10)
     finally:
         torch.set_num_threads(threads)
     rows = [("data path, MAE: loader per core", f"{mae['ours']:.0f} images/s ({mae['ours'] / mae['authors']:.2f}x "
@@ -328,10 +369,47 @@ def data_rows(dev: Device, tiny: bool, images: str):
             ("data path, MoCo v2 two views: loader per core", f"{moco['ours']:.0f} images/s "
              f"({moco['ours'] / moco['authors']:.2f}x the authors' {moco['authors']:.0f})", None,
              "colour augmentations on the device")]
-    rows.append(("data path, MoCo v2 device part", f"{batch / t:.0f} images/s", None,
-                 f"uint8 -> colour jitter, grayscale, blur, normalise; batch {batch} on "
-                 f"{'the GPU' if dev.cuda else 'one CPU core'}"))
+    rows.append(("data path, MoCo v2 device part", f"{device_batch / t:.0f} images/s", None,
+                 f"uint8 -> colour jitter, grayscale, blur, normalise, as the trainer calls it; batch "
+                 f"{device_batch} (two views each) on {'the GPU' if dev.cuda else 'one CPU core'}"
+                 + (f"; {syncs} host syncs a call" if syncs is not None else "")))
     return rows
+
+
+def moco_gpu_batch() -> int:
+    """The MoCo v2 R-50 recipe's batch per process (train.batch_size: 32 x 8 GPUs)."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(REPO / "configs" / "pretrain" / "moco_v2_r50_in1k.yaml").train.batch_size)
+
+
+def moco_device_part(dev: Device, transform, datas, batch: int, iters: int):
+    """Seconds per call of MoCo's device part as the trainer makes it: ``device_transform(batch[0], device)`` on
+    the loader's collated batch, whose uint8 views and colour parameters are on the host (pinned for a GPU,
+    as the loader's ``pin_memory``); the transform moves the pixels and reads the parameters where they are.
+    Also the host syncs one call makes on a GPU (CUDA's sync debug mode), else None."""
+    from torch.utils.data import default_collate
+
+    from pretrain.data import SeededSample
+    from pretrain.images import EncodedImage
+
+    sample = SeededSample(transform)
+    inputs = default_collate([sample(EncodedImage(datas[i % len(datas)]), i) for i in range(batch)])
+    if dev.cuda:
+        inputs = tuple(t.pin_memory() for t in inputs)
+    call = partial(transform.device_transform, inputs, dev.device)
+    seconds = timed(call, dev, 1, iters)
+    if not dev.cuda:
+        return seconds, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    dev.sync()
+    return seconds, sum("synchroniz" in str(w.message) for w in caught)
 
 
 def main():
@@ -340,14 +418,19 @@ def main():
     p.add_argument("--tiny", action="store_true", help="tiny models and inputs")
     p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "coco_tiny50"))
     p.add_argument("--only", nargs="*", default=["mae", "moco", "vitdet", "upernet", "data"])
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="leave out the torch.compile rows (MAE), and their compilation time")
     args = p.parse_args()
     if not args.cpu and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on a GPU, or with --cpu --tiny")
     dev = Device(args.cpu)
     where = torch.cuda.get_device_name() if dev.cuda else "CPU"
-    print(f"gpu_check on {where}, torch {torch.__version__}, {'tiny' if args.tiny else 'full-size'} models")
-    checks = {"mae": mae_rows, "moco": moco_rows, "vitdet": vitdet_rows, "upernet": upernet_rows,
-              "data": lambda d, t: data_rows(d, t, args.images)}
+    import pretrain  # from the checkout, or from the installed wheel beside the folder's copy of this script
+
+    print(f"gpu_check on {where}, torch {torch.__version__}, {'tiny' if args.tiny else 'full-size'} models; "
+          f"sslkit from {Path(pretrain.__file__).parent.parent}")
+    checks = {"mae": lambda d, t: mae_rows(d, t, args.compile), "moco": moco_rows, "vitdet": vitdet_rows,
+              "upernet": upernet_rows, "data": lambda d, t: data_rows(d, t, args.images)}
     rows, start = [], time.perf_counter()
     for name in args.only:
         t0 = time.perf_counter()

@@ -54,7 +54,7 @@ class RunConfig:
     epochs: int = 800
     batch_size: int = 64  # per process
     accum_iter: int = 1  # effective batch = batch_size * accum_iter * world_size
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only) | auto (bf16 on a bf16 GPU or an AMX CPU, else none)
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only) | auto (from the hardware: pretrain.precision)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     output_dir: str = "output/pretrain"
@@ -68,6 +68,9 @@ class RunConfig:
     dist_timeout_min: float = 30.0  # process-group timeout: how long a collective may wait for the other ranks
     deterministic: bool = False  # deterministic algorithms, no cuDNN autotuning: exact resume on GPUs too
     compile: bool = False  # torch.compile the model's forward (graph breaks are named in the log)
+    # ResNets: convolutions in channels-last memory format (measured faster: README, Benchmarks); not with
+    # MoCo's split batch norm (one process), whose sub-batch view needs contiguous maps. ViTs: no effect.
+    channels_last: bool = True
 
 
 def validate_data_source(d, fail: Callable[[str], None], folder: str = "an image folder"):

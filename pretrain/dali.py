@@ -6,23 +6,31 @@ backend's: the loader reads each file's header and draws the sample's plan under
 exact resumption, are the same on both backends; DALI then decodes each view's box (nvJPEG, region
 decode, libjpeg's fancy upsampling), resizes it antialiased (cubic or linear, as the plan says) and
 mirrors it on the GPU, and the transform's ``assemble`` and ``device_transform`` finish as on the CPU.
-What differs is the arithmetic of DALI's decoder and resampling: pixels, not parameters. Where DALI
-cannot run (no CUDA device, not installed, in-memory data), ``pretrain.data.resolve_backend`` says so
-in the log and loads with ``pil``.
+What differs is the arithmetic of DALI's decoder and resampling: pixels, not parameters. As on ``pil``,
+the pixels are the file's as stored (EXIF orientation is not applied: the plans are drawn on the header's
+size), and an unreadable file is skipped and listed (``check_readable``, on the host, before DALI sees it).
+The host work (reading, planning) runs in loader worker processes and DALI decodes batches ahead,
+asynchronously: neither waits in series with the step. Where DALI cannot run (no CUDA device, not
+installed, in-memory data), ``pretrain.data.resolve_backend`` says so in the log and loads with ``pil``.
 
-This project's CI has neither a GPU nor DALI: this module is exercised there only through its fallback.
+This project's CI has neither a GPU nor DALI: there this module is exercised through its fallback and its
+host half; where DALI is installed, tests/test_dali.py runs the same pipeline in DALI's CPU-only mode.
 """
 from __future__ import annotations
 
+import collections
 import importlib.util
+import io
 from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .data import seeded
-from .images import EncodedImage
+from . import jpeg_region
+from .data import seeded, worker_init
+from .images import JPEG_MAGIC, EncodedImage, UnreadableImage
 from .transforms import SampleTransform
 
 INSTALL = "pip install nvidia-dali-cuda120"
@@ -54,69 +62,160 @@ def _example_plan(transform):
         return transform.plan((256, 256))
 
 
+def check_readable(img: EncodedImage) -> None:
+    """Raise ``UnreadableImage`` for a file that the ``pil`` backend refuses and that would stop DALI's pipeline
+    (a decoder error leaves a DALI pipeline unusable, so the host must catch it first), from its bytes alone.
+
+    The header was read by ``EncodedImage`` (a file whose header does not parse is refused there, as on
+    ``pil``). A JPEG must end: an EOI marker after its first scan (``jpeg_region.ends``), as a file cut short
+    has none; ``pil``'s strict decoders refuse such a file, and DALI's decoders fail on it. Other formats are
+    checked by PIL's ``verify`` (PNG: the chunks' CRCs, which a truncated or damaged file fails)."""
+    if img.data[:2] == JPEG_MAGIC:
+        if not jpeg_region.ends(img.data):
+            raise UnreadableImage("the JPEG data is cut short (no end-of-image marker after the scan)")
+        return
+    try:
+        with Image.open(io.BytesIO(img.data)) as pil_image:
+            pil_image.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from e
+
+
+def _as_list(samples):
+    return samples  # a batch of HostPlans' samples stays a list: the files differ in length
+
+
+class HostPlans(Dataset):
+    """The host's half of the DALI loader: ``(index, seed)`` -> the file's bytes and its sample's plan.
+
+    As ``ImageFolderDataset.__getitem__`` (the ``pil`` backend): an unreadable file (``check_readable``) is
+    reported and listed through the dataset (``unreadable_images.txt``, the same limit), and the next file
+    takes its place under the same seed. Run by ``DataLoader`` worker processes, ahead of the step: the plans
+    draw from torch's generator under each sample's seed (``seeded``), which a thread beside the training
+    loop would share with it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.transform = dataset.transform.transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        files = self.dataset.files
+        for offset in range(len(files)):
+            i = (index + offset) % len(files)
+            try:
+                img = EncodedImage.from_file(files[i])
+                check_readable(img)
+            except OSError as e:  # UnreadableImage, or the file itself
+                self.dataset._report_bad(i, e)
+                continue
+            with seeded(seed):
+                views, params = self.transform.plan(img.size)
+            # Per view: the box's anchor (x, y) and shape (w, h), DALI's "WH" order, and the flip.
+            cuts = [[np.array(v.box[1::-1], np.int32), np.array(v.box[:1:-1], np.int32),
+                     np.array(int(v.flip), np.int32)] for v in views]
+            return np.frombuffer(img.data, np.uint8), cuts, params, self.dataset.labels[i]
+        raise RuntimeError(f"no readable image in {self.dataset.root}")
+
+
+def build_pipeline(views, batch_size: int, num_threads: int, device_id: Optional[int], source, prefetch: int):
+    """DALI's graph for the views of ``views`` (their sizes and filters): decode each view's box without EXIF
+    orientation (the plans are drawn on the header's raw size, and ``pil`` decodes the raw pixels too), resize
+    (antialiased), mirror, to CHW. ``source()`` gives a batch: the encoded files, then per view the boxes'
+    anchors (x, y) and shapes (w, h) and the flips. Decoding on the GPU (``mixed``) on ``device_id``, or on
+    the CPU where it is None (DALI's CPU-only mode, which the tests run). Asynchronous and pipelined:
+    ``prefetch`` batches are decoded ahead of the one the step takes."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                    prefetch_queue_depth=prefetch, exec_async=True, exec_pipelined=True)
+    with pipe:
+        jpegs, *cuts = fn.external_source(source=source, num_outputs=1 + 3 * len(views), batch=True,
+                                          dtype=[types.UINT8] + [types.INT32] * 3 * len(views))
+        outputs = []
+        for plan, (anchor, shape, flip) in zip(views, zip(*[iter(cuts)] * 3)):
+            img = fn.decoders.image_slice(jpegs, anchor, shape, device="cpu" if device_id is None else "mixed",
+                                          output_type=types.RGB, adjust_orientation=False,
+                                          normalized_anchor=False, normalized_shape=False, jpeg_fancy_upsampling=True)
+            interp = types.INTERP_CUBIC if plan.interpolation == "bicubic" else types.INTERP_LINEAR
+            img = fn.resize(img, size=list(plan.size), interp_type=interp, antialias=True)
+            outputs.append(fn.transpose(fn.flip(img, horizontal=flip), perm=[2, 0, 1]))
+        pipe.set_outputs(*outputs)
+    pipe.build()
+    return pipe
+
+
 class DaliLoader:
     """Batches of ``dataset`` in ``sampler``'s order (whole batches only), as ``build_train_loader``'s:
-    the transform's samples, collated, with the labels; the pixels already on the GPU."""
+    the transform's samples, collated, with the labels; the pixels on ``device`` (decoded on the GPU for a
+    CUDA device, by DALI's CPU operators for a CPU one).
 
-    def __init__(self, dataset, sampler, batch_size: int, device: torch.device, num_threads: int):
-        from nvidia.dali import fn, types
-        from nvidia.dali.pipeline import Pipeline
+    Nothing waits in series with the step: ``host_workers`` processes (``HostPlans``; 0: in this process)
+    read the files and draw the plans ahead, and DALI decodes ``prefetch`` batches ahead, asynchronously."""
 
-        self.dataset, self.sampler, self.batch_size, self.device = dataset, sampler, batch_size, device
+    def __init__(self, dataset, sampler, batch_size: int, device: torch.device, num_threads: int,
+                 host_workers: int = 0, prefetch: int = 2):
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
         self.transform = dataset.transform.transform
         views, _ = _example_plan(self.transform)
-        self.num_views = len(views)
-        self.pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device.index or 0,
-                             exec_async=False, exec_pipelined=False)
-        with self.pipe:
-            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
-            outputs = []
-            for v, plan in enumerate(views):
-                anchor = fn.external_source(name=f"anchor{v}", dtype=types.INT32)  # (x, y): axis_names "WH"
-                shape = fn.external_source(name=f"shape{v}", dtype=types.INT32)  # (w, h)
-                flip = fn.external_source(name=f"flip{v}", dtype=types.INT32)
-                img = fn.decoders.image_slice(jpegs, anchor, shape, device="mixed", output_type=types.RGB,
-                                              normalized_anchor=False, normalized_shape=False,
-                                              jpeg_fancy_upsampling=True)
-                interp = types.INTERP_CUBIC if plan.interpolation == "bicubic" else types.INTERP_LINEAR
-                img = fn.resize(img, size=list(plan.size), interp_type=interp, antialias=True)
-                outputs.append(fn.transpose(fn.flip(img, horizontal=flip), perm=[2, 0, 1]))
-            self.pipe.set_outputs(*outputs)
-        self.pipe.build()
+        self.plans = DataLoader(
+            HostPlans(dataset), batch_size=batch_size, sampler=sampler, num_workers=host_workers, drop_last=True,
+            collate_fn=_as_list, worker_init_fn=worker_init,
+            # Forked once, before DALI starts its threads (``__iter__``): a child forked beside them can inherit a
+            # lock one of them held (seen: a worker hung in its first plan).
+            persistent_workers=host_workers > 0,
+            # Its own generator: starting an epoch must not draw from the global RNG (the checkpoint's).
+            generator=torch.Generator().manual_seed(0),
+        )
+        self._batches = iter(())  # this epoch's plans, which the pipeline's source takes in order
+        self._in_flight = collections.deque()  # (params, labels) of the batches fed to DALI, oldest first
+        device_id = (device.index or 0) if device.type == "cuda" else None
+        self._build = lambda: build_pipeline(views, batch_size, num_threads, device_id, self._source, prefetch)
+        self.pipe = None  # built on the first epoch, after the host workers have started
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
+    def _source(self):
+        """The next batch for DALI (StopIteration at the epoch's end), its parameters and labels queued."""
+        batch = next(self._batches)
+        data, cuts, params, labels = zip(*batch)
+        self._in_flight.append((params, labels))
+        # Columns: the files, then each view's anchors, shapes and flips.
+        return (list(data), *(list(column) for view in zip(*cuts) for column in zip(*view)))
+
+    def _end_epoch(self):
+        """Drain what an abandoned epoch left in the pipeline and rewind it (a finished one: only rewind)."""
+        self._batches = iter(())
+        while True:
+            try:
+                self.pipe.run()
+            except StopIteration:
+                break
+        self.pipe.reset()
+        self._in_flight.clear()
+
     def __iter__(self):
-        items = list(self.sampler)
-        for start in range(0, len(items) - self.batch_size + 1, self.batch_size):
-            yield self._batch(items[start:start + self.batch_size])
+        if self.pipe is not None:
+            self._end_epoch()
+        self._batches = iter(self.plans)  # the sampler's order for this epoch, from its position
+        if self.pipe is None:
+            self.pipe = self._build()
+        while True:
+            try:
+                outputs = self.pipe.run()
+            except StopIteration:
+                break
+            yield self._batch(outputs, *self._in_flight.popleft())
+        self._end_epoch()
 
-    def _batch(self, items):
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        data, plans, params, labels = [], [], [], []
-        for index, seed in items:
-            img = EncodedImage.from_file(self.dataset.files[index])
-            with seeded(seed):
-                views, p = self.transform.plan(img.size)
-            data.append(np.frombuffer(img.data, np.uint8))
-            plans.append(views)
-            params.append(p)
-            labels.append(self.dataset.labels[index])
-        self.pipe.feed_input("jpegs", data)
-        for v in range(self.num_views):
-            self.pipe.feed_input(f"anchor{v}", [np.array(p[v].box[1::-1], np.int32) for p in plans])
-            self.pipe.feed_input(f"shape{v}", [np.array(p[v].box[:1:-1], np.int32) for p in plans])
-            self.pipe.feed_input(f"flip{v}", [np.array(int(p[v].flip), np.int32) for p in plans])
-        outputs = self.pipe.run()
-        stream = torch.cuda.current_stream(self.device)
-        views = []
-        for out in outputs:
-            dense = out.as_tensor()
-            pixels = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
-            feed_ndarray(dense, pixels, cuda_stream=stream)
-            views.append(pixels)
+    def _batch(self, outputs, params, labels):
+        # DLPack hands DALI's buffers to torch (ordered on torch's current stream, alive while the tensors are).
+        views = [torch.from_dlpack(out.as_tensor()).to(self.device, non_blocking=True) for out in outputs]
         # assemble draws nothing in the transforms DALI takes (host_work None: MAE's, MoCo's with the colour
         # on the device, the linear protocols').
         samples = [self.transform.assemble([v[i] for v in views], p) for i, p in enumerate(params)]

@@ -245,7 +245,8 @@ def build_train_loader(dataset, sampler: ResumableSampler, batch_size: int, num_
     if resolve_backend(backend, dataset, device) == "dali":
         from .dali import DaliLoader
 
-        return DaliLoader(dataset, sampler, batch_size, device, num_threads=max(1, num_workers))
+        return DaliLoader(dataset, sampler, batch_size, device, num_threads=max(1, num_workers),
+                          host_workers=num_workers)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
         pin_memory=device.type == "cuda", worker_init_fn=worker_init,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, List
 
 import torch
@@ -26,8 +27,10 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (if any) and pick this process's device."""
+def init_distributed(device: str = "auto", backend: str = "auto", timeout_min: float = 30.0) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this process's device. ``timeout_min``
+    (``train.dist_timeout_min``): how long a collective waits for the other processes before the run
+    aborts (NCCL's default, 10 minutes, is shorter than some whole-set evaluations)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but CUDA is not available")
@@ -42,7 +45,8 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=timeout_min))
     return DistInfo(rank, world_size, local_rank, dev)
 
 
@@ -67,6 +71,26 @@ def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(get_world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def all_gather_rows(x: torch.Tensor) -> List[torch.Tensor]:
+    """Every process's ``x``, in rank order, where the processes' row counts (dim 0) may differ
+    (no gradient)."""
+    if get_world_size() == 1:
+        return [x]
+    counts = all_gather_tensor(torch.tensor([x.shape[0]], device=x.device)).tolist()
+    # all_gather needs equal shapes: pad every part to the longest, then cut the padding off.
+    padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])
+    rows = all_gather_tensor(padded).split(max(counts))
+    return [r[:n] for r, n in zip(rows, counts)]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the processes (in place)."""
+    if get_world_size() > 1:
+        dist.all_reduce(x)
+    return x
 
 
 def all_gather_object(obj: Any) -> List[Any]:

@@ -2,7 +2,9 @@
 
 Frozen features, L2-normalised; each test sample votes with its k most similar
 training samples, weighted by exp(similarity / T). Cheap enough to run every few
-epochs, and needs no training.
+epochs, and needs no training. Under several processes each extracts and scores a
+share of the images (features and votes stay on the device); every process returns
+the whole set's accuracy, equal to a single process's.
 """
 from __future__ import annotations
 
@@ -10,20 +12,36 @@ from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from . import distributed as du
 from .data import ImageFolderDataset
 from .transforms import eval_transform
 
 
 @torch.no_grad()
-def extract_features(feature_fn: Callable, loader, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def extract_features(feature_fn: Callable, dataset, device, batch_size: int = 64,
+                     num_workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised features and labels, on ``device``, of this process's share of ``dataset``:
+    every world_size-th image from its rank (each image once, no padding)."""
+    share = Subset(dataset, range(du.get_rank(), len(dataset), du.get_world_size()))
     feats, labels = [], []
-    for imgs, y in loader:
-        imgs = loader.dataset.device_transform(imgs, device)
-        feats.append(F.normalize(feature_fn(imgs).float(), dim=1).cpu())
-        labels.append(torch.as_tensor(y))
+    for imgs, y in DataLoader(share, batch_size=batch_size, num_workers=num_workers):
+        imgs = dataset.device_transform(imgs, device)
+        feats.append(F.normalize(feature_fn(imgs).float(), dim=1))
+        labels.append(torch.as_tensor(y).to(device))
     return torch.cat(feats), torch.cat(labels)
+
+
+def gather_shares(x: torch.Tensor) -> torch.Tensor:
+    """Every process's share (``extract_features``) of the rows of ``x``, back in dataset order."""
+    shares = du.all_gather_rows(x)
+    if len(shares) == 1:
+        return x
+    out = x.new_empty((sum(len(s) for s in shares), *x.shape[1:]))
+    for rank, share in enumerate(shares):
+        out[rank::len(shares)] = share
+    return out
 
 
 @torch.no_grad()
@@ -48,13 +66,10 @@ def knn_scores(
     return torch.cat(out)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict[str, float]:
-    res = {}
-    for k in ks:
-        if k <= scores.shape[1]:
-            pred = scores.topk(k, dim=1).indices
-            res[f"top{k}"] = 100.0 * (pred == labels[:, None]).any(dim=1).float().mean().item()
-    return res
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks) -> torch.Tensor:
+    """For each k, how many samples have their label among their k highest scores."""
+    top = scores.topk(max(ks), dim=1).indices == labels[:, None]
+    return torch.stack([top[:, :k].any(dim=1).sum() for k in ks])
 
 
 def knn_evaluate(
@@ -68,15 +83,22 @@ def knn_evaluate(
     temperature: float = 0.07,
     num_workers: int = 0,
 ) -> Dict[str, float]:
-    """Top-1 / top-5 (%) of the weighted k-NN classifier from ``train_dir`` to ``val_dir``."""
+    """Top-1 / top-5 (%) of the weighted k-NN classifier from ``train_dir`` to ``val_dir`` (top-5 with at
+    least 5 classes). Every process of a process group takes part and gets the result."""
     tf = eval_transform(img_size)
     train, val = ImageFolderDataset(train_dir, tf), ImageFolderDataset(val_dir, tf)
     if train.classes != val.classes:
         raise ValueError(f"class folders differ between {train_dir} and {val_dir}")
     if not train.classes:
         raise ValueError(f"{train_dir} has no class folders: the kNN monitor needs <dir>/<class>/* images")
-    loader = lambda ds: DataLoader(ds, batch_size=batch_size, num_workers=num_workers)  # noqa: E731
-    train_f, train_y = extract_features(feature_fn, loader(train), device)
-    val_f, val_y = extract_features(feature_fn, loader(val), device)
-    scores = knn_scores(val_f, train_f, train_y, len(train.classes), k, temperature)
-    return topk_accuracy(scores, val_y)
+    if min(len(train), len(val)) < du.get_world_size():
+        raise ValueError(f"the kNN monitor needs at least one train and one val image per process "
+                         f"({len(train)} / {len(val)} for {du.get_world_size()})")
+    extract = lambda ds: extract_features(feature_fn, ds, device, batch_size, num_workers)  # noqa: E731
+    train_f, train_y = extract(train)
+    train_f, train_y = gather_shares(train_f), gather_shares(train_y)  # every process votes from all of them
+    val_f, val_y = extract(val)  # each process scores its share: the hit counts add up
+    ks = [k for k in (1, 5) if k <= len(train.classes)]
+    hits = topk_hits(knn_scores(val_f, train_f, train_y, len(train.classes), k, temperature), val_y, ks)
+    hits = du.all_reduce_sum(torch.cat([hits, hits.new_tensor([len(val_y)])])).tolist()
+    return {f"top{k}": 100.0 * h / hits[-1] for k, h in zip(ks, hits)}

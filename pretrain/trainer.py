@@ -13,6 +13,7 @@ import abc
 import contextlib
 import logging
 import math
+import os
 import random
 import resource
 import time
@@ -31,6 +32,7 @@ from .data import ResumableSampler, build_pretrain_dataset, build_train_loader
 from .knn import knn_evaluate
 from .logger import MetricLogger, setup_logging
 from .methods import get_method
+from .precision import autocast_dtype, matmul_shapes
 from .schedule import lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -39,22 +41,34 @@ LAST = "last"  # checkpoint-last.pth / checkpoint_last.pth.tar: always the newes
 
 
 def rng_state() -> Dict:
+    """This process's RNG streams: torch's CPU generator, Python's, NumPy's, and the generator of its own
+    GPU (the current CUDA device; a resumed run may see fewer or more GPUs, in another order)."""
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": _numpy_state_to_tensor(np.random.get_state()),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: Dict):
+    """Restore ``rng_state()``'s streams (the GPU's into the current CUDA device's generator)."""
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuple(state["python"]))
     np.random.set_state(_tensor_to_numpy_state(state["numpy"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state:  # older checkpoints: every visible GPU's generator, by device index
+        index = torch.cuda.current_device()
+        if index < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][index])
+        else:
+            log.warning("the checkpoint holds the RNG state of %d GPU(s), none for this process's cuda:%d: "
+                        "its CUDA random stream starts afresh", len(state["cuda"]), index)
 
 
 def _numpy_state_to_tensor(s):
@@ -82,31 +96,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): without it, bf16 autocast on the
-    CPU is slower than fp32 (MAE ViT-B, batch 8: 4.38 s vs 2.51 s per step measured on such a Xeon)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
-
-
-def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """``train.amp`` -> the autocast dtype. ``auto``: bf16 where the hardware runs it fast (a CUDA GPU with
-    bf16, a CPU with AMX), else fp32. An explicit ``bf16`` on a CPU without AMX runs, with a warning."""
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-    if amp == "auto":
-        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx()
-        amp = "bf16" if fast else "none"
-        log.info("train.amp=auto: %s on this %s", amp, "GPU" if device.type == "cuda" else "CPU")
-    elif amp == "bf16" and device.type == "cpu" and not cpu_has_amx():
-        log.warning("train.amp=bf16 on a CPU without AMX is slower than fp32 (no bf16 matrix unit); "
-                    "train.amp=none or auto picks fp32 here")
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def configure_attention(model: nn.Module, device_type: str, amp_dtype: Optional[torch.dtype]) -> bool:
     """Pick timm's attention path for the run; returns whether the fused one is used.
 
@@ -121,22 +110,86 @@ def configure_attention(model: nn.Module, device_type: str, amp_dtype: Optional[
     return fused
 
 
+def compile_model(module: torch.nn.Module) -> torch.nn.Module:
+    """``train.compile``: ``torch.compile(module)``, where ``module`` is what the loss runs through (under
+    DDP the wrapper, as PyTorch advises: its DDP optimizer splits the graph at the gradient buckets so
+    that communication still overlaps the backward). The caller keeps the uncompiled model for
+    checkpoints. After the first forward (when dynamo has traced it) the graph breaks, each a piece that
+    runs eagerly, are logged with dynamo's reason: what to fix for a faster compiled step."""
+    from torch._dynamo.utils import counters
+
+    before = dict(counters["graph_break"])
+    # fallback_random: masks, shuffles and drop path draw eager's random numbers from the generator the
+    # checkpoints save, so a compiled run trains on the eager run's masks and resumes exactly.
+    compiled = torch.compile(module, options={"fallback_random": True})
+
+    def log_graph_breaks(*_):
+        handle.remove()
+        breaks = {reason: n - before.get(reason, 0) for reason, n in counters["graph_break"].items()
+                  if n > before.get(reason, 0)}
+        if breaks:
+            log.warning("torch.compile: %d graph break(s) in the training forward:\n%s", sum(breaks.values()),
+                        "\n".join(f"  {n} x {reason}" for reason, n in breaks.items()))
+        else:
+            log.info("torch.compile: the training forward compiled without graph breaks")
+
+    handle = compiled.register_forward_hook(log_graph_breaks)
+    return compiled
+
+
+def set_determinism(deterministic: bool):
+    """``train.deterministic``, for this process: PyTorch's deterministic algorithms and no cuDNN
+    autotuning, or (false) cuDNN's autotuned kernels. Global torch flags, set either way, so that one
+    run's setting never carries over into the next run in the same process."""
+    if deterministic:
+        # cuBLAS sums in an order of its choosing unless its workspace is fixed; it reads this when CUDA
+        # creates its handle, so before any CUDA work (a value the user set is kept).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: an op PyTorch has no deterministic CUDA kernel for (adaptive average pooling's backward,
+    # among a few) is named in a warning instead of stopping the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # autotuning times kernels: its choice varies run to run
+
+
+def use_channels_last(model: torch.nn.Module, enabled: bool) -> bool:
+    """``train.channels_last``: a ResNet's weights, and so its activations, in channels-last memory format (the
+    layout oneDNN's and cuDNN's fastest convolutions use; a ViT's one patch convolution gains nothing). Not
+    with MoCo's split batch norm, whose sub-batch view needs contiguous maps. Returns whether applied."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not enabled or not bns or any(getattr(m, "num_splits", 1) > 1 for m in bns):
+        return False
+    model.to(memory_format=torch.channels_last)
+    log.info("train.channels_last: the convolutions run in channels-last memory format")
+    return True
+
+
 def start_run(t, config_yaml: str):
     """What every training command does first, from its ``train`` config section: join the
-    processes, open the output folder and its log, save the config, seed, check the precision.
-    Returns (distributed context, output folder, autocast dtype or None)."""
-    dist = du.init_distributed(t.device, t.dist_backend)
+    processes (``train.dist_timeout_min``), choose deterministic or autotuned kernels
+    (``train.deterministic``), open the output folder and its log, save the config, seed. Returns
+    (distributed context, output folder); the precision is decided once the model is built
+    (``autocast_dtype`` measures at its widths)."""
+    set_determinism(t.deterministic)
+    dist = du.init_distributed(t.device, t.dist_backend, t.dist_timeout_min)
     out = Path(t.output_dir)
     setup_logging(str(out), dist.is_main)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml)
+    if t.deterministic:
+        log.info("train.deterministic: deterministic algorithms, no cuDNN autotuning (CUBLAS_WORKSPACE_CONFIG=%s): "
+                 "a resumed run ends bitwise where an uninterrupted one would, on a GPU too",
+                 os.environ["CUBLAS_WORKSPACE_CONFIG"])
+    elif dist.device.type == "cuda":
+        log.info("train.deterministic=false: cuDNN autotuning on; a resumed GPU run is statistically equivalent "
+                 "to an uninterrupted one, not bitwise equal (train.deterministic=true for that, slower)")
     # Different masks / shuffles / augmentations per process, reproducible per run.
     seed = t.seed + dist.rank
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    return dist, out, autocast_dtype(t.amp, dist.device)
+    return dist, out
 
 
 class WaitTimer:
@@ -224,6 +277,8 @@ class TrainerBase(abc.ABC):
             DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.distributed else self.model
         )
+        if t.compile:  # the loss runs through self.ddp; checkpoints save self.model (no ``_orig_mod.`` keys)
+            self.ddp = compile_model(self.ddp)
 
     def position_state(self) -> Dict:
         """The trainer's position for a checkpoint: where the run is, and every process's RNG streams."""
@@ -374,10 +429,12 @@ class Trainer(TrainerBase):
         self.cfg = cfg
         t = cfg.train
         self.method = get_method(cfg.method)
-        self.dist, self.out, self.amp_dtype = start_run(t, to_yaml(cfg))
+        self.dist, self.out = start_run(t, to_yaml(cfg))
         self.device = self.dist.device
 
         self.model = self.method.build_model(cfg, self.dist.world_size).to(self.device)
+        use_channels_last(self.model, t.channels_last)
+        self.amp_dtype = autocast_dtype(t.amp, self.device, matmul_shapes(self.model))
         configure_attention(self.model, self.device.type, self.amp_dtype)
         dataset = build_pretrain_dataset(
             cfg.data, self.method.build_transform(cfg, self.device), seed=t.seed,
@@ -466,12 +523,12 @@ class Trainer(TrainerBase):
         if not (d.knn_train and d.knn_val):
             log.warning("train.knn_every_epochs is set but data.knn_train / data.knn_val are not: no kNN monitor")
             return
+        # Every process extracts and scores its share (no process waits on another's whole pass).
+        self.model.eval()
+        res = knn_evaluate(lambda x: self.method.features(self.model, x), d.knn_train, d.knn_val,
+                           img_size=d.img_size, device=self.device, num_workers=d.num_workers)
+        self.model.train()
         if self.dist.is_main:
-            self.model.eval()
-            res = knn_evaluate(lambda x: self.method.features(self.model, x), d.knn_train, d.knn_val,
-                               img_size=d.img_size, device=self.device, num_workers=d.num_workers)
-            self.model.train()
             log.info("kNN monitor after epoch %d: %s", self.epoch, res)
             self.metrics.log(self.step, prefix="knn", epoch=self.epoch, **{f"knn_{k}": v for k, v in res.items()})
-        du.barrier()
 

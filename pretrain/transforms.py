@@ -15,6 +15,8 @@ run beside the training step).
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -76,9 +78,15 @@ class ToFloatNormalized:
         return self.normalize(to_unit_float(pixels, device))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-        return x.sub_(mean).div_(std)
+        mean, std = _on_device(tuple(self.mean), x.device), _on_device(tuple(self.std), x.device)
+        return x.sub_(mean.view(3, 1, 1)).div_(std.view(3, 1, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _on_device(values: tuple, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """A constant's tensor on ``device``, made once: a fresh ``torch.tensor(..., device=cuda)`` per batch is a
+    copy from pageable host memory, which makes the host wait for the GPU's queue every call."""
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def to_unit_float(pixels: torch.Tensor, device) -> torch.Tensor:
@@ -347,7 +355,7 @@ def adjust_hue(x, factor):
     q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
     values = torch.stack((v, q, p, t), dim=-3)  # [N, 4, H, W]
-    table = torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], device=x.device)
+    table = _on_device(((0, 1, 2, 2, 3, 0), (3, 0, 0, 1, 2, 2), (2, 2, 3, 0, 0, 1)), x.device, torch.int64)
     return torch.cat([values.gather(-3, table[c][sector]) for c in range(3)], dim=-3)
 
 

@@ -294,19 +294,6 @@ def test_slurm_script(tmp_path):
     assert bad.returncode != 0 and "nope" in bad.stderr
 
 
-def test_precision_follows_the_hardware(monkeypatch, caplog):
-    """bf16 autocast pays on a CPU only with AMX: ``auto`` picks fp32 without it, and an explicit bf16 warns."""
-    import pretrain.trainer as tr
-
-    cpu = torch.device("cpu")
-    caplog.set_level(logging.INFO)
-    monkeypatch.setattr(tr, "cpu_has_amx", lambda: False)
-    assert tr.autocast_dtype("auto", cpu) is None
-    assert tr.autocast_dtype("bf16", cpu) is torch.bfloat16 and "without AMX is slower than fp32" in caplog.text
-    monkeypatch.setattr(tr, "cpu_has_amx", lambda: True)
-    caplog.clear()
-    assert tr.autocast_dtype("auto", cpu) is torch.bfloat16
-    assert tr.autocast_dtype("bf16", cpu) is torch.bfloat16 and "slower" not in caplog.text
-    with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        tr.autocast_dtype("fp16", cpu)
+def test_amp_auto_is_a_setting():
+    """``train.amp=auto`` reads; what it decides on each device: tests/test_precision.py."""
     assert load_config(None, ["train.amp=auto", "data.synthetic=true"]).train.amp == "auto"

@@ -142,12 +142,12 @@ def test_knn_tool_writes_results_and_beats_chance(tmp_path):
     data = write_colour_classes(tmp_path / "data")  # classes differ in colour: what a random ResNet's pool keeps
     proc = run_tool("tools/knn_eval.py", "--random-init", "resnet18", "--seed", "3", "--train", data / "train",
                     "--val", data / "val", "--out", tmp_path / "knn", "--img-size", "32", "--num-workers", "0",
-                    env=ONE_THREAD)
+                    "--precision", "fp32", env=ONE_THREAD)
     rec = read_results(tmp_path / "knn")
     assert (rec["task"], rec["backbone"], rec["pretrain"], rec["checkpoint"], rec["seed"]) == (
         "knn", "resnet18", "random", None, 3)
     assert rec["recipe"] == {"k": 20, "temperature": 0.07, "img_size": 32, "train_images": 16 * CLASSES,
-                             "val_images": 6 * CLASSES, "seed": 3}
+                             "val_images": 6 * CLASSES, "seed": 3, "precision": "fp32"}
     assert rec["metrics"]["top5"] is None  # 4 classes: no top-5
     assert rec["metrics"]["top1"] > 100 / CLASSES + 40, rec["metrics"]
     assert "top1" in proc.stderr

@@ -144,8 +144,9 @@ class Demo:
         if s is QUICK:
             overrides.append("train.batch_size=32")
         # fp32: bf16 autocast does not help models this small on a CPU (2 cores, AMX: MAE pico
-        # 0.116 vs 0.246 s/step, MoCo R18 0.690 vs 0.714 s/step at batch 64, 64 px); it does at
-        # ViT-B / R50 sizes (README, Benchmarks), where the configs' train.amp=bf16 is worth it.
+        # 0.116 vs 0.246 s/step, MoCo R18 0.690 vs 0.714 s/step at batch 64, 64 px). At ViT-B / R50
+        # sizes it depends on the CPU: faster with AMX, slower where bf16 is not in hardware (README,
+        # Precision); train.amp=auto measures which.
         cfg = load_config(REPO / config[method], overrides)
         Trainer(cfg, resume="auto").fit()
 

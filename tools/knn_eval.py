@@ -6,7 +6,8 @@ r"""Weighted k-NN classification on frozen global features (Wu et al. 2018; k = 
   python tools/knn_eval.py --random-init resnet50 --seed 1 --train DIR --val DIR --out out/knn_random
 
 Features: the ViT's cls token after the final norm, the ResNet's pooled res5 (transfer.backbone), of
-images resized to img_size / 0.875 and centre-cropped to img_size, L2-normalised. Each validation
+images resized to img_size / 0.875 and centre-cropped to img_size, L2-normalised; the backbone runs under
+bf16 autocast where --precision (default auto) says so, the features and votes in fp32. Each validation
 image's k most similar training images vote for their class with weight exp(cos / T)
 (pretrain.knn). --train and --val are labelled folders (<dir>/<class>/*) with the same classes.
 Writes top-1 / top-5 (%) to <out>/results.json (task knn) and log.txt.
@@ -54,13 +55,14 @@ def knn_eval(args):
     backbone = load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle).to(device)
     if backbone.report is not None:
         log.info("pretrained weights (%s):\n%s", backbone.pretrain, backbone.report.format())
-    log.info("kNN: %s (%s), k=%d, T=%g, %d px; %d train / %d val images, device %s", backbone.name,
+    precision = backbone.set_precision(args.precision, device)
+    log.info("kNN: %s (%s), k=%d, T=%g, %d px; %d train / %d val images, device %s, %s", backbone.name,
              args.pretrain or backbone.pretrain, args.k, args.temperature, args.img_size, counts["train"],
-             counts["val"], device)
+             counts["val"], device, precision)
     accuracy = knn_evaluate(backbone.global_features, args.train, args.val, args.img_size, args.batch, device,
                             k=args.k, temperature=args.temperature, num_workers=args.num_workers)
     recipe = {"k": args.k, "temperature": args.temperature, "img_size": args.img_size,
-              "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed}
+              "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed, "precision": precision}
     if backbone.pretrain_epochs:
         recipe["pretrain_epochs"] = backbone.pretrain_epochs
     path = write_results(args.out, task=TASK, backbone=backbone.name, pretrain=args.pretrain or backbone.pretrain,

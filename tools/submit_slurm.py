@@ -7,7 +7,9 @@
 
 The script is written to <train.output_dir>/slurm/<name>.sh. Preemption sends
 SIGTERM: the trainer checkpoints at the next step, and the requeued job resumes
-from it (--resume).
+from it (--resume). The rendezvous port derives from the job's id (PORT_BASE + SLURM_JOB_ID mod PORT_SPAN,
+20000-29999, as the evaluation ladder's multi-node jobs), so that two jobs sharing a node do not collide;
+--port fixes one.
 """
 import argparse
 import os
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from transfer.ladder import PORT_BASE, PORT_SPAN  # noqa: E402  (one port range for every multi-node job)
 
 
 def render(args, cfg) -> str:
@@ -44,10 +48,11 @@ def render(args, cfg) -> str:
         # (train.output_dir, data.path) mean there what they meant here.
         f"cd {shlex.quote(os.getcwd())}",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"MASTER_PORT={args.port}" if args.port else f"MASTER_PORT=$(({PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN}))",
         "export OMP_NUM_THREADS=1",
         f"srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m torch.distributed.run "
         f"--nnodes \"$SLURM_NNODES\" --nproc_per_node {args.gpus_per_node} "
-        f"--rdzv_backend c10d --rdzv_endpoint \"$MASTER_ADDR:{args.port}\" --rdzv_id \"$SLURM_JOB_ID\" "
+        f"--rdzv_backend c10d --rdzv_endpoint \"$MASTER_ADDR:$MASTER_PORT\" --rdzv_id \"$SLURM_JOB_ID\" "
         f"{shlex.quote(str(REPO / 'tools' / 'pretrain_net.py'))} {shlex.quote(str(Path(args.config).resolve()))} {overrides} --resume",
     ]
     return "\n".join(lines) + "\n"
@@ -65,7 +70,8 @@ def main(argv=None):
     p.add_argument("--partition")
     p.add_argument("--account")
     p.add_argument("--job-name")
-    p.add_argument("--port", type=int, default=29500)
+    p.add_argument("--port", type=int, default=None,
+                   help=f"rendezvous port (default: {PORT_BASE} + SLURM_JOB_ID mod {PORT_SPAN}, one per job)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_intermixed_args(argv)  # overrides may follow the options
 

@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
     p.add_argument("--dist-url", default="auto", help="tcp://host:port of the rank-0 machine (multi-machine)")
+    p.add_argument("--reference-world-size", type=int, default=0,
+                   help="the GPUs the recipe's batch, lr and schedule are for: on another number, scaled by "
+                        "detectron2's rule (transfer.detection.scaling; the ladder's use); 0: as the config says")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = p.parse_args(argv)
     args.resume, taken = resume_override(args.resume, is_override)
@@ -97,14 +100,19 @@ def main(args):
     import logging
 
     from detectron2.engine import default_setup
+    from detectron2.utils import comm
 
     from pretrain.checkpoint import CheckpointFormatError
     from transfer.detection.engine import evaluate_checkpoint, train
+    from transfer.detection.scaling import scale_to_world_size
 
     try:
         recipe = load_recipe(args)
+        scaled = scale_to_world_size(recipe, args.reference_world_size, comm.get_world_size())
     except (FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if scaled:
+        recipe.notes.append(scaled)
     default_setup(recipe.cfg, args)
     for note in recipe.notes:
         logging.getLogger("detectron2").warning(note)

@@ -14,7 +14,8 @@ pretrained statistics, also when a parent module calls ``train()``) and no gradi
   ResNet: the res5 map (stride 32).
 
 Inputs are RGB in [0, 1] normalised with ``mean`` / ``std`` (ImageNet's, as every supported
-pretraining used).
+pretraining used). The forward runs in fp32, or under bf16 autocast after ``set_precision`` (what DINO's and
+DINOv2's evaluation code do on a GPU); the features come out in fp32 either way.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pretrain.backbones import is_resnet_name, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
+from pretrain.precision import autocast_dtype, matmul_shapes, precision_name
 from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD
 from transfer.classification.resnet import build_resnet_classifier, load_resnet_backbone
 from transfer.classification.vit import load_vit_backbone, vit_arch
@@ -51,6 +53,7 @@ class FrozenBackbone(nn.Module):
         self.pretrain = pretrain  # the export's provenance label, or "random"
         self.pretrain_epochs = pretrain_epochs
         self.report = report  # what the checkpoint conversion loaded and left out (None: random init)
+        self.amp_dtype: Optional[torch.dtype] = None  # the forward's autocast dtype (None: fp32)
 
     @property
     def patch_size(self) -> int:
@@ -64,10 +67,31 @@ class FrozenBackbone(nn.Module):
     def train(self, mode: bool = True) -> "FrozenBackbone":
         return super().train(False)  # frozen: batch norm and dropout stay in inference mode
 
+    def set_precision(self, precision: str, device: torch.device) -> str:
+        """The forward's precision from ``--precision``: auto (bf16 on a GPU with native bf16, on a CPU where
+        it measures faster at this backbone's widths; else fp32), bf16 or fp32. Returns its name (bf16 / fp32)
+        for results.json."""
+        amp = {"auto": "auto", "bf16": "bf16", "fp32": "none"}[precision]
+        self.amp_dtype = autocast_dtype(amp, device, matmul_shapes(self), setting="--precision")
+        return precision_name(self.amp_dtype)
+
+    def autocast(self, x: torch.Tensor):
+        return torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
+
+    @torch.no_grad()
     def global_features(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast(x):
+            return self._global_features(x).float()
+
+    @torch.no_grad()
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast(x):
+            return self._dense_features(x).float()
+
+    def _global_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -84,12 +108,10 @@ class ViTBackbone(FrozenBackbone):
             raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} input is not a multiple of the patch size {self.stride}")
         return self.vit.forward_features(x)
 
-    @torch.no_grad()
-    def global_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _global_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.tokens(x)[:, 0]
 
-    @torch.no_grad()
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokens(x)[:, self.vit.num_prefix_tokens:]
         h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
         return tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)  # tokens are row-major
@@ -108,12 +130,10 @@ class ResNetBackbone(FrozenBackbone):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
-    @torch.no_grad()
-    def global_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res5(x).mean(dim=(2, 3))
+    def _global_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).float().mean(dim=(2, 3))  # the pool in fp32
 
-    @torch.no_grad()
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.res5(x)
 
 
@@ -179,6 +199,9 @@ def add_backbone_args(p) -> None:
     p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
     p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
                                       "'random' with --random-init)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the backbone's forward: bf16 autocast or fp32; auto (default): bf16 on a GPU with native "
+                        "bf16, on a CPU where it measures faster, else fp32 (recorded in results.json)")
     p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
                                                                "(only for files you trust)")
 

@@ -328,6 +328,7 @@ class ProbeConfig:
     allow_pickle: bool = False
     device: str = "auto"  # auto: cuda when available
     stop_after: Optional[int] = None  # stop after this many steps with a checkpoint (the schedule spans iters)
+    precision: str = "auto"  # the frozen backbone's forward: auto | bf16 | fp32 (FrozenBackbone.set_precision)
 
     # What a resumed run, or a finished one reported again, must share with the run that wrote the folder.
     RUN_KEYS = ("data_root", "checkpoint", "random_init", "dataset", "classes", "iters", "batch", "crop", "lr", "seed")
@@ -410,6 +411,7 @@ class DenseProbe:
         self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle).to(self.device)
         if self.backbone.report is not None:
             log.info("pretrained weights (%s):\n%s", self.backbone.pretrain, self.backbone.report.format())
+        self.precision = self.backbone.set_precision(cfg.precision, self.device)  # the head trains in fp32
         self.pretrain = cfg.pretrain or self.backbone.pretrain
         self.to_input = ToFloatNormalized(self.backbone.mean, self.backbone.std)  # uint8 -> the backbone's input
         self.train_set = TrainCrops(train, cfg.crop, self.backbone.mean)
@@ -429,8 +431,9 @@ class DenseProbe:
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricLogger(str(self.out), tensorboard=False)
         log.info("dense probe: %s (%s) on %s (%s, %d classes): %d train / %d val images, %d iterations of %d "
-                 "crops of %d px, device %s", self.backbone.name, self.pretrain, cfg.data_root, cfg.dataset,
-                 self.num_classes, self.train_images, self.val_images, cfg.iters, cfg.batch, cfg.crop, self.device)
+                 "crops of %d px, device %s, backbone in %s", self.backbone.name, self.pretrain, cfg.data_root,
+                 cfg.dataset, self.num_classes, self.train_images, self.val_images, cfg.iters, cfg.batch, cfg.crop,
+                 self.device, self.precision)
 
     # ---------------------------------------------------------------- loop
     def _train(self) -> Optional[Dict]:
@@ -485,7 +488,8 @@ class DenseProbe:
         r = {"iterations": cfg.iters, "batch": cfg.batch, "crop_size": cfg.crop, "lr": cfg.lr, "probe": "bn+linear",
              "seed": cfg.seed, "optimizer": "adamw", "weight_decay": WEIGHT_DECAY,
              "schedule": f"{cfg.iters} iters, AdamW lr {cfg.lr:g} wd {WEIGHT_DECAY:g}, linear warm-up and decay",
-             "test_mode": "whole", "train_images": self.train_images, "val_images": self.val_images}
+             "test_mode": "whole", "train_images": self.train_images, "val_images": self.val_images,
+             "precision": self.precision}
         if self.backbone.pretrain_epochs:
             r["pretrain_epochs"] = self.backbone.pretrain_epochs
         return r

@@ -175,6 +175,9 @@ class Job:
     def log(self) -> Path:  # the tool's whole output (its own log.txt, where it writes one, has the same lines)
         return Path(self.folder) / "output.txt"
 
+    def node_log(self, node: int) -> Path:  # the output of node ``node`` > 0 of a multi-node job
+        return Path(self.folder) / f"output.node{node}.txt"
+
 
 @dataclass
 class Plan:
@@ -339,29 +342,129 @@ def job_state(job: Job) -> str:
 
 RESUME_FLAG = {"tools/train_cls.py": "--resume", "tools/train_net.py": "--resume", "tools/train_seg.py": "--resume",
                "tools/dense_probe.py": "--resume"}
+GPUS_PER_NODE = 8  # the recipes' nodes; a recipe of more GPUs spans ceil(GPUs / 8) nodes
+# Multi-node rendezvous ports: PORT_BASE + job id mod PORT_SPAN, so that two jobs whose first nodes share a host
+# (SLURM packing) do not collide; below Linux's ephemeral range (32768-60999), whose ports the OS hands out.
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+
+def job_port(job_id) -> int:
+    """The rendezvous port of a multi-node job: from its id (SLURM_JOB_ID; an array task's ``123_4`` counts as
+    1234), in [PORT_BASE, PORT_BASE + PORT_SPAN)."""
+    digits = "".join(ch for ch in str(job_id) if ch.isdigit())
+    return PORT_BASE + int(digits or 0) % PORT_SPAN
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a job runs on the GPUs it finds: processes per node, and, when they are fewer than its recipe's GPUs,
+    the tool's arguments that keep the recipe's batch (or apply the framework's scaling rule) and what they do."""
+    recipe_gpus: int
+    nodes: int
+    per_node: int  # processes on each node: one a GPU (one on a machine without GPUs)
+    args: Tuple[str, ...] = ()
+    rule: str = ""
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.per_node
+
+    @property
+    def differs(self) -> bool:
+        return self.gpus != self.recipe_gpus
+
+    def record(self) -> Dict:
+        """What ``results.json`` records as ``launch`` (``transfer.results.LAUNCH_ENV``)."""
+        return {"recipe_gpus": self.recipe_gpus, "gpus": self.gpus, "nodes": self.nodes, "rule": self.rule}
+
+
+def job_launch(job: Job, nodes: int = 1) -> Launch:
+    """The processes ``job`` starts on ``nodes`` nodes of the GPUs visible here, and how its recipe's batch is kept
+    with fewer: by gradient accumulation where the tool has it (``train.accum_iter``, as the MAE authors advise
+    for fewer GPUs), else by the framework's rule (detectron2's reference world size: batch and lr scaled
+    linearly, iterations and periods inversely; mmseg's ``auto_scale_lr``: the lr scaled by the batch). The
+    processes per node are the largest divisor of the recipe's GPUs per node that the node has, so that the
+    accumulation is a whole number and the batch exactly the recipe's (8-GPU recipes use 4 of 6 GPUs)."""
+    recipe_gpus = max(1, job.gpus)
+    wanted = math.ceil(recipe_gpus / nodes)
+    have = max(1, _cuda_devices())  # a machine without GPUs runs one process, as one GPU would
+    per_node = max(d for d in range(1, min(wanted, have) + 1) if wanted % d == 0)
+    launch = Launch(recipe_gpus, nodes, per_node)
+    if not launch.differs:
+        return launch
+    tool = job.command[0]
+    if tool == "tools/train_cls.py":
+        accum = _config_accum_iter(job.command) * (recipe_gpus // launch.gpus)
+        return dataclasses.replace(launch, args=(f"train.accum_iter={accum}",),
+                                   rule=f"batch kept by gradient accumulation: train.accum_iter={accum}")
+    if tool == "tools/train_net.py":
+        return dataclasses.replace(
+            launch, args=("--reference-world-size", str(recipe_gpus)),
+            rule=f"detectron2's reference world size {recipe_gpus}: batch and lr x{launch.gpus}/{recipe_gpus}, "
+                 f"iterations and periods x{recipe_gpus}/{launch.gpus}")
+    if tool == "tools/train_seg.py":
+        base = _seg_batch_per_gpu(job.command[1]) * recipe_gpus
+        return dataclasses.replace(
+            launch, args=("auto_scale_lr.enable=True", f"auto_scale_lr.base_batch_size={base}"),
+            rule=f"mmseg's auto_scale_lr: lr x{launch.gpus}/{recipe_gpus} (the recipe's batch {base}), "
+                 "iterations unchanged")
+    return dataclasses.replace(launch, rule="none: the tool has no accumulation or scaling rule")
+
+
+def _config_accum_iter(command: Sequence[str]) -> int:
+    """``train.accum_iter`` of a ``tools/train_cls.py`` command: its config with the command's overrides."""
+    from pretrain.cli import is_key_value
+    from transfer.classification.config import load_cls_config
+
+    return int(load_cls_config(command[1], [a for a in command[2:] if is_key_value(a)]).train.accum_iter)
+
+
+def _seg_batch_per_gpu(config: str) -> int:
+    """The per-GPU batch of an mmseg config (its ``train_dataloader.batch_size``), read without importing the
+    config's modules (the models: the ladder needs one number)."""
+    from mmengine.config import Config
+
+    path = config if Path(config).is_absolute() else str(REPO / config)
+    return int(Config.fromfile(path, import_custom_modules=False).train_dataloader.batch_size)
 
 
 def launch_command(job: Job, resume: bool, python: str = sys.executable, nodes: int = 1, node_rank: int = 0,
-                   master: str = "127.0.0.1", port: int = 29500) -> List[str]:
-    """``python TOOL ...``, through torchrun for multi-GPU recipes (detectron2 launches its own processes);
-    ``resume`` adds the tool's resume flag for a job that started before."""
+                   master: str = "127.0.0.1", port: Optional[int] = None,
+                   launch: Optional[Launch] = None) -> List[str]:
+    """``python TOOL ...``, through torchrun for multi-GPU jobs (detectron2 launches its own processes), with
+    ``launch``'s (default: ``job_launch``'s) processes and arguments; ``resume`` adds the tool's resume flag for a
+    job that started before. One node: torchrun's ``--standalone`` and detectron2's ``auto`` URL rendezvous on
+    a free port; several: on ``master:port`` (default: ``job_port`` of ``SLURM_JOB_ID``)."""
+    launch = launch or job_launch(job, nodes)
     cmd = list(job.command)
     flag = RESUME_FLAG.get(cmd[0])
     if resume and flag:
         # After a positional config (train_cls, train_seg), whose path an optional-argument --resume would take.
         cmd.insert(2 if cmd[0] in ("tools/train_cls.py", "tools/train_seg.py") else 1, flag)
-    gpus = job.gpus if _cuda_devices() else 1
     if cmd[0] == "tools/train_net.py":
-        return [python, *cmd[:1], "--num-gpus", str(min(gpus, 8)), "--num-machines", str(nodes),
+        cmd[1:1] = launch.args  # options, before the config overrides that end its command line
+    elif cmd[0] == "tools/train_seg.py" and launch.args:
+        # Items of the --cfg-options that ends its command line (job_command's randomness.seed).
+        cmd += ([] if "--cfg-options" in cmd else ["--cfg-options"]) + list(launch.args)
+    else:  # config overrides (train_cls)
+        cmd += launch.args
+    if nodes > 1 and port is None:
+        port = job_port(os.environ.get("SLURM_JOB_ID", 0))
+    if cmd[0] == "tools/train_net.py":
+        return [python, *cmd[:1], "--num-gpus", str(launch.per_node), "--num-machines", str(nodes),
                 "--machine-rank", str(node_rank), *(["--dist-url", f"tcp://{master}:{port}"] if nodes > 1 else []),
                 *cmd[1:]]
-    if gpus > 1:
+    if nodes > 1:
         return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
-                "--nproc_per_node", str(min(gpus, 8)), "--master_addr", master, "--master_port", str(port), *cmd]
+                "--nproc_per_node", str(launch.per_node), "--master_addr", master, "--master_port", str(port), *cmd]
+    if launch.per_node > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(launch.per_node),
+                *cmd]
     return [python, *cmd]
 
 
 def _cuda_devices() -> int:
+    """The GPUs this process sees (after CUDA_VISIBLE_DEVICES): the most processes a job starts here."""
     try:
         import torch
 
@@ -374,19 +477,35 @@ def job_env(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
 
-def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, warm=None, **launch) -> int:
+def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, warm=None, nodes: int = 1,
+            node_rank: int = 0, master: str = "127.0.0.1") -> int:
     """Run one job as its own process (a subprocess, or a child of ``warm``, a ``WarmStarter``), its output in
-    ``output.txt``; a failure is recorded in ``failed.json``."""
+    ``output.txt``; a failure is recorded in ``failed.json``. A launch on other GPUs than the recipe's is logged
+    and passed to the tool for its ``results.json`` (``transfer.results.LAUNCH_ENV``). In a multi-node job every
+    node runs this, and only node 0 keeps the job's records (``output.txt``, ``failed.json``; ``results.json`` is
+    the tool's rank 0's): another node logs to ``output.node<k>.txt`` and records nothing, since it may end
+    before node 0 has written the results of a job that succeeded."""
+    from transfer.results import LAUNCH_ENV
     from transfer.warm_start import call
 
     Path(job.folder).mkdir(parents=True, exist_ok=True)
-    job.failure.unlink(missing_ok=True)
-    cmd = launch_command(job, resume, **launch)
-    with open(job.log, "a") as log:
-        log.write(f"\n$ {shlex.join(cmd)}\n")
-        log.flush()
-        rc = call(cmd, log, job_env(env), REPO, warm)
-    if rc != 0 or not job.results.is_file():
+    if node_rank == 0:
+        job.failure.unlink(missing_ok=True)
+    rc, cmd = 1, list(job.command)
+    with open(job.log if node_rank == 0 else job.node_log(node_rank), "a") as log:
+        try:  # reads the tool's config (its batch): one the tool would refuse fails this job, not the ladder
+            launch = job_launch(job, nodes)
+        except Exception as e:  # noqa: BLE001
+            log.write(f"\nerror: cannot plan the launch of {shlex.join(cmd)}: {type(e).__name__}: {e}\n")
+        else:
+            cmd = launch_command(job, resume, nodes=nodes, node_rank=node_rank, master=master, launch=launch)
+            env = {**(env or {}), LAUNCH_ENV: json.dumps(launch.record()) if launch.differs else ""}
+            if launch.differs:
+                log.write(f"\nlaunch: {launch.gpus} GPU(s) for a recipe of {launch.recipe_gpus}; {launch.rule}")
+            log.write(f"\n$ {shlex.join(cmd)}\n")
+            log.flush()
+            rc = call(cmd, log, job_env(env), REPO, warm)
+    if node_rank == 0 and (rc != 0 or not job.results.is_file()):
         job.failure.write_text(json.dumps({"returncode": rc, "log": str(job.log), "command": cmd,
                                            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     return rc
@@ -442,11 +561,11 @@ def run_slurm(p: Plan, folder: Optional[str] = None, partition: Optional[str] = 
         executor = submitit.AutoExecutor(folder=folder or str(Path(p.folder) / "submitit"), cluster=cluster,
                                          slurm_max_num_timeout=max_requeues)
         gpus = max(1, job.gpus)
-        nodes = math.ceil(gpus / 8)
+        nodes = math.ceil(gpus / GPUS_PER_NODE)
         params = dict(name=f"ladder-{job.key.replace('/', '-')}", timeout_min=timeout_min, nodes=nodes,
                       tasks_per_node=1)
         if cluster != "local":
-            params.update(gpus_per_node=min(gpus, 8), cpus_per_task=10 * min(gpus, 8),
+            params.update(gpus_per_node=min(gpus, GPUS_PER_NODE), cpus_per_task=10 * min(gpus, GPUS_PER_NODE),
                           slurm_partition=partition, slurm_additional_parameters={"requeue": True})
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         submitted.append(executor.submit(LadderJob(job)))
@@ -455,13 +574,14 @@ def run_slurm(p: Plan, folder: Optional[str] = None, partition: Optional[str] = 
 
 
 class LadderJob:
-    """A submitit callable: runs the job's tool (resuming after a requeue) and returns its results record.
+    """A submitit callable: runs the job's tool (resuming after a requeue) and returns its results record (on
+    node 0; None on the other nodes of a multi-node job, which keep no records, see ``run_job``).
     ``checkpoint`` makes submitit requeue it on preemption or timeout with the same job."""
 
     def __init__(self, job: Job, resume: bool = False):
         self.job, self.resume = job, resume
 
-    def __call__(self) -> Dict:
+    def __call__(self) -> Optional[Dict]:
         import submitit
 
         from transfer.results import read_results
@@ -471,8 +591,10 @@ class LadderJob:
         resume = self.resume or job_state(self.job) in ("started", "failed")
         rc = run_job(self.job, resume, nodes=env.num_nodes, node_rank=env.node, master=master)
         if rc != 0:
-            raise RuntimeError(f"{self.job.key} failed with exit {rc}; log: {self.job.log}")
-        return read_results(self.job.results)
+            log = self.job.log if env.node == 0 else self.job.node_log(env.node)
+            raise RuntimeError(f"{self.job.key} failed with exit {rc} on node {env.node}; log: {log}")
+        # The tool's rank 0, on node 0, writes the results: another node may end before it has.
+        return read_results(self.job.results) if env.node == 0 else None
 
     def checkpoint(self):
         import submitit
@@ -494,6 +616,7 @@ class Aggregate:
     values: Dict[str, List[float]]
     recipe: Dict
     failed: List[str] = field(default_factory=list)  # logs of failed seeds
+    launch: Optional[Dict] = None  # a seed's results' ``launch``: run on other GPUs than the recipe's
 
 
 def summarise(p: Plan) -> List[Aggregate]:
@@ -518,8 +641,9 @@ def summarise(p: Plan) -> List[Aggregate]:
                for k, v in values.items()}
         first = records[0] if records else {}
         recipe = {k: v for k, v in (first.get("recipe") or {}).items() if k != "seed"}
+        launch = next((r["launch"] for r in records if r.get("launch")), None)
         out.append(Aggregate(rung, role, jobs[0].task, first.get("backbone", p.checkpoint.backbone),
-                             first.get("pretrain", "?"), mean, std, len(records), values, recipe, failed))
+                             first.get("pretrain", "?"), mean, std, len(records), values, recipe, failed, launch))
     return out
 
 
@@ -612,7 +736,7 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
         metrics = dict(a.mean) or {PRIMARY_METRIC.get(a.task, "mIoU"): None}
         rows.append(Row(a.task, a.backbone, a.pretrain if a.n else (a.pretrain if a.pretrain != "?" else a.role),
                         "run", metrics, a.recipe, str(Path(p.folder) / a.rung / a.role), f"{a.rung}, {a.role}",
-                        None, dict(a.std), a.n, status))
+                        None, dict(a.std), a.n, status, a.launch))
     path = write_report(rows, out, baseline=base_label, title=f"Evaluation ladder: {Path(p.checkpoint.path).name}")
     curves = write_curves(p, out / "curves.png")
     lines = ["", "## Verdicts", "",

@@ -9,7 +9,8 @@ the same backbone and pretraining, and each row's recipe. Differences between
 rows whose recipes differ are marked (``†``) with the differing keys in the
 note, so unlike recipes are never compared silently; so are differences to a
 published baseline whose supervised weights are not the run's (``weights``:
-the MSRA R-50 behind the MoCo papers' rows, mmseg's ResNetV1c). ImageNet runs
+the MSRA R-50 behind the MoCo papers' rows, mmseg's ResNetV1c), and runs launched
+on other GPUs than their recipe's (``launch``, written by the ladder). ImageNet runs
 report the final epoch (``top1``) and the best (``top1_best``, what the authors
 publish). Missing metrics show as ``—``.
 """
@@ -49,6 +50,7 @@ class Row:
     std: Dict[str, float] = field(default_factory=dict)
     n: int = 1
     status: str = ""  # e.g. "failed: 1 of 3 seeds (log ...)": shown, never silently missing
+    launch: Optional[Dict] = None  # results' ``launch``: run on other GPUs than the recipe's (transfer.ladder)
 
 
 @dataclass
@@ -78,7 +80,7 @@ def load_runs(paths: Iterable) -> List[Row]:
         for f in files:
             r = read_results(f)
             rows.append(Row(r["task"], r["backbone"], r["pretrain"], "run", dict(r["metrics"]), dict(r["recipe"]),
-                            str(f), r.get("name") or f.parent.name, r.get("weights")))
+                            str(f), r.get("name") or f.parent.name, r.get("weights"), launch=r.get("launch")))
     return rows
 
 
@@ -147,6 +149,8 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
                 diffs = differences(r, pub, COMPARED_RECIPE_KEYS)
                 if diffs:
                     notes.append(f"{MARK} vs published: " + ", ".join(diffs))
+        if r.launch:
+            notes.append(f"{MARK} launch: {launch_note(r.launch)}")
         if r.status:
             notes.append(r.status)
         missing = [m for m in metrics if r.metrics.get(m) is None and m in TASKS[task]]
@@ -154,6 +158,12 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
             notes.append("missing: " + ", ".join(missing))
         comparisons.append(Comparison(r, base, pub, notes))
     return TaskTable(task, metrics, baseline, comparisons)
+
+
+def launch_note(launch: Dict) -> str:
+    """A results' ``launch`` record in words: the GPUs used against the recipe's, and what kept the batch."""
+    return (f"{launch.get('gpus', '?')} GPU(s) instead of the recipe's {launch.get('recipe_gpus', '?')}"
+            + (f" ({launch['rule']})" if launch.get("rule") else ""))
 
 
 def _delta(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -208,9 +218,10 @@ def to_markdown(t: TaskTable) -> str:
     lines = [f"### {t.task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c, rec in zip(t.comparisons, recs):
         mb = MARK if marked(c, t.baseline_name) else ""
-        mp = MARK if marked(c, "published") else ""
+        launched = any(n.startswith(f"{MARK} launch") for n in c.notes)  # not on the recipe's GPUs
+        mp = MARK if marked(c, "published") or launched else ""
         cells = [rec["backbone"], rec["pretrain"] + (f" ({rec['name']})" if c.row.origin == "run" else ""),
-                 rec["origin"]]
+                 rec["origin"] + (f" {MARK}" if launched else "")]
         cells += [_fmt(rec[m]) + (f" ± {rec[m + '_std']:.2f} (n={c.row.n})" if rec[m + "_std"] is not None
                                   and rec[m] is not None else "") for m in shown]
         if with_base:
@@ -227,7 +238,8 @@ def to_markdown(t: TaskTable) -> str:
     if any(m.endswith("_best") for m in shown):
         lines += ["", "top1 / top5: the final epoch's; top1_best: the best epoch's, as the MAE and MoCo authors "
                       "report (the published ImageNet numbers are best-epoch numbers)."]
-    lines += ["", f"{MARK}: the compared rows' recipes or baseline weights differ (see notes); {MISSING}: missing."]
+    lines += ["", f"{MARK}: the compared rows' recipes or baseline weights differ, or the run was launched on other "
+                  f"GPUs than its recipe's (see notes); {MISSING}: missing."]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,9 @@ Each finished evaluation leaves ``<output_dir>/results.json``:
       "checkpoint": "/path/to/weights",   # what was evaluated (or null for random init)
       "metrics": {"top1": 68.1, "top5": 88.0},
       "recipe": {"epochs": 90, "batch": 16384, "img_size": 224, ...},
-      "tool": "tools/eval_linear.py", "config": "...", "created": "2026-11-28T12:00:00"
+      "tool": "tools/eval_linear.py", "config": "...", "created": "2026-11-28T12:00:00",
+      "launch": {"recipe_gpus": 32, "gpus": 8, "nodes": 1,   # only when launched on other GPUs than the
+                 "rule": "batch kept by ... train.accum_iter=4"}  # recipe's (the ladder, LAUNCH_ENV)
     }
 
 so that runs of different tools share one schema and runs with unlike recipes
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -55,6 +58,10 @@ TASKS: Dict[str, List[str]] = {
     "dense_probe": ["mIoU", "mAcc", "aAcc"],
 }
 RESULTS_FILE = "results.json"
+# Set by the ladder (transfer.ladder.run_job) for a job it starts on other GPUs than its recipe's: the JSON of
+# its ``launch`` record (recipe's GPUs, GPUs used, the rule that kept the batch), which every results file it
+# writes carries, so that the report marks the row.
+LAUNCH_ENV = "SSLKIT_LAUNCH"
 
 
 class ResultsError(ValueError):
@@ -99,6 +106,8 @@ def write_results(output_dir, task: str, backbone: str, pretrain: str, metrics: 
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         **extra,
     }
+    if os.environ.get(LAUNCH_ENV):
+        record["launch"] = json.loads(os.environ[LAUNCH_ENV])
     validate(record, f"results for {output_dir}")
     from pretrain.checkpoint import save_atomic
 

@@ -168,9 +168,11 @@ class MoCo(nn.Module):
             k = F.normalize(self.encoder_k(shuffled), dim=1)
             k = self._unshuffle_keys(k, unshuffle)
         q, k = q.float(), k.float()
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        # fp32 logits: under bf16 autocast the products would round the cosines to 8 bits before / T.
+        with torch.autocast(q.device.type, enabled=False):
+            l_pos = (q * k).sum(dim=1, keepdim=True)
+            l_neg = q @ self.queue.clone().detach()
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.T
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         self.dequeue_and_enqueue(k)
         return logits, labels
@@ -267,6 +269,9 @@ class MoCoMethod(MoCoLayout, PretrainMethod):
     def validate(self, cfg, fail):
         if cfg.model.aug not in ("v1", "v2"):
             fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+        if cfg.train.compile:  # benchmarks/compile_checkpointing.py: both measured with torch 2.9.1
+            fail("train.compile does not run MoCo v1/v2 with torch 2.9.1: inductor fails on the key shuffle's "
+                 "randperm indexing, and the compiled graph saves the queue, which the enqueue then modifies")
 
     def label(self, cfg) -> str:
         return "moco_v2" if cfg.model.mlp else "moco_v1"

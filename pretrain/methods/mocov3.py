@@ -91,11 +91,13 @@ class MoCoV3(nn.Module):
 
     def contrastive_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """InfoNCE of each query against every process's keys (the positive: its own view's), times 2T."""
-        q = F.normalize(q.float(), dim=1)
-        k = all_gather_tensor(F.normalize(k.float(), dim=1))
-        logits = q @ k.T / self.T
-        labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * get_rank()
-        return F.cross_entropy(logits, labels) * (2 * self.T)
+        # fp32 logits: under bf16 autocast the product would round the cosines to 8 bits before / T.
+        with torch.autocast(q.device.type, enabled=False):
+            q = F.normalize(q.float(), dim=1)
+            k = all_gather_tensor(F.normalize(k.float(), dim=1))
+            logits = q @ k.T / self.T
+            labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * get_rank()
+            return F.cross_entropy(logits, labels) * (2 * self.T)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, m: float) -> torch.Tensor:
         q1 = self.predictor(self.base_encoder(x1))
@@ -193,6 +195,7 @@ class MoCoV3ModelConfig:
     momentum: float = 0.99  # m at the start of the cosine schedule
     momentum_cos: bool = True  # m -> 1 on a half cosine, per step
     stop_grad_conv1: bool = True  # ViT: frozen random patch projection
+    grad_checkpointing: bool = False  # ViT: activation checkpointing of the base encoder's blocks (timm's)
 
 
 def _mocov3_optim() -> OptimConfig:
@@ -222,6 +225,8 @@ class MoCoV3Method(MoCoLayout, PretrainMethod):
             fail(f"model.arch must be one of {sorted(VITS)} or a torchvision ResNet (resnet50), got {arch!r}")
         if cfg.optim.name not in ("adamw", "lars"):
             fail(f"optim.name must be adamw (the ViT recipe) or lars (the ResNet recipe), got {cfg.optim.name!r}")
+        if cfg.model.grad_checkpointing and arch not in VITS:
+            fail(f"model.grad_checkpointing is for the ViTs ({sorted(VITS)}), got model.arch={arch!r}")
 
     def label(self, cfg) -> str:
         return "moco_v3"
@@ -231,6 +236,8 @@ class MoCoV3Method(MoCoLayout, PretrainMethod):
         if m.arch in VITS:
             model = MoCoV3ViT(partial(build_vit, m.arch, img_size=cfg.data.img_size,
                                       stop_grad_conv1=m.stop_grad_conv1), m.dim, m.mlp_dim, m.temperature)
+            # The momentum encoder runs without gradients: it keeps no activations to checkpoint.
+            model.base_encoder.set_grad_checkpointing(m.grad_checkpointing)
         else:
             model = MoCoV3ResNet(partial(getattr(torchvision.models, m.arch), zero_init_residual=True),
                                  m.dim, m.mlp_dim, m.temperature)

@@ -24,7 +24,8 @@ from pretrain.backbones import read_backbone
 from pretrain.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
 from pretrain.data import worker_init
 from pretrain.logger import MetricLogger
-from pretrain.trainer import LAST, TrainerBase, configure_attention, start_run
+from pretrain.precision import autocast_dtype, matmul_shapes
+from pretrain.trainer import LAST, TrainerBase, configure_attention, start_run, use_channels_last
 from transfer.results import pretrain_label, write_results
 
 from .config import to_yaml
@@ -54,10 +55,8 @@ class ClassificationTrainer(TrainerBase):
         self.cfg, self.eval_only = cfg, eval_only
         t, d, m = cfg.train, cfg.data, cfg.model
         self.protocol = protocol(cfg.protocol)
-        self.dist, self.out, self.amp_dtype = start_run(t, to_yaml(cfg))
-        self.device = self.dist.device
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        self.dist, self.out = start_run(t, to_yaml(cfg))
+        self.device = self.dist.device  # start_run set cuDNN autotuning, or deterministic kernels
 
         # ---- data (rank 0 writes the synthetic folder when no dataset is given)
         if self.dist.is_main:
@@ -95,6 +94,8 @@ class ClassificationTrainer(TrainerBase):
                                 if k in frozen and (fresh is None or k in fresh)}
         self.pretrained_checkpoint = m.checkpoint
         self.model.to(self.device)
+        use_channels_last(self.model, t.channels_last)
+        self.amp_dtype = autocast_dtype(t.amp, self.device, matmul_shapes(self.model))
         configure_attention(self.model, self.device.type, self.amp_dtype if not eval_only else None)
         self.epoch, self.iter, self.step = 0, 0, 0
         self.last_eval: Dict = {}

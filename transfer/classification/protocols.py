@@ -77,7 +77,8 @@ class MAELinear(Protocol):
         arch = vit_arch(cfg.model.arch, _pretrained(cfg, pretrained))
         model = build_vit_classifier(arch, num_classes, cfg.data.img_size, global_pool=cfg.model.global_pool,
                                      drop_path=cfg.model.drop_path, bn_head=self.bn_head,
-                                     head_init_std=cfg.model.head_init_std)
+                                     head_init_std=cfg.model.head_init_std,
+                                     grad_checkpointing=cfg.model.grad_checkpointing)
         return model, arch["name"]
 
     def load_pretrained(self, model, cfg, pretrained):

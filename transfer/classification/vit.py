@@ -70,10 +70,11 @@ def vit_arch(name: str, export: Optional[BackboneExport] = None) -> Dict:
 
 def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, global_pool: str = "token",
                          drop_path: float = 0.0, bn_head: bool = False,
-                         head_init_std: float = 0.01) -> VisionTransformer:
+                         head_init_std: float = 0.01, grad_checkpointing: bool = False) -> VisionTransformer:
     """timm ViT with a fresh head: trunc-normal(std=head_init_std) weight, zero bias.
 
     ``bn_head``: the linear probe's ``Sequential(BatchNorm1d(affine=False, eps=1e-6), Linear)``.
+    ``grad_checkpointing``: timm's activation checkpointing of the blocks (state dict unchanged).
     """
     model = VisionTransformer(
         img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
@@ -85,6 +86,7 @@ def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, glob
     nn.init.zeros_(model.head.bias)
     if bn_head:
         model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
+    model.set_grad_checkpointing(grad_checkpointing)
     return model
 
 

@@ -15,6 +15,7 @@ Nothing here imports it at import time: call ``require_detectron2()`` first.
 * ``config``       ``get_cfg()`` for yacs files: the MoCo authors' recipes, with that head registered
 * ``data``         COCO-format datasets registered by path
 * ``engine``       one train / evaluate loop for the LazyConfig recipes and those yacs files
+* ``scaling``      detectron2's reference-world-size rule for a recipe run on other GPUs than its own
 """
 from __future__ import annotations
 

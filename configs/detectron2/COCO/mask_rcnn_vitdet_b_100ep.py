@@ -15,15 +15,21 @@ from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from transfer.detection.backbones import ViT
+
 from ..common.coco_loader_lsj import dataloader  # noqa: F401
 from ..common.constants import MAE, imagenet_rgb
 
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 model.update(imagenet_rgb())
+# detectron2's ViT, whose activation checkpointing (model.backbone.net.use_act_checkpoint=True: less memory,
+# about a third more backbone compute) runs without fairscale.
+model.backbone.net._target_ = ViT
 model.backbone.net.update(
     embed_dim=768, depth=12, num_heads=12, patch_size=16, drop_path_rate=0.1,
     window_size=14, window_block_indexes=[0, 1, 3, 4, 6, 7, 9, 10],  # global attention in 2, 5, 8, 11
     use_rel_pos=True, rel_pos_zero_init=True, pretrain_img_size=224, pretrain_use_cls_token=True,
+    use_act_checkpoint=False,
 )
 model.backbone.scale_factors = (4.0, 2.0, 1.0, 0.5)
 
