@@ -298,3 +298,24 @@ def test_moco_refuses_compile_with_the_reason():
     with pytest.raises(ConfigError, match="train.compile.*MoCo"):
         load_config(None, ["data.synthetic=true", "train.compile=true"], method="moco")
     assert load_config(None, ["data.synthetic=true", "train.compile=true"]).train.compile  # MAE compiles
+
+
+@pytest.mark.slow
+def test_frozen_rungs_compiled_forward_gives_the_eager_features(one_thread):
+    """``--compile`` of the kNN / dense-probe tools: the frozen backbone's feature functions through
+    torch.compile (dynamo traces them: its frame counter moves), the same features as eager."""
+    from torch._dynamo.utils import counters
+
+    from transfer.backbone import load_frozen_backbone
+
+    torch.manual_seed(0)
+    backbone = load_frozen_backbone(arch="mae_vit_pico_patch8")
+    x = torch.randn(2, 3, 32, 32)
+    eager_global, eager_dense = backbone.global_features(x), backbone.dense_features(x)
+    frames = counters["stats"]["unique_graphs"]
+    assert backbone.set_compile(True) is True
+    compiled_global, compiled_dense = backbone.global_features(x), backbone.dense_features(x)
+    assert counters["stats"]["unique_graphs"] > frames  # compiled, not run eagerly
+    torch.testing.assert_close(compiled_global, eager_global, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled_dense, eager_dense, rtol=1e-4, atol=1e-5)
+    assert load_frozen_backbone(arch="mae_vit_pico_patch8").set_compile(False) is False

@@ -56,13 +56,15 @@ def knn_eval(args):
     if backbone.report is not None:
         log.info("pretrained weights (%s):\n%s", backbone.pretrain, backbone.report.format())
     precision = backbone.set_precision(args.precision, device)
+    compiled = backbone.set_compile(args.compile)
     log.info("kNN: %s (%s), k=%d, T=%g, %d px; %d train / %d val images, device %s, %s", backbone.name,
              args.pretrain or backbone.pretrain, args.k, args.temperature, args.img_size, counts["train"],
              counts["val"], device, precision)
     accuracy = knn_evaluate(backbone.global_features, args.train, args.val, args.img_size, args.batch, device,
                             k=args.k, temperature=args.temperature, num_workers=args.num_workers)
     recipe = {"k": args.k, "temperature": args.temperature, "img_size": args.img_size,
-              "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed, "precision": precision}
+              "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed, "precision": precision,
+              "compile": compiled}
     if backbone.pretrain_epochs:
         recipe["pretrain_epochs"] = backbone.pretrain_epochs
     path = write_results(args.out, task=TASK, backbone=backbone.name, pretrain=args.pretrain or backbone.pretrain,

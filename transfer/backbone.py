@@ -75,6 +75,14 @@ class FrozenBackbone(nn.Module):
         self.amp_dtype = autocast_dtype(amp, device, matmul_shapes(self), setting="--precision")
         return precision_name(self.amp_dtype)
 
+    def set_compile(self, enabled: bool) -> bool:
+        """``--compile``: the feature functions through ``torch.compile`` (compiled at the first batch of each
+        input size; the same features to rounding). Returns whether on, for results.json."""
+        if enabled:
+            self._global_features = torch.compile(self._global_features)
+            self._dense_features = torch.compile(self._dense_features)
+        return enabled
+
     def autocast(self, x: torch.Tensor):
         return torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
 
@@ -202,6 +210,8 @@ def add_backbone_args(p) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the backbone's forward: bf16 autocast or fp32; auto (default): bf16 on a GPU with native "
                         "bf16, on a CPU where it measures faster, else fp32 (recorded in results.json)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone's forward (compiled at the first batch; recorded in results.json)")
     p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
                                                                "(only for files you trust)")
 

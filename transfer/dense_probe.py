@@ -329,6 +329,7 @@ class ProbeConfig:
     device: str = "auto"  # auto: cuda when available
     stop_after: Optional[int] = None  # stop after this many steps with a checkpoint (the schedule spans iters)
     precision: str = "auto"  # the frozen backbone's forward: auto | bf16 | fp32 (FrozenBackbone.set_precision)
+    compile: bool = False  # torch.compile the frozen backbone's forward (FrozenBackbone.set_compile)
 
     # What a resumed run, or a finished one reported again, must share with the run that wrote the folder.
     RUN_KEYS = ("data_root", "checkpoint", "random_init", "dataset", "classes", "iters", "batch", "crop", "lr", "seed")
@@ -412,6 +413,7 @@ class DenseProbe:
         if self.backbone.report is not None:
             log.info("pretrained weights (%s):\n%s", self.backbone.pretrain, self.backbone.report.format())
         self.precision = self.backbone.set_precision(cfg.precision, self.device)  # the head trains in fp32
+        self.backbone.set_compile(cfg.compile)
         self.pretrain = cfg.pretrain or self.backbone.pretrain
         self.to_input = ToFloatNormalized(self.backbone.mean, self.backbone.std)  # uint8 -> the backbone's input
         self.train_set = TrainCrops(train, cfg.crop, self.backbone.mean)
@@ -489,7 +491,7 @@ class DenseProbe:
              "seed": cfg.seed, "optimizer": "adamw", "weight_decay": WEIGHT_DECAY,
              "schedule": f"{cfg.iters} iters, AdamW lr {cfg.lr:g} wd {WEIGHT_DECAY:g}, linear warm-up and decay",
              "test_mode": "whole", "train_images": self.train_images, "val_images": self.val_images,
-             "precision": self.precision}
+             "precision": self.precision, "compile": cfg.compile}
         if self.backbone.pretrain_epochs:
             r["pretrain_epochs"] = self.backbone.pretrain_epochs
         return r
