@@ -8,12 +8,14 @@
   (``model``, ``state_dict``, DDP's ``module.``).
 * ``describe_state_dict`` names what a state dict is, for error messages that
   say what was expected and what was found.
-* ``save_atomic`` writes through a temporary file and a rename, so a crash
-  never leaves a half-written checkpoint under the final name.
+* ``save_atomic`` (and ``write_text_atomic``, for text records such as config.yaml) writes
+  through a temporary file and a rename, so a crash or a full disk never leaves a half-written
+  file under the final name; a failed write names the file.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -33,6 +35,7 @@ __all__ = [
     "strip_prefix",
     "describe_state_dict",
     "save_atomic",
+    "write_text_atomic",
 ]
 
 
@@ -171,11 +174,7 @@ def save_atomic(obj: Any, path) -> Path:
     """Write ``obj`` by the file's suffix via a temp file + rename, so that a reader never sees a
     half-written file: ``.safetensors``, ``.pkl`` (a plain pickle: detectron2's model zoo),
     ``.json`` (indented), else ``torch.save``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp):
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -189,9 +188,36 @@ def save_atomic(obj: Any, path) -> Path:
                     f.write("\n")
         else:
             torch.save(obj, tmp)
+
+    path = Path(path)
+    return _replace_atomic(path, write)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """``Path.write_text`` through a temp file + rename (config.yaml and the other records a run keeps
+    beside its checkpoints): a full disk leaves the earlier file whole, never an empty one."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return _replace_atomic(Path(path), write)
+
+
+def _replace_atomic(path: Path, write) -> Path:
+    """``write(tmp)`` a temp file in ``path``'s folder, then rename it over ``path``. An OSError (a full
+    disk, a quota) is raised again naming the file, with the earlier file there unchanged."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # OSError(errno, ...) is the errno's subclass again (PermissionError, ...)
+            what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or type(e).__name__)
+            raise OSError(e.errno, f"{what} writing {path} (the file there before is unchanged)") from e
         raise
     return path

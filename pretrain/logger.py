@@ -1,4 +1,4 @@
-"""Run logs: a JSON-lines file (one record per logged step) and TensorBoard scalars.
+"""Run logs: a JSON-lines file (one record per logged step), TensorBoard scalars, and progress displays.
 
 Only the main process writes; other ranks get a logger that does nothing.
 """
@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 
 def setup_logging(output_dir: Optional[str] = None, is_main: bool = True, name: str = "log.txt"):
@@ -70,3 +70,56 @@ def _plain(v):
     if hasattr(v, "item"):
         return v.item()
     return v
+
+
+def progress(total: int, desc: str, initial: int = 0, enabled: bool = True, stream=None,
+             clock: Callable[[], float] = time.monotonic, every_s: float = 30.0, marks: int = 10):
+    """A progress display with tqdm's ``update`` / ``set_postfix`` / ``close``: a live bar on a terminal;
+    elsewhere (a log file, SLURM, CI) plain lines, as a bar's carriage-return redraws would pile up there
+    into single lines of tens of kilobytes. ``stream`` defaults to stderr, where tqdm writes."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled or stream.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, file=stream, disable=not enabled,
+                    dynamic_ncols=True, leave=False)
+    return PlainProgress(total, desc, initial, stream, clock, every_s, marks)
+
+
+class PlainProgress:
+    """Writes ``desc: n/total (p%) key=value ...`` at every 1/``marks`` of ``total``, after ``every_s``
+    seconds without a line, and at ``close`` (unless that position was just written)."""
+
+    def __init__(self, total: int, desc: str, initial: int, stream, clock: Callable[[], float],
+                 every_s: float, marks: int):
+        self.total, self.desc, self.n, self.stream = total, desc, initial, stream
+        self.clock, self.every_s, self.marks = clock, every_s, marks
+        self.postfix: Dict[str, object] = {}
+        self._last_time, self._last_n = clock(), initial
+        self._last_mark = self._mark(initial)
+
+    def _mark(self, n: int) -> int:
+        return n * self.marks // self.total if self.total else 0
+
+    def update(self, n: int = 1):
+        self.n += n
+        mark = self._mark(self.n)
+        if mark > self._last_mark or self.clock() - self._last_time >= self.every_s:
+            self._last_mark = mark
+            self._write()
+
+    def set_postfix(self, **values):
+        self.postfix = values
+
+    def close(self):
+        if self.n != self._last_n:
+            self._write()
+
+    def _write(self):
+        line = f"{self.desc}: {self.n}/{self.total}"
+        if self.total:
+            line += f" ({self.n / self.total:.0%})"
+        line += "".join(f" {k}={v}" for k, v in self.postfix.items())
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        self._last_time, self._last_n = self.clock(), self.n

@@ -23,14 +23,13 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from . import distributed as du
-from .checkpoint import load_file, save_atomic
+from .checkpoint import load_file, save_atomic, write_text_atomic
 from .config import to_yaml
 from .data import ResumableSampler, build_pretrain_dataset, build_train_loader
 from .knn import knn_evaluate
-from .logger import MetricLogger, setup_logging
+from .logger import MetricLogger, progress, setup_logging
 from .methods import get_method
 from .precision import autocast_dtype, matmul_shapes
 from .schedule import lr_at, set_lr
@@ -164,10 +163,10 @@ def use_channels_last(model: torch.nn.Module, enabled: bool) -> bool:
     return True
 
 
-def start_run(t, config_yaml: str):
+def start_run(t, config_yaml: str, config_file: str = "config.yaml"):
     """What every training command does first, from its ``train`` config section: join the
     processes (``train.dist_timeout_min``), choose deterministic or autotuned kernels
-    (``train.deterministic``), open the output folder and its log, save the config, seed. Returns
+    (``train.deterministic``), open the output folder and its log, save the config (``config_file``), seed. Returns
     (distributed context, output folder); the precision is decided once the model is built
     (``autocast_dtype`` measures at its widths)."""
     set_determinism(t.deterministic)
@@ -176,7 +175,7 @@ def start_run(t, config_yaml: str):
     setup_logging(str(out), dist.is_main)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_yaml)
+        write_text_atomic(out / config_file, config_yaml)  # a full disk leaves the earlier one whole
     if t.deterministic:
         log.info("train.deterministic: deterministic algorithms, no cuDNN autotuning (CUBLAS_WORKSPACE_CONFIG=%s): "
                  "a resumed run ends bitwise where an uninterrupted one would, on a GPU too",
@@ -340,8 +339,8 @@ class TrainerBase(abc.ABC):
         self.sampler.set_position(self.epoch, self.iter * t.batch_size)
         self.set_train_mode()
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        bar = tqdm(total=self.iters_per_epoch, initial=self.iter, desc=f"epoch {self.epoch}",
-                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        bar = progress(self.iters_per_epoch, f"epoch {self.epoch}", initial=self.iter,
+                       enabled=t.progress and self.dist.is_main)
         window_loss, window_imgs, window_start = [], 0, time.perf_counter()
         stats = {}
         batches = WaitTimer(self.train_loader)
@@ -370,7 +369,6 @@ class TrainerBase(abc.ABC):
             self.iter += 1
             window_loss.append(loss_value)
             window_imgs += images * self.dist.world_size
-            bar.update(1)
             if boundary and (self.step % t.log_every == 0 or self.iter == self.iters_per_epoch):
                 elapsed = time.perf_counter() - window_start
                 data_wait, batches.waited = batches.waited / max(elapsed, 1e-9), 0.0
@@ -385,6 +383,7 @@ class TrainerBase(abc.ABC):
                 self.metrics.log(self.step, **stats)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", data=f"{data_wait:.0%}")
                 window_loss, window_imgs, window_start = [], 0, time.perf_counter()
+            bar.update(1)  # after the stats, so that a plain progress line shows this step's loss
             if boundary and t.ckpt_every_iters and self.step % t.ckpt_every_iters == 0 \
                     and self.iter < self.iters_per_epoch:
                 self.save([LAST])

@@ -251,7 +251,9 @@ def test_command_line_train_then_evaluate(data, moco_file, tmp_path):
     res = read_json(out / "results.json")
     assert res["checkpoint"] == str(moco_file) and res["recipe"]["batch"] == 16
     proc = run_tool(*args, "--eval-only", "--resume")
-    assert "evaluating" in proc.stderr and read_json(out / "results.json")["recipe"]["eval_only"]
+    # the evaluation's own record, beside the training run's (which it leaves as it was)
+    assert "evaluating" in proc.stderr and read_json(out / "results_eval.json")["recipe"]["eval_only"]
+    assert read_json(out / "results.json") == res
     bad = run_tool("tools/train_cls.py", "configs/classification/moco_r18_linear_cpu.yaml", "optim.lrr=1", check=False)
     assert bad.returncode != 0 and "lrr" in bad.stderr
     missing = run_tool("tools/train_cls.py", "configs/classification/mae_vit_base_finetune.yaml", check=False)

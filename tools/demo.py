@@ -108,8 +108,8 @@ class Demo:
     # ------------------------------------------------------------- stages
     def stage_data(self):
         from PIL import Image
-        from tqdm import tqdm
 
+        from pretrain.logger import progress
         from pretrain.synthetic import render_scene, scene_rng, write_coco_dataset, write_segmentation_dataset
         from transfer.classification.data import write_synthetic_folder
 
@@ -117,8 +117,11 @@ class Demo:
         unlabelled = self.data / "unlabelled"
         unlabelled.mkdir(parents=True, exist_ok=True)
         # Seeds: 0 unlabelled, 1-2 segmentation, 3-4 detection, 5 classification: no image is shared.
-        for i in tqdm(range(s.pretrain_images), desc="unlabelled scenes", leave=False):
+        bar = progress(s.pretrain_images, "unlabelled scenes")
+        for i in range(s.pretrain_images):
             Image.fromarray(render_scene(scene_rng(0, i), (s.img, s.img)).image).save(unlabelled / f"{i:05d}.png")
+            bar.update(1)
+        bar.close()
         write_segmentation_dataset(self.data / "seg", "train", s.seg_train, (s.img, s.img), seed=1)
         write_segmentation_dataset(self.data / "seg", "val", s.seg_val, (s.img, s.img), seed=2)
         # The COCO layout (annotations/instances_<split>2017.json beside <split>2017/), as the ladder reads it.

@@ -15,8 +15,9 @@ Protocols: mae_linear (frozen ViT, BN + linear head, LARS), mae_finetune (layer-
 RandAugment, mixup / cutmix), moco_linear (frozen ResNet, fc, SGD lr 30). Overrides are
 ``section.key=value``; --checkpoint sets model.checkpoint (the pretrained weights), --output-dir
 train.output_dir, --max-iters train.max_iters (the flags every training tool shares: pretrain.cli).
-Writes top-1 / top-5 to <train.output_dir>/results.json. SIGTERM / Ctrl-C stop at the next step
-with a checkpoint that --resume continues.
+Writes top-1 / top-5 to <train.output_dir>/results.json (--eval-only beside a training run's: to
+results_eval.json, leaving the run's record). SIGTERM / Ctrl-C stop at the next step with a checkpoint
+that --resume continues; --resume without --checkpoint takes it from the run's saved config.yaml.
 """
 import argparse
 import signal

@@ -58,6 +58,9 @@ TASKS: Dict[str, List[str]] = {
     "dense_probe": ["mIoU", "mAcc", "aAcc"],
 }
 RESULTS_FILE = "results.json"
+# An evaluation-only run in a folder that holds a training run's results.json records itself here instead,
+# so that the training run's record (best epoch, recipe) is never replaced by a re-evaluation.
+EVAL_RESULTS_FILE = "results_eval.json"
 # Set by the ladder (transfer.ladder.run_job) for a job it starts on other GPUs than its recipe's: the JSON of
 # its ``launch`` record (recipe's GPUs, GPUs used, the rule that kept the batch), which every results file it
 # writes carries, so that the report marks the row.
@@ -96,8 +99,9 @@ def validate(record: Dict[str, Any], source: str = "results") -> Dict[str, Any]:
 
 
 def write_results(output_dir, task: str, backbone: str, pretrain: str, metrics: Dict[str, float],
-                  recipe: Dict[str, Any], checkpoint: Optional[str] = None, **extra) -> Path:
-    """Validate and write ``<output_dir>/results.json`` atomically; returns its path."""
+                  recipe: Dict[str, Any], checkpoint: Optional[str] = None, file_name: str = RESULTS_FILE,
+                  **extra) -> Path:
+    """Validate and write ``<output_dir>/<file_name>`` (results.json) atomically; returns its path."""
     record = {
         "task": task, "backbone": backbone, "pretrain": pretrain,
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -111,7 +115,7 @@ def write_results(output_dir, task: str, backbone: str, pretrain: str, metrics: 
     validate(record, f"results for {output_dir}")
     from pretrain.checkpoint import save_atomic
 
-    return save_atomic(record, Path(output_dir) / RESULTS_FILE)
+    return save_atomic(record, Path(output_dir) / file_name)
 
 
 def read_results(path) -> Dict[str, Any]:

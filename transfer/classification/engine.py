@@ -11,12 +11,14 @@ tensor must equal the pretrained checkpoint's, or the run fails.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf, read_write
 from torch.utils.data import DataLoader, Subset
 
 from pretrain import distributed as du
@@ -26,7 +28,7 @@ from pretrain.data import worker_init
 from pretrain.logger import MetricLogger
 from pretrain.precision import autocast_dtype, matmul_shapes
 from pretrain.trainer import LAST, TrainerBase, configure_attention, start_run, use_channels_last
-from transfer.results import pretrain_label, write_results
+from transfer.results import EVAL_RESULTS_FILE, RESULTS_FILE, pretrain_label, write_results
 
 from .config import to_yaml
 from .data import build_criterion, build_datasets, build_mixup, resolve_splits
@@ -46,6 +48,39 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> Dict[
     return {k: int(hit[:, :k].any(dim=1).sum()) for k in ks}
 
 
+def restore_pretrained_checkpoint(cfg, resume: str) -> None:
+    """A resumed run without model.checkpoint takes the pretrained weights its own saved config names
+    (``config.yaml`` beside the checkpoint resumed), as does the frozen check at its end: resuming
+    must not mean training on from random initialisation."""
+    m = cfg.model
+    if m.checkpoint:
+        return
+    ckpt = Path(cfg.train.output_dir) / checkpoint_name(LAST) if resume == "auto" else Path(resume)
+    saved = ckpt.parent / "config.yaml"
+    if not ckpt.is_file() or not saved.is_file():
+        return  # nothing to resume (a fresh start), or a file not written by this tool
+    model = OmegaConf.load(saved).get("model") or {}
+    if not model.get("checkpoint"):
+        return  # the run itself started from random initialisation
+    with read_write(cfg):
+        m.checkpoint = model["checkpoint"]
+        if m.pretrain == "auto" and model.get("pretrain"):
+            m.pretrain = model["pretrain"]
+    log.info("resuming: model.checkpoint=%s, from the run's saved %s", m.checkpoint, saved)
+
+
+def holds_training_record(folder: Path) -> bool:
+    """Whether ``folder/results.json`` is a training run's record (anything but an evaluation-only one,
+    an unreadable file included): an evaluation-only run must not replace it."""
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        return False
+    try:
+        return not (json.loads(path.read_text()).get("recipe") or {}).get("eval_only")
+    except (ValueError, AttributeError):
+        return True
+
+
 class FrozenWeightsChanged(RuntimeError):
     """A linear protocol changed a tensor of the frozen backbone."""
 
@@ -55,7 +90,10 @@ class ClassificationTrainer(TrainerBase):
         self.cfg, self.eval_only = cfg, eval_only
         t, d, m = cfg.train, cfg.data, cfg.model
         self.protocol = protocol(cfg.protocol)
-        self.dist, self.out = start_run(t, to_yaml(cfg))
+        if resume and not eval_only:  # before start_run replaces the run's saved config.yaml
+            restore_pretrained_checkpoint(cfg, resume)
+        # An evaluation keeps its config apart: config.yaml stays the training run's (what --resume restores).
+        self.dist, self.out = start_run(t, to_yaml(cfg), "config_eval.yaml" if eval_only else "config.yaml")
         self.device = self.dist.device  # start_run set cuDNN autotuning, or deterministic kernels
 
         # ---- data (rank 0 writes the synthetic folder when no dataset is given)
@@ -294,12 +332,14 @@ class ClassificationTrainer(TrainerBase):
         """The final evaluation's top-1 / top-5 and, after training, the best epoch's top-1 (``top1_best``,
         the number the MAE code's "max accuracy" and MoCo's ``best_acc1`` report) with its epoch."""
         best = {} if self.eval_only else self.best_eval
+        file_name = EVAL_RESULTS_FILE if self.eval_only and holds_training_record(self.out) else RESULTS_FILE
         path = write_results(
             self.out, task=self.protocol.task, backbone=self.backbone, pretrain=self.pretrain,
             metrics={"top1": res["top1"], "top5": res["top5"], "top1_best": best.get("top1")},
             best_epoch=best.get("epoch"), recipe=self.recipe(),
             checkpoint=self.pretrained_checkpoint, tool="tools/train_cls.py", config=to_yaml(self.cfg),
             classifier=classifier or str(self.out / checkpoint_name(LAST)), val_images=res["images"],
+            file_name=file_name,
         )
         log.info("wrote %s", path)
         return path
