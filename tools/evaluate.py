@@ -15,13 +15,20 @@ is skipped with a line saying so. Results go to ``<out>/<name>-<sha256[:12]>/``;
 finished and resumes what was interrupted. See docs/ladder.md.
 """
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 
 
+def absolute(path: str) -> str:
+    """``path`` against the caller's directory: ladder jobs run with the repository as theirs."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def parse_data(pairs, data_file):
+    """The datasets' folders, absolute (relative ones, in --data or the file, are the caller's directory's)."""
     data = {}
     if data_file:
         import yaml
@@ -35,7 +42,7 @@ def parse_data(pairs, data_file):
         if not sep:
             raise ValueError(f"--data takes KEY=PATH (imagenet=..., ade20k=..., coco=...), got {pair!r}")
         data[key] = value
-    return data
+    return {key: absolute(value) for key, value in data.items()}
 
 
 def parse_rung_args(items):
@@ -66,7 +73,8 @@ def main(argv=None):
     p.add_argument("--data", nargs="*", metavar="KEY=PATH", help="imagenet=DIR (train/ val/), ade20k=DIR, coco=DIR")
     p.add_argument("--data-file", help="YAML mapping of the same keys to paths")
     p.add_argument("--rung-args", nargs="*", metavar="RUNG=ARGS", help="extra arguments of a rung's tool")
-    p.add_argument("--out", default="output/ladder", help="root of the per-checkpoint folders")
+    p.add_argument("--out", default="output/ladder",
+                   help="root of the per-checkpoint folders (relative: to the current directory)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit's cluster: "local" in tests
@@ -78,13 +86,20 @@ def main(argv=None):
     from pretrain.checkpoint import CheckpointFormatError
     from transfer import ladder
 
+    # Every path the user gave, against the caller's directory (the jobs run in the repository's).
+    args.checkpoint, args.out = absolute(args.checkpoint), absolute(args.out)
+    args.weights = args.weights and absolute(args.weights)
+    if args.baseline not in ("supervised", "random", "none"):
+        args.baseline = absolute(args.baseline)
     try:
+        if args.launcher == "slurm" and args.cluster is None and not (args.dry_run or args.report_only):
+            ladder.require_slurm()  # before anything is written: submitit would run the jobs here instead
         rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
         rung_seeds = {k: int(v) for k, v in (item.split("=", 1) for item in args.rung_seeds)}
         plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
                            args.baseline, parse_rung_args(args.rung_args), rung_seeds, args.allow_pickle,
                            args.weights)
-    except (CheckpointFormatError, FileNotFoundError, ValueError) as e:
+    except (CheckpointFormatError, FileNotFoundError, ValueError, ladder.NoSlurm) as e:
         sys.exit(f"error: {e}")
     info = plan.checkpoint
     print(f"{info.path}: {info.family} {info.backbone}, pretraining {info.pretrain}, sha256 {info.digest[:12]}")

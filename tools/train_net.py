@@ -96,6 +96,17 @@ def load_recipe(args):
                        test_datasets=args.test_datasets, device=args.device)
 
 
+def finished_run(args, output_dir: str):
+    """The results file of an earlier run in ``output_dir`` when that folder is a default one (neither
+    --output-dir nor an output override named it) and this run would write over it (no --resume); else None."""
+    named = args.output_dir is not None or any(o.startswith("train.output_dir=") or o == "OUTPUT_DIR"
+                                               for o in args.opts)
+    if named or args.resume:
+        return None
+    found = sorted(Path(output_dir).glob("results.json")) + sorted(Path(output_dir).glob("eval/*/results.json"))
+    return str(found[0]) if found else None
+
+
 def main(args):
     import logging
 
@@ -113,6 +124,10 @@ def main(args):
         sys.exit(f"error: {e}")
     if scaled:
         recipe.notes.append(scaled)
+    finished = finished_run(args, recipe.output_dir)
+    if finished:
+        sys.exit(f"error: the default output folder {recipe.output_dir} already holds an earlier run's results "
+                 f"({finished}); pass --output-dir DIR for a new run, or --resume to continue that one")
     default_setup(recipe.cfg, args)
     for note in recipe.notes:
         logging.getLogger("detectron2").warning(note)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -546,13 +547,29 @@ def result_line(job: Job) -> str:
     return f"{metric} {value:.2f}" if value is not None else f"{metric} missing"
 
 
+class NoSlurm(RuntimeError):
+    """``--launcher slurm`` where there is no SLURM: a user error, told in one line."""
+
+
+def require_slurm() -> None:
+    """Refuse where SLURM's ``sbatch`` is not on PATH: submitit's AutoExecutor would otherwise fall back to its
+    local executor, run the jobs here one by one, and crash on the first multi-node job."""
+    if shutil.which("sbatch") is None:
+        raise NoSlurm("--launcher slurm: no SLURM here (sbatch not found on PATH); run this on a SLURM login "
+                      "node, or use --launcher local to run the jobs on this machine")
+
+
 def run_slurm(p: Plan, folder: Optional[str] = None, partition: Optional[str] = None, timeout_min: int = 4320,
               max_requeues: int = 3, cluster: Optional[str] = None, echo: Callable[[str], None] = print):
     """One submitit job per unfinished rung x subject x seed, GPUs per job from the recipe, requeued on
     preemption or timeout (``max_requeues`` times; the tool resumes from its last checkpoint). ``cluster``:
-    submitit's (``local`` runs them here, for tests). Returns the submitit jobs."""
+    submitit's (``local`` runs them here, for tests: the only way to them; by default SLURM, or ``NoSlurm``).
+    Returns the submitit jobs."""
     import submitit
 
+    if cluster is None:  # never submitit's silent fallback to running the jobs here
+        require_slurm()
+        cluster = "slurm"
     submitted = []
     for job in p.jobs:
         if job_state(job) == "done":

@@ -149,6 +149,8 @@ def build_table(task: str, rows: List[Row], baseline: str = "supervised", all_pu
                 diffs = differences(r, pub, COMPARED_RECIPE_KEYS)
                 if diffs:
                     notes.append(f"{MARK} vs published: " + ", ".join(diffs))
+        if r.origin == "run" and str(r.recipe.get("iterations")) == "0":  # tools/train_net.py --eval-only
+            notes.append(f"{MARK} not trained: heads evaluated as initialised (0 iterations)")
         if r.launch:
             notes.append(f"{MARK} launch: {launch_note(r.launch)}")
         if r.status:

@@ -325,15 +325,23 @@ def backbone_label(model, pretrained: Optional[Dict[str, Any]] = None) -> str:
 
 
 def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-             pretrain: Optional[str] = None, pretrained: Optional[Dict[str, Any]] = None) -> Dict[str, Dict]:
+             pretrain: Optional[str] = None, pretrained: Optional[Dict[str, Any]] = None,
+             iterations: Optional[int] = None, eval_only: bool = False) -> Dict[str, Dict]:
     """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process.
     ``pretrained``: what the pretrained checkpoint said (``PretrainInfo``): its backbone name, its
     pretraining epochs (they join the recipe, as the report compares them) and its weights layout
-    (``torchvision`` for the ResNets converted here, checked against the published baselines')."""
+    (``torchvision`` for the ResNets converted here, checked against the published baselines').
+    ``iterations``: those the evaluated weights were trained for, recorded instead of the recipe's
+    (None: unknown, the recipe's stays); ``eval_only``: no training ran in this invocation."""
     output_dir = output_dir or recipe.output_dir
     pretrained = pretrained or {}
     epochs, weights = pretrained.get("pretrain_epochs"), pretrained.get("weights")
     summary = {**recipe.recipe_summary(), **({"pretrain_epochs": epochs} if epochs else {})}
+    # What ran, not what the config asked for: the report marks a row whose iterations are not the recipe's.
+    if iterations is not None:
+        summary["iterations"] = int(iterations)
+    if eval_only:
+        summary["eval_only"] = True
     all_results = OrderedDict()  # inference_on_dataset evaluates in eval mode and restores the mode after
     tests = recipe.build_test(os.path.join(output_dir, "inference"))
     for name, loader, evaluator in tests:
@@ -373,12 +381,28 @@ def evaluate_checkpoint(recipe: Recipe, resume: Optional[str] = None, allow_pick
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info,
                                 patch_resize=recipe.patch_resize)
     path = resumed_file(checkpointer, resume) or recipe.init_checkpoint
-    if path:
-        checkpointer.load(path, checkpointables=["pretrain_info"])  # a training checkpoint knows its pretraining
-    if checkpointer.pretrained:  # a pretraining checkpoint evaluated as it is (heads at random)
-        info.info = checkpointer.pretrained
+    # a training checkpoint knows its pretraining and its iteration (the last one run, from 0)
+    loaded = checkpointer.load(path, checkpointables=["pretrain_info"]) if path else {}
+    iterations = None  # a detectron2 file of unknown training: the recipe's stays
+    if checkpointer.pretrained or not path:  # a pretraining checkpoint (or none) evaluated as it is: heads at random
+        info.info = checkpointer.pretrained or {}
+        iterations = 0
+    elif "iteration" in (loaded or {}):
+        iterations = int(loaded["iteration"]) + 1
     return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
-                    pretrain=_pretrain_label(info.info, pretrain, path), pretrained=info.info)
+                    pretrain=_pretrain_label(info.info, pretrain, path), pretrained=info.info,
+                    iterations=iterations, eval_only=True)
+
+
+class IterationCount(hooks.HookBase):
+    """The iterations the model has been trained for (resumed ones included), for the results file: the
+    trainer's own counter is one past the last step after training, and untouched when no step runs."""
+
+    def __init__(self):
+        self.done = 0
+
+    def after_step(self):
+        self.done = self.trainer.iter + 1
 
 
 def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False, pretrain: Optional[str] = None
@@ -396,11 +420,12 @@ def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = Fal
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, trainer=trainer,
                                 patch_resize=recipe.patch_resize, pretrain_info=info)
     final: Dict[str, Dict] = {}
+    trained = IterationCount()
 
     def test_and_save():
         label = _pretrain_label(info.info, pretrain, recipe.init_checkpoint)
         final.update(evaluate(recipe, model, checkpoint=info.info.get("source"), pretrain=label,
-                              pretrained=info.info))
+                              pretrained=info.info, iterations=trained.done))
         return final
 
     from fvcore.nn.precise_bn import get_bn_modules
@@ -409,6 +434,7 @@ def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = Fal
                   if s["precise_bn"] and get_bn_modules(model) else None)
     ckpt_kwargs = {"max_to_keep": s["max_to_keep"]} if s["max_to_keep"] else {}
     trainer.register_hooks([
+        trained,  # first, so that an evaluation after a step counts it
         hooks.IterationTimer(),
         recipe.build_lr_hook(optimizer),
         precise_bn,
@@ -426,5 +452,6 @@ def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = Fal
     if checkpointer.pretrained:
         info.info = checkpointer.pretrained
     start_iter = trainer.iter + 1 if resumed else 0
+    trained.done = start_iter  # a resume past --max-iters trains nothing: its weights' iterations are recorded
     trainer.train(start_iter, recipe.max_iter)
     return final
