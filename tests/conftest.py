@@ -255,6 +255,19 @@ TEST:
 }
 
 
+@pytest.fixture(scope="module")
+def moco_r18(tmp_path_factory) -> Path:
+    """A MoCo v2 ResNet-18 pretraining checkpoint (random weights, K = 16) in the authors' layout."""
+    import torch
+
+    from pretrain.checkpoint import save_atomic
+    from pretrain.methods.moco import build_moco, moco_checkpoint
+
+    torch.manual_seed(0)
+    return save_atomic(moco_checkpoint(build_moco("resnet18", K=16, mlp=True), "resnet18", 200),
+                       tmp_path_factory.mktemp("moco") / "moco_v2_r18.pth.tar")
+
+
 @pytest.fixture(scope="session")
 def moco_yacs(tmp_path_factory) -> Path:
     """A folder of the MoCo authors'-style yacs files (``MOCO_YACS``)."""

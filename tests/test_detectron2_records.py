@@ -7,7 +7,6 @@ Skipped without detectron2.
 import json
 
 import pytest
-import torch
 
 from conftest import ONE_THREAD, REPO, run_tool
 
@@ -25,16 +24,6 @@ def synthetic(tmp_path_factory):
     train_json, _ = write_coco_dataset(root, "train", 8, size=(96, 96), seed=0)
     val_json, _ = write_coco_dataset(root, "val", 4, size=(96, 96), seed=1)
     return train_json, val_json
-
-
-@pytest.fixture(scope="module")
-def moco_r18(tmp_path_factory):
-    from pretrain.checkpoint import save_atomic
-    from pretrain.methods.moco import build_moco, moco_checkpoint
-
-    torch.manual_seed(0)
-    return save_atomic(moco_checkpoint(build_moco("resnet18", K=16, mlp=True), "resnet18", 200),
-                       tmp_path_factory.mktemp("moco") / "moco_v2_r18.pth.tar")
 
 
 def data_args(synthetic):

@@ -26,16 +26,6 @@ def synthetic(tmp_path_factory):
     return train_json, val_json
 
 
-@pytest.fixture(scope="module")
-def moco_r18(tmp_path_factory):
-    from pretrain.checkpoint import save_atomic
-    from pretrain.methods.moco import build_moco, moco_checkpoint
-
-    torch.manual_seed(0)
-    return save_atomic(moco_checkpoint(build_moco("resnet18", K=16, mlp=True), "resnet18", 200),
-                       tmp_path_factory.mktemp("moco") / "moco_v2_r18.pth.tar")
-
-
 def read(folder):
     from transfer.results import read_results
 
