@@ -11,8 +11,14 @@ shapes), what was left out, and where it came from (``Provenance``: method, resu
 data). ``read_backbone`` makes one of any file users hold. A pretraining method knows its own
 checkpoint layout (the project's files and the authors'), so a file in one is read by asking the
 method (``pretrain.methods``); files of no method (timm, DeiT, torchvision, a bare encoder) are read
-here. ``BackboneExport.save`` writes a folder a user can publish: ``model.safetensors`` and a timm
-``config.json``, which ``timm.create_model("local-dir:FOLDER", pretrained=True)`` loads.
+here, and the published files of other families (DINO, DINOv2, iBOT, I-JEPA, the SSL ResNet-50s) by
+their format's reader (``pretrain.formats``). ``BackboneExport.save`` writes a folder a user can publish:
+``model.safetensors`` and a timm ``config.json``, which ``timm.create_model("local-dir:FOLDER",
+pretrained=True)`` loads.
+
+The canonical ViT is timm's ``VisionTransformer`` with the options timm has for the published
+families (``VIT_OPTIONS``): LayerScale, register tokens, no class token (average pooling), SwiGLU.
+A shape names an option only when it differs from the plain ViT, so a plain ViT's shape is as before.
 """
 from __future__ import annotations
 
@@ -25,10 +31,12 @@ import torch
 
 from .checkpoint import CheckpointFormatError, describe_state_dict, load_file, save_atomic, strip_prefix, \
     unwrap_state_dict
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "ViTArch", "VIT_ARCHS", "RESNET_PREFIXES", "Provenance", "BackboneExport", "read_backbone", "vit_shape",
-    "vit_export", "resnet_export", "resnet_arch", "is_resnet_name", "CLASSIFIER_KEYS",
+    "vit_export", "resnet_export", "resnet_arch", "is_resnet_name", "CLASSIFIER_KEYS", "VIT_OPTIONS",
+    "NO_NORMALIZATION",
 ]
 
 
@@ -56,28 +64,59 @@ VIT_ARCHS: Dict[str, ViTArch] = {
 RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
 # Keys of a fine-tuned / supervised timm ViT that a backbone has no use for.
 CLASSIFIER_KEYS = ("head.", "fc_norm.", "head_dist.", "dist_token")
+# timm VisionTransformer options of the published families, with the plain ViT's values (MAE, DeiT, DINO):
+# LayerScale (init_values; the trained gammas replace the initial value), register tokens, position table
+# without the prefix tokens' rows (DINOv2 with registers), no class token with the final norm per token
+# before average pooling (I-JEPA), the MLP ("swiglu": timm's SwiGLUPacked with SiLU, DINOv2 ViT-g). A ViT's
+# shape holds an option only when it differs from this value.
+VIT_OPTIONS: Dict[str, Any] = {"class_token": True, "reg_tokens": 0, "no_embed_class": False, "init_values": None,
+                               "global_pool": "token", "fc_norm": None, "mlp_layer": "mlp",
+                               "dynamic_img_size": False}
+# The input normalisation of a backbone trained on unnormalised [0, 1] pixels (SimCLR v1's converted weights).
+NO_NORMALIZATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 def is_resnet_name(arch: str) -> bool:
     return arch.startswith(RESNET_PREFIXES)
 
 
-def vit_shape(state_dict: Mapping[str, torch.Tensor], num_heads: Optional[int] = None) -> Dict:
+def vit_shape(state_dict: Mapping[str, torch.Tensor], num_heads: Optional[int] = None,
+              no_embed_class: Optional[bool] = None) -> Dict:
     """A ViT's shape read off its tensors (timm names): patch_size, embed_dim, depth, num_heads,
-    mlp_ratio, img_size (the position table's), and ``arch``, the preset of that shape or a made-up
-    name. Heads are not in the shapes: ``num_heads`` when the caller knows them, else the preset's
-    (the paper models), else width / 64."""
+    mlp_ratio, img_size (the position table's), ``arch``, the preset of that shape or a made-up
+    name, and the ``VIT_OPTIONS`` whose value differs from the plain ViT's. Heads are not in the
+    shapes: ``num_heads`` when the caller knows them, else the preset's (the paper models), else
+    width / 64. ``no_embed_class``: whether the position table lacks the prefix tokens' rows, when the
+    caller knows (else read off the table's length, which a few small grids leave ambiguous)."""
     w = state_dict["patch_embed.proj.weight"]
     embed_dim, patch_size = int(w.shape[0]), int(w.shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-    rows = state_dict["pos_embed"].shape[1] - (1 if "cls_token" in state_dict else 0)
+    class_token = "cls_token" in state_dict
+    reg_tokens = int(state_dict["reg_token"].shape[1]) if "reg_token" in state_dict else 0
+    prefix, rows = int(class_token) + reg_tokens, int(state_dict["pos_embed"].shape[1])
+    # The table has the prefix tokens' rows unless no_embed_class; a grid is square (rows - prefix and rows
+    # are both squares for no grid of a published model: 1 + 14 ** 2, 5 + 37 ** 2, ...).
+    if no_embed_class is None:
+        no_embed_class = prefix > 0 and not _is_square(rows - prefix) and _is_square(rows)
+    grid = rows if no_embed_class else rows - prefix
+    fc1, fc2 = state_dict["blocks.0.mlp.fc1.weight"].shape[0], state_dict["blocks.0.mlp.fc2.weight"].shape[1]
     preset = next((name for name, a in VIT_ARCHS.items()
                    if (a.patch_size, a.embed_dim, a.depth) == (patch_size, embed_dim, depth)), None)
     heads = num_heads or (VIT_ARCHS[preset].num_heads if preset else max(1, embed_dim // 64))
-    return {"arch": preset or f"vit_{embed_dim}d{depth}_patch{patch_size}", "patch_size": patch_size,
-            "embed_dim": embed_dim, "depth": depth, "num_heads": heads,
-            "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-            "img_size": int(round(rows ** 0.5)) * patch_size}
+    shape = {"arch": preset or f"vit_{embed_dim}d{depth}_patch{patch_size}", "patch_size": patch_size,
+             "embed_dim": embed_dim, "depth": depth, "num_heads": heads,
+             "mlp_ratio": fc1 / embed_dim,  # timm's: fc1's width (SwiGLU: both halves) over the embedding's
+             "img_size": int(round(grid ** 0.5)) * patch_size}
+    options = {"class_token": class_token, "reg_tokens": reg_tokens, "no_embed_class": no_embed_class,
+               "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+               "mlp_layer": "swiglu" if fc1 == 2 * fc2 else "mlp"}
+    if not class_token:  # the final norm per token, then the mean of the tokens (I-JEPA's evaluation)
+        options.update(global_pool="avg", fc_norm=False)
+    return shape | {k: v for k, v in options.items() if v != VIT_OPTIONS[k]}
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and int(round(n ** 0.5)) ** 2 == n
 
 
 def resnet_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -119,10 +158,29 @@ class BackboneExport:
     dropped: List[str] = field(default_factory=list)  # source tensors left out, by design
     notes: List[str] = field(default_factory=list)  # what was adapted on the way
     provenance: Provenance = field(default_factory=Provenance)
+    # The input normalisation it was trained with, of RGB in [0, 1]: ImageNet's for every family read
+    # here but SimCLR v1's converted ResNets (NO_NORMALIZATION: mean 0, std 1, the pixels as they are).
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
 
     @property
     def label(self) -> str:
         return self.provenance.label
+
+    def vit_options(self) -> Dict[str, Any]:
+        """The ``VIT_OPTIONS`` of this ViT (every one, defaults included)."""
+        return {k: self.shape.get(k, default) for k, default in VIT_OPTIONS.items()}
+
+    def vit_kwargs(self) -> Dict[str, Any]:
+        """timm ``VisionTransformer`` keyword arguments for this ViT's options (the shape's other keys are
+        the caller's: it may want another image size or a head): what ``timm_config`` writes, with the
+        MLP as a class."""
+        from timm.layers import SwiGLUPacked
+
+        kwargs = {k: v for k, v in self.vit_options().items() if k != "mlp_layer"}
+        if self.shape.get("mlp_layer", "mlp") == "swiglu":
+            kwargs.update(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
+        return kwargs
 
     def timm_config(self) -> Dict:
         """timm's ``config.json`` for this backbone (``architecture``, ``model_args``, ``pretrained_cfg``)."""
@@ -131,9 +189,15 @@ class BackboneExport:
             preset = VIT_ARCHS.get(self.arch)
             architecture = preset.timm_name if preset and preset.timm_name and preset.num_heads == s["num_heads"] \
                 else "vit_base_patch16_224"  # any ViT builder: model_args give the whole shape
+            if s.get("mlp_layer", "mlp") == "swiglu":  # a class, not JSON: the one timm builder that sets it
+                architecture = "vit_giant_patch14_dinov2"  # (SwiGLUPacked, SiLU); model_args give the rest
             model_args = {"img_size": s["img_size"], "patch_size": s["patch_size"], "embed_dim": s["embed_dim"],
                           "depth": s["depth"], "num_heads": s["num_heads"], "mlp_ratio": s["mlp_ratio"],
                           "num_classes": 0}
+            # The options that differ from the plain ViT's; a timm builder's own (the giant's LayerScale,
+            # 518 px table) are overridden by their plain value.
+            model_args |= {k: v for k, v in self.vit_options().items() if k != "mlp_layer"
+                           and (k in s or architecture == "vit_giant_patch14_dinov2")}
             input_size, interpolation, crop_pct = [3, s["img_size"], s["img_size"]], "bicubic", 0.875
         else:
             architecture, model_args = self.arch, {"num_classes": 0}
@@ -142,7 +206,7 @@ class BackboneExport:
             "architecture": architecture, "num_classes": 0, "num_features": self.num_features,
             "model_args": model_args,
             "pretrained_cfg": {"input_size": input_size, "interpolation": interpolation, "crop_pct": crop_pct,
-                               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 0,
+                               "mean": list(self.mean), "std": list(self.std), "num_classes": 0,
                                "classifier": "head" if self.family == "vit" else "fc"},
             "sslkit": {"family": self.family, "arch": self.arch, "shape": self.shape,
                        "provenance": asdict(self.provenance), "dropped": self.dropped, "notes": self.notes},
@@ -167,10 +231,11 @@ class BackboneExport:
 
 
 def vit_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance, num_heads: Optional[int] = None,
-               dropped: Optional[List[str]] = None, prefix: str = "") -> BackboneExport:
+               dropped: Optional[List[str]] = None, prefix: str = "",
+               no_embed_class: Optional[bool] = None) -> BackboneExport:
     """A ViT under timm names from a timm / DeiT / MAE-encoder state dict: classifier keys dropped (named
     ``prefix`` + key in ``dropped``: the encoder's place in its file), a DeiT distillation token's position
-    row removed."""
+    row removed (``no_embed_class``: as ``vit_shape``'s)."""
     sd, notes = {}, []
     dropped = list(dropped or [])
     for k, v in state_dict.items():
@@ -181,7 +246,7 @@ def vit_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance, n
     if "dist_token" in state_dict and "pos_embed" in sd:  # DeiT distilled: two prefix tokens
         sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
         notes.append("dropped the distillation token's position row")
-    shape = vit_shape(sd, num_heads)
+    shape = vit_shape(sd, num_heads, no_embed_class)
     return BackboneExport("vit", shape.pop("arch"), sd, shape, sorted(dropped), notes, provenance)
 
 
@@ -194,26 +259,43 @@ def resnet_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance
 
 
 # ------------------------------------------------------------------ reading
-def read_backbone(source, allow_pickle: bool = False, path: Optional[str] = None) -> BackboneExport:
+def read_backbone(source, allow_pickle: bool = False, path: Optional[str] = None,
+                  variant: Optional[str] = None) -> BackboneExport:
     """The backbone of any checkpoint users hold: a path, a loaded checkpoint or a state dict (``path``:
     the file a loaded one came from, for messages and labels).
 
     The project's checkpoints and the authors' files are read by their method (it knows its layout,
-    label and epoch convention); a timm / DeiT ViT or a torchvision ResNet (``supervised`` when it
+    label and epoch convention); the published files of other families by the format that claims
+    them (``pretrain.formats``); a timm / DeiT ViT or a torchvision ResNet (``supervised`` when it
     has its ImageNet classifier) here. Anything else is refused, saying what was found.
+
+    ``variant``: which network of a file that holds several (DINO / iBOT / DINOv2: ``teacher`` or
+    ``student``; I-JEPA: ``target`` or ``context``); None is the one the paper evaluates. A variant
+    the file's format does not have is refused, naming those it has.
     """
-    from .methods import method_of  # the methods import this module
+    from .formats import format_of  # the formats import this module
+    from .methods import method_of
 
     if isinstance(source, Mapping):
         ckpt, name = source, path or "<dict>"
     elif Path(source).is_dir():  # a folder BackboneExport.save wrote
+        if variant is not None:
+            raise CheckpointFormatError(f"{source}: an exported backbone folder holds one network; "
+                                        f"variant={variant!r} applies to training checkpoints")
         return read_saved(source)
     else:
         name = path or str(source)
         ckpt = load_file(source, allow_pickle)
     method = method_of(ckpt, name)
+    fmt = format_of(ckpt, name) if method is None else None
+    if variant is not None and fmt is None:
+        raise CheckpointFormatError(
+            f"{name}: variant={variant!r} given, but this file is of no format with variants (DINO, iBOT, "
+            f"DINOv2: teacher / student; I-JEPA: target / context): leave the variant out")
     if method is not None:
         export = method.export(ckpt, name)
+    elif fmt is not None:
+        export = fmt.export(ckpt, name, variant=variant)
     else:
         try:
             sd = strip_prefix(unwrap_state_dict(ckpt), "module.")
@@ -249,5 +331,7 @@ def read_saved(folder) -> BackboneExport:
     config = json.loads((folder / "config.json").read_text())
     meta = config["sslkit"]
     sd = load_file(folder / "model.safetensors")
+    cfg = config.get("pretrained_cfg", {})
     return BackboneExport(meta["family"], meta["arch"], sd, meta["shape"], meta["dropped"], meta["notes"],
-                          Provenance(**meta["provenance"]))
+                          Provenance(**meta["provenance"]), tuple(cfg.get("mean", IMAGENET_MEAN)),
+                          tuple(cfg.get("std", IMAGENET_STD)))
