@@ -4,8 +4,8 @@
 One training step (forward, backward, AdamW step) of the same MAE model two ways:
   * mae:         the encoder sees only the visible 25% of the patches (the paper);
   * mask-tokens: every patch goes through the encoder, masked ones replaced by a
-                 learned mask token (BEiT / SimMIM style); the decoder then works
-                 on the full sequence as before.
+                 learned mask token (BEiT / SimMIM style; ``model.encoder_mask_tokens``);
+                 the decoder then works on the full sequence as before.
 The two variants are timed alternately in one process (median of --reps steps
 each, after warm-up), so machine noise hits both alike; peak memory of each is
 measured in a fresh child process (CPU: peak RSS above the post-build baseline;
@@ -28,50 +28,28 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn as nn
 
-from pretrain.methods.mae import MaskedAutoencoderViT, create_mae
+from pretrain.methods.mae import create_mae
 from pretrain.trainer import configure_attention
 from pretrain.trainer import peak_memory_mb
-
-
-def forward_mask_tokens(model: MaskedAutoencoderViT, enc_mask_token: nn.Parameter, imgs, mask_ratio=0.75):
-    """The baseline: the full sequence through the encoder, masked patches as mask tokens."""
-    x = model.patch_embed(imgs)
-    n, length, _ = x.shape
-    _, mask, _ = model.random_masking(x, mask_ratio)
-    x = torch.where(mask.unsqueeze(-1).bool(), enc_mask_token.to(x.dtype).expand(n, length, -1), x)
-    x = x + model.pos_embed[:, 1:, :]
-    cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(n, -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    for blk in model.blocks:
-        x = blk(x)
-    x = model.decoder_embed(model.norm(x)) + model.decoder_pos_embed
-    for blk in model.decoder_blocks:
-        x = blk(x)
-    pred = model.decoder_pred(model.decoder_norm(x))[:, 1:, :]
-    return model.forward_loss(imgs, pred, mask)
 
 
 class Variant:
     def __init__(self, name, arch, img_size, batch, amp, device):
         torch.manual_seed(0)
         self.name, self.amp, self.device = name, amp, device
-        self.model = create_mae(arch, img_size=img_size, norm_pix_loss=True).to(device)
+        # The baseline is the model's own option (model.encoder_mask_tokens, the Table 1c / 2 ablation).
+        self.model = create_mae(arch, img_size=img_size, norm_pix_loss=True,
+                                encoder_mask_tokens=name == "mask-tokens").to(device)
         configure_attention(self.model, device.type, torch.bfloat16 if amp == "bf16" else None)  # as the trainer
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.model.pos_embed.shape[-1], device=device))
-        params = list(self.model.parameters()) + ([self.mask_token] if name == "mask-tokens" else [])
-        self.opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
-                                     fused=True)  # as the trainer
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4,
+                                     betas=(0.9, 0.95), fused=True)  # as the trainer
         self.imgs = torch.randn(batch, 3, img_size, img_size, device=device)
 
     def step(self):
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16" else nullcontext()
         with ctx:
-            if self.name == "mae":
-                loss = self.model(self.imgs, mask_ratio=0.75)[0]
-            else:
-                loss = forward_mask_tokens(self.model, self.mask_token, self.imgs)
+            loss = self.model(self.imgs, mask_ratio=0.75)[0]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

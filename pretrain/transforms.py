@@ -132,9 +132,62 @@ class RandomResizedCropFlip(SampleTransform):
         return [ViewPlan(box, self.size, self.interpolation, flip=bool(torch.rand(1) < self.flip_p))], None
 
 
-def mae_transform(img_size: int = 224, min_scale: float = 0.2) -> RandomResizedCropFlip:
-    """MAE pretraining: RandomResizedCrop(scale=(min_scale, 1), bicubic) + horizontal flip only."""
-    return RandomResizedCropFlip(img_size, torchvision_crop((min_scale, 1.0)), "bicubic")
+class FixedCrop(SampleTransform):
+    """The image resized (shorter side ``resize``), then a ``size`` crop of it: at a random place with a
+    random flip (``random``), or the centre without a flip. MAE's Table 1e: crop_fixed and none."""
+
+    def __init__(self, size: int, resize: int, interpolation: str, random: bool):
+        self.size, self.resize, self.interpolation, self.random = size, resize, interpolation, random
+        self.device_transform = ToFloatNormalized()
+
+    def plan(self, hw):
+        h, w = hw
+        scale = self.resize / min(h, w)
+        rh, rw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if self.random:
+            top, left = (int(torch.randint(0, d - self.size + 1, (1,))) for d in (rh, rw))
+            flip = bool(torch.rand(1) < 0.5)
+        else:
+            top, left, flip = (rh - self.size) // 2, (rw - self.size) // 2, False
+        crop = (top, left, self.size, self.size)
+        return [ViewPlan((0, 0, h, w), (rh, rw), self.interpolation, flip=flip, crop=crop)], None
+
+
+class RandomResizedCropFlipColour(RandomResizedCropFlip):
+    """RandomResizedCropFlip, then a colour jitter (``recipe``) on the host, rounded back to uint8."""
+
+    host_work = "the colour jitter (in the loader)"
+
+    def __init__(self, size: int, crop_box, interpolation: str, recipe: "ColourRecipe"):
+        super().__init__(size, crop_box, interpolation)
+        self.recipe, self.jitter = recipe, T.ColorJitter(*recipe.jitter)
+        self.colour = ColourAugment(recipe.gray_first, blur_kernel_size(size))
+
+    def plan(self, hw):
+        views, _ = super().plan(hw)
+        return views, TwoViews._draw_colour(self.recipe, self.jitter)[None]
+
+    def assemble(self, views, params):
+        out = self.colour(views[0][None].float().div_(255), params)
+        return out.mul_(255).round_().to(torch.uint8)[0]
+
+
+MAE_AUGMENTATIONS = ("none", "crop_fixed", "crop_rand", "crop_color")
+
+
+def mae_transform(img_size: int = 224, min_scale: float = 0.2, augmentation: str = "crop_rand") -> SampleTransform:
+    """MAE pretraining: RandomResizedCrop(scale=(min_scale, 1), bicubic) + horizontal flip only (crop_rand,
+    the paper's), or one of its Table 1e alternatives: none (resize to img_size / 0.875, centre crop),
+    crop_fixed (the same resize, a random img_size crop, flip), crop_color (crop_rand, then
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, as MoCo v2's)."""
+    if augmentation == "crop_rand":
+        return RandomResizedCropFlip(img_size, torchvision_crop((min_scale, 1.0)), "bicubic")
+    if augmentation in ("none", "crop_fixed"):
+        return FixedCrop(img_size, round(img_size / 0.875), "bicubic", random=augmentation == "crop_fixed")
+    if augmentation == "crop_color":
+        return RandomResizedCropFlipColour(img_size, torchvision_crop((min_scale, 1.0)), "bicubic",
+                                           ColourRecipe((0.4, 0.4, 0.4, 0.1), 0.8, gray_p=0.0))
+    raise ValueError(f"MAE augmentation must be one of {', '.join(MAE_AUGMENTATIONS)}, got {augmentation!r}")
 
 
 # ------------------------------------------------------- two-view methods

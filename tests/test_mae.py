@@ -288,7 +288,7 @@ def test_visualize_tool_writes_both_figures(tiny_mae_overrides, tmp_path):
     Image.new("RGB", (50, 40), (200, 30, 30)).save(img)
     out = run_tool("tools/mae_visualize.py", ckpt, img, img, "--out", tmp_path / "figs").stdout
     assert "reconstructions.png" in out
-    for name in ("reconstructions.png", "mask_ratios.png"):
+    for name in ("reconstructions.png", "mask_ratios.png", "mask_sampling.png"):
         with Image.open(tmp_path / "figs" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 300
     bad = run_tool("tools/mae_visualize.py", img, "--out", tmp_path / "x", check=False)

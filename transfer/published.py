@@ -164,3 +164,65 @@ NOT_PUBLISHED: Dict[Tuple[str, str, str], str] = {
 def published_for(task: str, backbone: str, pretrain: str) -> List[Published]:
     """The published rows of a run's label (task, backbone, pretraining)."""
     return [p for p in PUBLISHED if (p.task, p.backbone, p.pretrain) == (task, backbone, pretrain)]
+
+
+# ----------------------------------------------------------------- the papers' ablations
+@dataclass(frozen=True)
+class Series:
+    """A paper's values across the points of one of its ablations (a study's reference series):
+    ``values`` maps a study point's label (``transfer.study.point_label``) to the paper's number, for the
+    ladder rung ``rung`` and its metric. ``checked``: re-read against the paper's table for this entry;
+    False marks values entered from the paper that no one has re-checked here."""
+    name: str
+    source: str
+    rung: str
+    metric: str
+    values: Dict[str, float]
+    checked: bool = False
+
+
+_T1 = MAE_PAPER + ", Table 1 (ViT-L/16, 800 epochs)"
+
+
+def _series(name, source, rung, metric, values, checked=False):
+    return name, Series(name, source, rung, metric, values, checked)
+
+
+STUDY_SERIES: Dict[str, Series] = dict([
+    _series("mae_t1a_ft", _T1 + " (a) decoder depth, fine-tuning", "finetune", "top1",
+            {"decoder_depth=1": 84.8, "decoder_depth=2": 84.9, "decoder_depth=4": 84.9, "decoder_depth=8": 84.9,
+             "decoder_depth=12": 84.4}),
+    _series("mae_t1a_lin", _T1 + " (a) decoder depth, linear probing", "linear", "top1",
+            {"decoder_depth=1": 65.5, "decoder_depth=2": 70.0, "decoder_depth=4": 71.9, "decoder_depth=8": 73.5,
+             "decoder_depth=12": 73.3}),
+    _series("mae_t1b_ft", _T1 + " (b) decoder width, fine-tuning", "finetune", "top1",
+            {"decoder_embed_dim=128": 84.9, "decoder_embed_dim=256": 84.8, "decoder_embed_dim=512": 84.9,
+             "decoder_embed_dim=768": 84.4, "decoder_embed_dim=1024": 84.3}),
+    _series("mae_t1b_lin", _T1 + " (b) decoder width, linear probing", "linear", "top1",
+            {"decoder_embed_dim=128": 69.1, "decoder_embed_dim=256": 71.3, "decoder_embed_dim=512": 73.5,
+             "decoder_embed_dim=768": 73.1, "decoder_embed_dim=1024": 73.1}),
+    _series("mae_t1c_ft", _T1 + " (c) mask token, fine-tuning", "finetune", "top1",
+            {"encoder_mask_tokens=true": 84.2, "encoder_mask_tokens=false": 84.9}),
+    _series("mae_t1c_lin", _T1 + " (c) mask token, linear probing", "linear", "top1",
+            {"encoder_mask_tokens=true": 59.6, "encoder_mask_tokens=false": 73.5}),
+    _series("mae_t1d_ft", _T1 + " (d) reconstruction target, fine-tuning (dVAE tokens: 85.3, not run here)",
+            "finetune", "top1", {"target=pixel": 84.9, "target=norm_pixel": 85.4, "target=pca": 84.6}),
+    _series("mae_t1d_lin", _T1 + " (d) reconstruction target, linear probing (dVAE tokens: 71.6, not run here)",
+            "linear", "top1", {"target=pixel": 73.5, "target=norm_pixel": 73.9, "target=pca": 72.3}),
+    _series("mae_t1e_ft", _T1 + " (e) data augmentation, fine-tuning", "finetune", "top1",
+            {"augmentation=none": 84.0, "augmentation=crop_fixed": 84.7, "augmentation=crop_rand": 84.9,
+             "augmentation=crop_color": 84.3}),
+    _series("mae_t1e_lin", _T1 + " (e) data augmentation, linear probing", "linear", "top1",
+            {"augmentation=none": 65.7, "augmentation=crop_fixed": 73.1, "augmentation=crop_rand": 73.5,
+             "augmentation=crop_color": 71.9}),
+    _series("mae_t1f_ft", _T1 + " (f) mask sampling, fine-tuning", "finetune", "top1",
+            {"mask_sampling=random,mask_ratio=0.75": 84.9, "mask_sampling=block,mask_ratio=0.5": 83.9,
+             "mask_sampling=block,mask_ratio=0.75": 82.8, "mask_sampling=grid,mask_ratio=0.75": 84.0}),
+    _series("mae_t1f_lin", _T1 + " (f) mask sampling, linear probing", "linear", "top1",
+            {"mask_sampling=random,mask_ratio=0.75": 73.5, "mask_sampling=block,mask_ratio=0.5": 72.3,
+             "mask_sampling=block,mask_ratio=0.75": 63.9, "mask_sampling=grid,mask_ratio=0.75": 66.0}),
+    _series("mae_fig9_ft", MAE_PAPER + ", Figure 9 / Sec. 5 text (ViT-L/16): one tuned block, 73.5 -> 81.0; the "
+            "other points are a plot only", "finetune", "top1", {"tune_blocks=1": 81.0}),
+    _series("moco_momentum_lin", MOCO_PAPER + ", Sec. 4.1 momentum table (R-50, K = 4096, linear)", "linear",
+            "top1", {"momentum=0.9": 55.2, "momentum=0.99": 57.8, "momentum=0.999": 59.0, "momentum=0.9999": 58.9}),
+])

@@ -51,6 +51,15 @@ class PretrainMethod(abc.ABC):
     def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
         ...
 
+    def sample_index(self, cfg) -> bool:
+        """Whether the loss needs each sample's dataset index, ``batch[2]`` after the labels (a loss that keeps
+        one row per image: MoCo's memory bank)."""
+        return False
+
+    def prepare(self, model: nn.Module, cfg, dataset) -> None:
+        """Fit what the model needs from the training data before step 0 (MAE's PCA target); a resumed run
+        then loads it from its checkpoint. Called on every process with the same ``dataset``."""
+
     def on_step(self, model: nn.Module, cfg, epoch: float) -> Dict[str, float]:
         """Per-step schedules other than the learning rate (the trainer sets that), at fractional ``epoch``,
         before each optimizer step; returns the values to log. A function of ``epoch`` only, so a resumed

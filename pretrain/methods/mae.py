@@ -4,6 +4,12 @@ The algorithm reads top to bottom: ``patchify`` -> ``random_masking`` ->
 ``forward_encoder`` (visible patches only) -> ``forward_decoder`` (mask tokens,
 unshuffle, light transformer) -> ``forward_loss`` (MSE on masked patches).
 
+The paper's ablations are options of the same model, each off by default (Table 1):
+``mask_sampling`` block (BEiT's generator, ``block_masks``) or grid instead of random (1f),
+``encoder_mask_tokens`` (every patch through the encoder, masked ones as a learned token: 1c and
+Table 2's baseline), ``target`` pca (the largest 96 coefficients of the patch space, fitted on the
+training data before step 0: 1d).
+
 Parameter names and shapes are those of the authors' ``MaskedAutoencoderViT``,
 so their checkpoints (a dict with key ``model``) load strictly and ours load
 into their code; the encoder part uses timm's ViT names, so it exports to a
@@ -15,6 +21,8 @@ authors' checkpoint layout (``model``, ``epoch`` = the last finished, ``args``).
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,15 +31,18 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, PatchEmbed
-from torch.utils.checkpoint import checkpoint
 from timm.optim import param_groups_weight_decay
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import default_collate
 
 from ..backbones import VIT_ARCHS, BackboneExport, Provenance, ViTArch, read_backbone, vit_export
 from ..checkpoint import CheckpointFormatError, describe_state_dict, load_file, strip_prefix, unwrap_state_dict
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
-from ..transforms import mae_transform
+from ..transforms import MAE_AUGMENTATIONS, mae_transform
 from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MaskedAutoencoderViT",
@@ -63,8 +74,18 @@ class MaskedAutoencoderViT(nn.Module):
         mlp_ratio: float = 4.0,
         norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         norm_pix_loss: bool = False,
+        mask_sampling: str = "random",
+        encoder_mask_tokens: bool = False,
+        target: Optional[str] = None,
+        pca_dim: int = 96,
     ):
         super().__init__()
+        if mask_sampling not in MASK_SAMPLING:
+            raise ValueError(f"mask_sampling must be one of {', '.join(MASK_SAMPLING)}, got {mask_sampling!r}")
+        # None: the authors' flag decides (pixel, or norm_pixel with norm_pix_loss).
+        target = target or ("norm_pixel" if norm_pix_loss else "pixel")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         # ---- encoder (timm ViT names) ----
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
@@ -89,9 +110,18 @@ class MaskedAutoencoderViT(nn.Module):
             ]
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        patch_dim = patch_size**2 * in_chans
+        self.decoder_pred = nn.Linear(decoder_embed_dim, pca_dim if target == "pca" else patch_dim)
 
-        self.norm_pix_loss = norm_pix_loss
+        # ---- ablations (Table 1) ----
+        self.mask_sampling = mask_sampling
+        self.target = target
+        self.norm_pix_loss = target == "norm_pixel"
+        # The learned [M] token of the all-patch encoder; absent (not in the state dict) by default.
+        self.enc_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if encoder_mask_tokens else None
+        if target == "pca":  # the patch space's mean and top principal axes, fitted by ``fit_pca``; saved
+            self.register_buffer("pca_mean", torch.zeros(patch_dim))
+            self.register_buffer("pca_basis", torch.zeros(pca_dim, patch_dim))
         self.grad_checkpointing = False  # set_grad_checkpointing
         self.initialize_weights()
 
@@ -107,6 +137,8 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.enc_mask_token is not None:
+            nn.init.normal_(self.enc_mask_token, std=0.02)
         self.apply(_init_linear_and_norm)
 
     def set_grad_checkpointing(self, enable: bool = True):
@@ -178,37 +210,69 @@ class MaskedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, 1, ids_restore)
         return x_kept, mask, ids_restore
 
+    def masking_noise(self, n: int, mask_ratio: float, device) -> torch.Tensor:
+        """The noise ``random_masking`` sorts, drawn as this model's ``mask_sampling`` says."""
+        return masking_noise(self.mask_sampling, n, self.patch_embed.grid_size, mask_ratio, device)
+
     # --------------------------------------------------------------- forward
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: Optional[torch.Tensor] = None):
         x = self.patch_embed(imgs)
-        x = x + self.pos_embed[:, 1:, :]  # position first, so masking keeps each token's place
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
+        if noise is None and self.mask_sampling != "random":  # random: random_masking draws it
+            noise = self.masking_noise(x.shape[0], mask_ratio, x.device)
+        if self.enc_mask_token is not None:  # the baseline: all patches, the removed ones as [M]
+            _, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
+            x = torch.where(mask.unsqueeze(-1).bool(), self.enc_mask_token.to(x.dtype), x)
+            x = x + self.pos_embed[:, 1:, :]
+            ids_restore = None  # the sequence stays in patch order
+        else:
+            x = x + self.pos_embed[:, 1:, :]  # position first, so masking keeps each token's place
+            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = self._run_block(blk, x)
         return self.norm(x), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: Optional[torch.Tensor]) -> torch.Tensor:
+        """``ids_restore`` None: ``latent`` already holds every patch in order (``encoder_mask_tokens``)."""
         x = self.decoder_embed(latent)
-        n, num_visible, dim = x.shape[0], x.shape[1] - 1, x.shape[2]
-        mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] - num_visible, -1)
-        patches = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # unshuffle
-        x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
+        if ids_restore is not None:
+            n, num_visible, dim = x.shape[0], x.shape[1] - 1, x.shape[2]
+            mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] - num_visible, -1)
+            patches = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+            patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # unshuffle
+            x = torch.cat([x[:, :1, :], patches], dim=1)
+        x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = self._run_block(blk, x)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:, :]  # drop the cls token
 
     def patch_targets(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Per-patch regression targets, normalised per patch when ``norm_pix_loss``."""
+        """Per-patch regression targets: the pixels, normalised per patch (``norm_pixel``), or their
+        coordinates on the fitted principal axes (``pca``)."""
         target = self.patchify(imgs)
-        if self.norm_pix_loss:
+        if self.target == "norm_pixel":
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)  # unbiased, as the authors' code
             target = (target - mean) / (var + 1e-6) ** 0.5
+        elif self.target == "pca":
+            target = (target.float() - self.pca_mean) @ self.pca_basis.T
         return target
+
+    @torch.no_grad()
+    def fit_pca(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Fit the ``pca`` target on images [N, C, H, W] (normalised as in training): the mean patch and
+        the ``pca_dim`` principal axes of their patches, largest variance first. Returns the variance
+        along each axis (the eigenvalues, in the same order)."""
+        patches = self.patchify(imgs).flatten(0, 1).double()
+        mean = patches.mean(0)
+        cov = (patches - mean).T @ (patches - mean) / max(1, patches.shape[0] - 1)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        k = self.pca_basis.shape[0]
+        self.pca_mean.copy_(mean)
+        self.pca_basis.copy_(eigvecs[:, -k:].flip(1).T)
+        return eigvals[-k:].flip(0)
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the removed patches only."""
@@ -230,6 +294,82 @@ class MaskedAutoencoderViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+
+# ------------------------------------------------------------------ masking
+MASK_SAMPLING = ("random", "block", "grid")
+TARGETS = ("pixel", "norm_pixel", "pca")
+
+
+def block_masks(n: int, grid: Tuple[int, int], num_masking: int, min_patches: int = 16, min_aspect: float = 0.3,
+                max_attempts: int = 10, device=None) -> torch.Tensor:
+    """BEiT's block-wise masking (Bao et al. 2021, its ``MaskingGenerator``), for ``n`` masks at once:
+    bool [n, h, w], True = removed.
+
+    Blocks are added until ``num_masking`` patches are covered: each has an area drawn uniformly in
+    [min_patches, still to cover], a log-uniform aspect ratio in [min_aspect, 1 / min_aspect] and a uniform
+    position; a block must fit the grid and add between 1 and the patches still to cover, else it is
+    redrawn, up to ``max_attempts`` times, after which the mask stays short (as BEiT's). The loop runs
+    over blocks (about ten), each step for the whole batch: no Python loop per image.
+    """
+    h, w = grid
+    mask = torch.zeros(n, h, w, dtype=torch.bool, device=device)
+    count = torch.zeros(n, dtype=torch.long, device=device)
+    active = torch.full((n,), num_masking > 0, dtype=torch.bool, device=device)
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    everyone = torch.arange(n, device=device)
+    log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
+    while bool(active.any()):
+        # One block for every image still short: its ``max_attempts`` draws at once, the first that is
+        # valid taken (BEiT draws them one after the other and stops at the first valid one: the same law).
+        still = (num_masking - count).double()
+        u = torch.rand(4, max_attempts, n, dtype=torch.float64, device=device)
+        area = min_patches + (still - min_patches) * u[0]  # random.uniform(a, b), also for b < a
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+        bh = torch.round(torch.sqrt(area * aspect)).long()
+        bw = torch.round(torch.sqrt(area / aspect)).long()
+        top = (u[2] * (h - bh + 1).clamp(min=1)).long()  # random.randint(0, h - bh)
+        left = (u[3] * (w - bw + 1).clamp(min=1)).long()
+        in_rows = ((rows >= top[..., None]) & (rows < (top + bh)[..., None])).float()  # [attempts, n, h]
+        in_cols = ((cols >= left[..., None]) & (cols < (left + bw)[..., None])).float()  # [attempts, n, w]
+        # The patches each block would add: its rows x columns over the patches not yet removed.
+        new = torch.einsum("anh,nhw,anw->an", in_rows, (~mask).float(), in_cols).round().long()
+        valid = (bh < h) & (bw < w) & (new > 0) & (new <= still.long()) & active
+        first = valid.int().argmax(0)  # the first valid attempt (0 where none is)
+        took = valid.any(0)
+        block = (in_rows[first, everyone][:, :, None] * in_cols[first, everyone][:, None, :]).bool()
+        mask |= block & took.view(n, 1, 1)
+        count += torch.where(took, new[first, everyone], 0)
+        active &= took & (count < num_masking)
+    return mask
+
+
+def masking_noise(sampling: str, n: int, grid: Tuple[int, int], mask_ratio: float, device=None) -> torch.Tensor:
+    """Noise [n, h * w] whose ascending sort keeps the patches ``sampling`` keeps (``random_masking``):
+    uniform for random (the same draw as ``random_masking``'s own); block and grid rank the patches
+    they remove above the others, with uniform noise below to break ties, so the same sort keeps
+    exactly ``int(L * (1 - mask_ratio))``: a short block mask is topped up at random."""
+    h, w = grid
+    if sampling == "random":
+        return torch.rand(n, h * w, device=device)
+    if sampling == "block":
+        removed = block_masks(n, grid, int(h * w * mask_ratio), device=device)
+    elif sampling == "grid":
+        removed = grid_masks(n, grid, device=device)
+    else:
+        raise ValueError(f"mask sampling must be one of {', '.join(MASK_SAMPLING)}, got {sampling!r}")
+    return removed.flatten(1).float() + torch.rand(n, h * w, device=device)
+
+
+def grid_masks(n: int, grid: Tuple[int, int], device=None) -> torch.Tensor:
+    """Grid-wise sampling (the paper's Figure 6, right): keeps one patch of every 2x2, the top-left;
+    bool [n, h, w], True = removed (75% on an even grid)."""
+    h, w = grid
+    rows = torch.arange(h, device=device).view(h, 1)
+    cols = torch.arange(w, device=device).view(1, w)
+    kept = (rows % 2 == 0) & (cols % 2 == 0)
+    return (~kept).expand(n, h, w)
 
 
 def _init_linear_and_norm(m: nn.Module):
@@ -279,6 +419,8 @@ mae_vit_pico_patch8 = _preset("mae_vit_pico_patch8")
 
 # ------------------------------------------------------- checkpoint layout
 DECODER_PREFIXES = ("decoder_", "mask_token")
+# Pretraining-only tensors of the ablations: the encoder's [M] token, the PCA target's axes.
+ABLATION_KEYS = ("enc_mask_token", "pca_mean", "pca_basis")
 
 
 def encoder_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -286,7 +428,7 @@ def encoder_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
 
     Loads strictly into ``timm.create_model(<arch>.timm_name, num_classes=0)``.
     """
-    return {k: v for k, v in state_dict.items() if not k.startswith(DECODER_PREFIXES)}
+    return {k: v for k, v in state_dict.items() if not k.startswith(DECODER_PREFIXES) and k not in ABLATION_KEYS}
 
 
 def decoder_shape(state_dict: Dict[str, torch.Tensor]) -> Dict:
@@ -317,7 +459,7 @@ def mae_from_checkpoint(source, **overrides) -> Tuple[MaskedAutoencoderViT, Dict
     if cfg is not None:  # the project's trainer
         info["arch"] = cfg.model.arch
         kwargs.update(norm_pix_loss=cfg.model.norm_pix_loss, decoder_num_heads=cfg.model.decoder_num_heads,
-                      img_size=cfg.data.img_size)
+                      img_size=cfg.data.img_size, **ablation_kwargs(cfg.model))
     elif ckpt.get("args") is not None:  # the authors' main_pretrain.py
         args = vars(ckpt["args"])
         name = str(args.get("model", ""))
@@ -348,7 +490,7 @@ def load_mae_weights(model: MaskedAutoencoderViT, source, encoder_only_ok: bool 
     notes = list(export.notes)
     out = dict(export.state_dict)
     if describe_state_dict(sd) == "mae":
-        out.update({k: v for k, v in sd.items() if k.startswith(DECODER_PREFIXES)})
+        out.update({k: v for k, v in sd.items() if k.startswith(DECODER_PREFIXES) or k in ABLATION_KEYS})
     if out["pos_embed"].shape != model.pos_embed.shape:
         old = out["pos_embed"].shape
         out["pos_embed"] = resize_pos_embed(out["pos_embed"], model.patch_embed.grid_size)
@@ -381,13 +523,32 @@ class MAEModelConfig:
     # Activation checkpointing of the encoder and decoder blocks: less memory (a larger batch per GPU, ViT-L/H
     # on smaller GPUs) for about a third more compute per step; the losses and gradients are the same.
     grad_checkpointing: bool = False
+    # The paper's ablations (Table 1); the defaults are the paper's choices.
+    mask_sampling: str = "random"  # random | block (BEiT's generator) | grid (one of every 2x2 kept; ratio 0.75)
+    encoder_mask_tokens: bool = False  # every patch through the encoder, removed ones as a learned token
+    target: str = "auto"  # auto (norm_pixel when norm_pix_loss, else pixel) | pixel | norm_pixel | pca
+    pca_dim: int = 96  # target=pca: the coefficients of the largest principal axes
+    pca_images: int = 256  # target=pca: training images the axes are fitted on, before step 0
+
+
+@dataclass
+class MAEDataConfig(DataConfig):
+    # Table 1e: none (resize, centre crop) | crop_fixed (random crop, fixed size) | crop_rand (random size:
+    # the paper's) | crop_color (crop_rand + colour jitter); each with the horizontal flip but none.
+    augmentation: str = "crop_rand"
+
+
+def ablation_kwargs(m: MAEModelConfig) -> Dict:
+    """The model's options of a config's ablation keys."""
+    return {"mask_sampling": m.mask_sampling, "encoder_mask_tokens": m.encoder_mask_tokens,
+            "target": None if m.target == "auto" else m.target, "pca_dim": m.pca_dim}
 
 
 @dataclass
 class MAEPretrainConfig:
     method: str = "mae"
     model: MAEModelConfig = field(default_factory=MAEModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: MAEDataConfig = field(default_factory=MAEDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -402,6 +563,23 @@ class MAEMethod(PretrainMethod):
             fail(f"model.mask_ratio must be in [0, 1), got {cfg.model.mask_ratio}")
         if cfg.model.arch not in MAE_ARCHS:
             fail(f"model.arch must be one of {sorted(MAE_ARCHS)}, got {cfg.model.arch!r}")
+        m = cfg.model
+        if m.mask_sampling not in MASK_SAMPLING:
+            fail(f"model.mask_sampling must be one of {', '.join(MASK_SAMPLING)}, got {m.mask_sampling!r}")
+        if m.mask_sampling == "grid":
+            grid = cfg.data.img_size // MAE_ARCHS[m.arch].patch_size if m.arch in MAE_ARCHS else 0
+            if m.mask_ratio != 0.75 or grid % 2:
+                fail(f"model.mask_sampling=grid keeps one patch of every 2x2: it needs model.mask_ratio=0.75 "
+                     f"(got {m.mask_ratio}) and an even patch grid (got {grid}x{grid})")
+        if m.target == "dvae":
+            fail("model.target=dvae needs DALL-E's tokenizer weights, which this project cannot fetch or "
+                 "train: use pixel, norm_pixel or pca")
+        if m.target not in ("auto",) + TARGETS:
+            fail(f"model.target must be auto, {', '.join(TARGETS)}, got {m.target!r}")
+        if m.target == "pca" and not (0 < m.pca_dim and 0 < m.pca_images):
+            fail(f"model.pca_dim and model.pca_images must be positive, got {m.pca_dim} and {m.pca_images}")
+        if cfg.data.augmentation not in MAE_AUGMENTATIONS:
+            fail(f"data.augmentation must be one of {', '.join(MAE_AUGMENTATIONS)}, got {cfg.data.augmentation!r}")
 
     def label(self, cfg) -> str:
         return "mae"
@@ -411,13 +589,28 @@ class MAEMethod(PretrainMethod):
         model = create_mae(
             m.arch, img_size=cfg.data.img_size, norm_pix_loss=m.norm_pix_loss,
             decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
-            decoder_num_heads=m.decoder_num_heads,
+            decoder_num_heads=m.decoder_num_heads, **ablation_kwargs(m),
         )
         model.set_grad_checkpointing(m.grad_checkpointing)
         return model
 
     def build_transform(self, cfg, device: torch.device) -> Callable:
-        return mae_transform(cfg.data.img_size, cfg.data.crop_min_scale)
+        return mae_transform(cfg.data.img_size, cfg.data.crop_min_scale, cfg.data.augmentation)
+
+    def prepare(self, model: nn.Module, cfg, dataset) -> None:
+        """target=pca: fit the axes on ``model.pca_images`` training images (seeded: every process fits
+        the same), before step 0; a resumed run then loads them from its checkpoint."""
+        if cfg.model.target != "pca":
+            return
+        device = model.pca_mean.device
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed))
+        indices = order[:cfg.model.pca_images].tolist()
+        samples = default_collate([dataset[(i, cfg.train.seed)][0] for i in indices])
+        imgs = dataset.device_transform(samples, device)
+        variance = model.fit_pca(imgs)
+        kept = float(variance.sum() / model.patchify(imgs).flatten(0, 1).double().var(0).sum())
+        log.info("target=pca: %d axes fitted on %d images (%d patches) hold %.1f%% of the patch variance",
+                 variance.numel(), imgs.shape[0], imgs.shape[0] * model.patch_embed.num_patches, 100 * kept)
 
     def build_optimizer(self, model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
         # No weight decay on biases and norms (1-d tensors), as the authors' code.
@@ -465,5 +658,5 @@ class MAEMethod(PretrainMethod):
             layout = "a MAE encoder" if describe_state_dict(sd) == "vit" else "a MAE checkpoint"
         provenance = Provenance("mae", self.name, self.epochs_done(ckpt) if isinstance(epoch, int) else None,
                                 data, source, layout)
-        dropped = sorted(k for k in sd if k.startswith(DECODER_PREFIXES))
+        dropped = sorted(k for k in sd if k.startswith(DECODER_PREFIXES) or k in ABLATION_KEYS)
         return vit_export(encoder_state_dict(sd), provenance, dropped=dropped)

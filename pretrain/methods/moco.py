@@ -14,12 +14,32 @@ Shuffle BN, which keeps batch norm from leaking which key matches which query:
   sub-batches separately (``SplitBatchNorm2d``) and the key batch is shuffled
   across sub-batches, so a query and its key are normalised with different
   samples, as on 8 GPUs. ``bn_splits=1`` turns this off (and leaks).
+``shuffle_bn=False`` is the paper's appendix ablation: keys are encoded on the
+batch in its own order (under DDP each process's BN sees its own batch; in one
+process sub-batch j of the keys holds the other views of query sub-batch j, as
+8 GPUs without the shuffle would), so batch norm leaks.
+
+``contrast`` picks the paper's Figure 3 mechanism (all three with InfoNCE at T):
+* ``moco``: the momentum encoder and the queue (the default, the authors' code);
+* ``end_to_end``: the keys are the current batch's own, encoded by the query
+  encoder with gradients; each query's negatives are the other keys of the
+  (global) batch, K = batch - 1. No key encoder, no queue. Shuffle BN applies as
+  the paper says it did for this variant (Section 3.3): the key batch is
+  shuffled across the split-BN sub-batches of each process (a shuffle across
+  processes would need a differentiable all-to-all), and keys from other
+  processes are gathered without gradient, as SimCLR's implementations do;
+* ``memory_bank`` (Wu et al. 2018): one feature per training image in a buffer;
+  the positive is the bank's entry of the query's own image, K negatives are
+  drawn uniformly (with replacement, shared by the batch) from the bank, and
+  the batch's entries are then updated, v <- normalize(0.5 v + 0.5 q). One
+  encoder, no gradient into the bank; shuffle BN does not apply (the positive
+  comes from an earlier batch).
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, List, Mapping, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -31,10 +51,11 @@ from ..backbones import BackboneExport, Provenance, resnet_export, split_prefix
 from ..checkpoint import CheckpointFormatError, strip_prefix, unwrap_state_dict
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..distributed import all_gather_tensor, get_rank, get_world_size
+from ..errors import ConfigError
 from ..transforms import moco_transform
 from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
 
-__all__ = ["MoCo", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "moco_checkpoint", "MoCoLayout",
+__all__ = ["MoCo", "CONTRASTS", "SplitBatchNorm2d", "convert_split_bn", "build_moco", "moco_checkpoint", "MoCoLayout",
            "resnet_features",
            "MoCoModelConfig", "MoCoPretrainConfig", "MoCoMethod"]
 
@@ -88,7 +109,14 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
     return module
 
 
+CONTRASTS = ("moco", "end_to_end", "memory_bank")  # model.contrast: the MoCo paper's Figure 3
+
+
 class MoCo(nn.Module):
+    """``K``: the queue's length (``moco``), the negatives drawn from the bank per step (``memory_bank``);
+    ``end_to_end`` has K = batch - 1. ``bank_size``: the bank's rows, one per training image (``memory_bank``;
+    0: sized later by ``reset_memory_bank``, once the dataset is known)."""
+
     def __init__(
         self,
         base_encoder: Callable[..., nn.Module] = torchvision.models.resnet50,
@@ -98,21 +126,37 @@ class MoCo(nn.Module):
         T: float = 0.07,
         mlp: bool = False,
         bn_splits: int = 1,
+        contrast: str = "moco",
+        shuffle_bn: bool = True,
+        bank_size: int = 0,
+        bank_momentum: float = 0.5,  # Wu et al. 2018's
     ):
         super().__init__()
+        if contrast not in CONTRASTS:
+            raise ValueError(f"unknown contrast {contrast!r}; expected one of {', '.join(CONTRASTS)}")
         self.K, self.m, self.T = K, m, T
+        self.contrast, self.shuffle_bn, self.bank_momentum = contrast, shuffle_bn, bank_momentum
         self.encoder_q = base_encoder(num_classes=dim)
         if mlp:  # v2: fc -> Linear, ReLU, fc
             hidden = self.encoder_q.fc.weight.shape[1]
             self.encoder_q.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), self.encoder_q.fc)
         convert_split_bn(self.encoder_q, bn_splits)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for p in self.encoder_k.parameters():
-            p.requires_grad = False
         self.bn_splits = bn_splits
+        if contrast == "moco":
+            self.encoder_k = copy.deepcopy(self.encoder_q)
+            for p in self.encoder_k.parameters():
+                p.requires_grad = False
+            self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        elif contrast == "memory_bank":
+            # A buffer, so that checkpoints hold it and a resumed run goes on with the same bank.
+            self.register_buffer("memory_bank", F.normalize(torch.randn(bank_size, dim), dim=1))
 
-        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+    @torch.no_grad()
+    def reset_memory_bank(self, size: int, generator: Optional[torch.Generator] = None):
+        """A fresh bank of ``size`` random unit vectors (one per training image), on the bank's device."""
+        bank = F.normalize(torch.randn(size, self.memory_bank.shape[1], generator=generator), dim=1)
+        self.memory_bank = bank.to(self.memory_bank.device)
 
     # ------------------------------------------------------------ key encoder
     @torch.no_grad()
@@ -158,24 +202,87 @@ class MoCo(nn.Module):
         gathered = all_gather_tensor(k)
         return gathered[unshuffle.view(get_world_size(), -1)[get_rank()]]
 
+    # ----------------------------------------------------------- memory bank
+    @torch.no_grad()
+    def update_memory_bank(self, features: torch.Tensor, index: torch.Tensor):
+        """Wu et al.'s update of the batch's rows (every process's): v <- normalize(b v + (1 - b) f)."""
+        features, index = all_gather_tensor(features.float()), all_gather_tensor(index)
+        old = self.memory_bank[index]
+        self.memory_bank[index] = F.normalize(self.bank_momentum * old + (1.0 - self.bank_momentum) * features,
+                                              dim=1)
+
     # --------------------------------------------------------------- forward
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
-        """Returns InfoNCE logits [N, 1 + K] (positive at index 0, over T) and zero labels."""
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, index: Optional[torch.Tensor] = None):
+        """Returns InfoNCE logits [N, 1 + K] (positive at index 0, over T) and zero labels. ``index``: each
+        sample's row in the memory bank (its dataset index; ``memory_bank`` only, which ignores ``im_k``)."""
+        if self.contrast == "end_to_end":
+            return self._end_to_end(im_q, im_k)
+        if self.contrast == "memory_bank":
+            return self._memory_bank(im_q, index)
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self.momentum_update_key_encoder()
-            shuffled, unshuffle = self._shuffle_keys(im_k)
-            k = F.normalize(self.encoder_k(shuffled), dim=1)
-            k = self._unshuffle_keys(k, unshuffle)
+            if self.shuffle_bn:
+                shuffled, unshuffle = self._shuffle_keys(im_k)
+                k = F.normalize(self.encoder_k(shuffled), dim=1)
+                k = self._unshuffle_keys(k, unshuffle)
+            else:
+                k = F.normalize(self.encoder_k(im_k), dim=1)
+        logits = self._logits(q, k, self.queue.clone().detach())
+        self.dequeue_and_enqueue(k.float())
+        return logits, _zero_labels(logits)
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """[q.k+, q.negatives] / T, in fp32: under bf16 autocast the products would round the cosines to 8 bits
+        before / T. ``negatives``: [dim, K]."""
         q, k = q.float(), k.float()
-        # fp32 logits: under bf16 autocast the products would round the cosines to 8 bits before / T.
         with torch.autocast(q.device.type, enabled=False):
             l_pos = (q * k).sum(dim=1, keepdim=True)
-            l_neg = q @ self.queue.clone().detach()
-            logits = torch.cat([l_pos, l_neg], dim=1) / self.T
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        self.dequeue_and_enqueue(k)
-        return logits, labels
+            l_neg = q @ negatives.float()
+            return torch.cat([l_pos, l_neg], dim=1) / self.T
+
+    def _end_to_end(self, im_q: torch.Tensor, im_k: torch.Tensor):
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        if self.shuffle_bn:  # a differentiable shuffle across this process's split-BN sub-batches
+            perm = torch.randperm(im_k.shape[0], device=im_k.device)
+            k = F.normalize(self.encoder_q(im_k[perm]), dim=1)[torch.argsort(perm)]
+        else:
+            k = F.normalize(self.encoder_q(im_k), dim=1)
+        q, k = q.float(), k.float()
+        n, rank = q.shape[0], get_rank()
+        keys = k
+        if get_world_size() > 1:  # the global batch's keys; gradients through this process's only
+            gathered = all_gather_tensor(k.detach())
+            keys = torch.cat([gathered[: rank * n], k, gathered[(rank + 1) * n:]])
+        with torch.autocast(q.device.type, enabled=False):
+            sim = q @ keys.T  # [n, global batch]
+            own = torch.arange(n, device=q.device) + rank * n
+            others = torch.ones_like(sim, dtype=torch.bool)
+            others[torch.arange(n, device=q.device), own] = False
+            l_pos = sim[torch.arange(n, device=q.device), own].unsqueeze(1)
+            logits = torch.cat([l_pos, sim[others].view(n, -1)], dim=1) / self.T
+        return logits, _zero_labels(logits)
+
+    def _memory_bank(self, im_q: torch.Tensor, index: Optional[torch.Tensor]):
+        if index is None:
+            raise ValueError("contrast='memory_bank' needs each sample's dataset index (its row in the bank)")
+        rows = self.memory_bank.shape[0]
+        if int(index.min()) < 0 or int(index.max()) >= rows:  # a bank not sized to the dataset (reset_memory_bank)
+            raise ValueError(f"sample indices {int(index.min())}..{int(index.max())} do not fit a memory bank of "
+                             f"{rows} rows")
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            # Read before the update: the positive is the image's feature from its earlier visits.
+            sampled = torch.randint(rows, (self.K,), device=self.memory_bank.device)
+            positives, negatives = self.memory_bank[index], self.memory_bank[sampled].T
+        logits = self._logits(q, positives, negatives)
+        self.update_memory_bank(q.detach(), index)
+        return logits, _zero_labels(logits)
+
+
+def _zero_labels(logits: torch.Tensor) -> torch.Tensor:
+    """InfoNCE's targets: the positive is at index 0."""
+    return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
 
 
 def build_moco(arch: str = "resnet50", **kwargs) -> MoCo:
@@ -232,14 +339,21 @@ class MoCoLayout:
 class MoCoModelConfig:
     arch: str = "resnet50"  # any torchvision ResNet constructor name
     dim: int = 128
-    queue_size: int = 65536  # K
+    # K: the queue's length (moco), the negatives drawn from the bank each step (memory_bank); end_to_end
+    # ignores it (K = global batch - 1).
+    queue_size: int = 65536
     momentum: float = 0.999  # m
     temperature: float = 0.07  # T: 0.07 (v1), 0.2 (v2)
     mlp: bool = False  # v2: 2-layer MLP head
     aug: str = "v1"  # v1 | v2 ("aug+")
     # Single process only: batch norm over this many sub-batches (and keys shuffled
     # across them), the stand-in for multi-GPU Shuffle BN. 1 turns it off.
+    # (end_to_end with shuffle_bn: in every process, under DDP too, its keys shuffled across them.)
     bn_splits: int = 8
+    contrast: str = "moco"  # moco | end_to_end | memory_bank: the paper's Figure 3
+    # false: keys encoded on the batch in its order (the appendix ablation; bn_splits then stands for
+    # per-GPU BN without the shuffle)
+    shuffle_bn: bool = True
 
 
 def _moco_optim() -> OptimConfig:
@@ -269,6 +383,15 @@ class MoCoMethod(MoCoLayout, PretrainMethod):
     def validate(self, cfg, fail):
         if cfg.model.aug not in ("v1", "v2"):
             fail(f"model.aug must be v1 or v2, got {cfg.model.aug!r}")
+        if cfg.model.contrast not in CONTRASTS:
+            fail(f"model.contrast must be one of {', '.join(CONTRASTS)}, got {cfg.model.contrast!r}")
+        if cfg.model.contrast == "memory_bank":
+            if cfg.data.backend == "dali":
+                fail("model.contrast=memory_bank needs each sample's dataset index, which the dali backend does "
+                     "not deliver: use data.backend=pil")
+            if cfg.model.queue_size < 1:
+                fail(f"model.queue_size (K, the negatives drawn from the memory bank) must be >= 1, "
+                     f"got {cfg.model.queue_size}")
         if cfg.train.compile:  # benchmarks/compile_checkpointing.py: both measured with torch 2.9.1
             fail("train.compile does not run MoCo v1/v2 with torch 2.9.1: inductor fails on the key shuffle's "
                  "randperm indexing, and the compiled graph saves the queue, which the enqueue then modifies")
@@ -279,17 +402,33 @@ class MoCoMethod(MoCoLayout, PretrainMethod):
     def build_model(self, cfg, world_size: int = 1) -> nn.Module:
         m = cfg.model
         global_batch = cfg.train.batch_size * world_size
-        if m.queue_size % global_batch:
+        if m.contrast == "moco" and m.queue_size % global_batch:
             raise ValueError(
                 f"model.queue_size (K={m.queue_size}) must be a multiple of the global batch "
                 f"train.batch_size x processes = {global_batch}"
             )
-        # Shuffle BN across processes under DDP; split BN in a single process.
-        splits = m.bn_splits if world_size == 1 else 1
+        # Shuffle BN across processes under DDP; split BN in a single process. end_to_end shuffles its keys
+        # within each process (a gradient-carrying shuffle across processes is not implemented): split BN there.
+        splits = m.bn_splits if world_size == 1 or (m.contrast == "end_to_end" and m.shuffle_bn) else 1
         if splits > 1 and cfg.train.batch_size % splits:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} must be a multiple of model.bn_splits={splits}")
+        # memory_bank: the bank gets its rows in ``prepare``, from the dataset.
         return build_moco(m.arch, dim=m.dim, K=m.queue_size, m=m.momentum, T=m.temperature, mlp=m.mlp,
-                          bn_splits=splits)
+                          bn_splits=splits, contrast=m.contrast, shuffle_bn=m.shuffle_bn)
+
+    def sample_index(self, cfg) -> bool:
+        return cfg.model.contrast == "memory_bank"  # the bank's row of each image
+
+    def prepare(self, model: nn.Module, cfg, dataset) -> None:
+        if cfg.model.contrast != "memory_bank":
+            return
+        # Before step 0, not at it: the bank's rows are the samples' dataset indices, after image and label.
+        if len(dataset[0]) < 3:
+            raise ConfigError("model.contrast=memory_bank needs each sample's dataset index from the data loader, "
+                              "which this pretraining data path does not deliver; use model.contrast=moco or "
+                              "end_to_end")
+        # One row per training image, drawn from the run's seed: the same bank on every process.
+        model.reset_memory_bank(len(dataset), torch.Generator().manual_seed(cfg.train.seed))
 
     def build_transform(self, cfg, device: torch.device) -> Callable:
         # Colour jitter, grayscale and blur where they are cheapest: batched on a CUDA device, else in the
@@ -305,7 +444,14 @@ class MoCoMethod(MoCoLayout, PretrainMethod):
 
     def loss(self, model: nn.Module, batch, cfg):
         views = batch[0]  # [N, 2, C, H, W]
-        logits, labels = model(views[:, 0], views[:, 1])
+        if cfg.model.contrast == "memory_bank":
+            # The bank's rows: each sample's dataset index, which the loader hands after the labels.
+            if len(batch) < 3:
+                raise RuntimeError("model.contrast=memory_bank needs each sample's dataset index in the batch "
+                                   "(batch[2]); this loader delivers images and labels only")
+            logits, labels = model(views[:, 0], views[:, 1], batch[2])
+        else:
+            logits, labels = model(views[:, 0], views[:, 1])
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(dim=1) == labels).float().mean().detach()  # instance discrimination top-1
         return loss, {"acc1": acc}
@@ -327,5 +473,6 @@ class MoCoMethod(MoCoLayout, PretrainMethod):
         provenance = Provenance(label, self.name, self.epochs_done(ckpt) if isinstance(epoch, int) else None, data,
                                 source, layout)
         export = resnet_export(encoder, provenance, dropped=dropped, prefix="encoder_q.")
-        export.notes.append("MoCo query encoder taken; key encoder, queue and projection head dropped")
+        export.notes.append("MoCo query encoder taken; key encoder, queue (or memory bank) and projection head "
+                            "dropped")
         return export
