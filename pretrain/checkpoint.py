@@ -27,6 +27,8 @@ from typing import Any, Dict, Mapping
 import numpy as np
 import torch
 
+from .errors import DiskFull, UserError
+
 __all__ = [
     "CheckpointFormatError",
     "load_file",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """A checkpoint is unreadable or not of the kind the caller expects."""
 
 
@@ -187,7 +189,10 @@ def save_atomic(obj: Any, path) -> Path:
                     json.dump(obj, f, indent=2)
                     f.write("\n")
         else:
-            torch.save(obj, tmp)
+            # Through a Python file: a failed write raises its OSError (ENOSPC: DiskFull below), where
+            # torch.save(obj, path)'s own writer says only "PytorchStreamWriter failed writing file".
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
 
     path = Path(path)
     return _replace_atomic(path, write)
@@ -218,6 +223,6 @@ def _replace_atomic(path: Path, write) -> Path:
             os.remove(tmp)
         if isinstance(e, OSError):  # OSError(errno, ...) is the errno's subclass again (PermissionError, ...)
             what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or type(e).__name__)
-            raise OSError(e.errno, f"{what} writing {path} (the file there before is unchanged)") from e
+            raise DiskFull(e.errno, f"{what} writing {path} (the file there before is unchanged)") from e
         raise
     return path

@@ -13,14 +13,49 @@ tools/train_seg.py (mmseg) take:
 Each tool writes them into its own config keys and says which in its --help.
 Former spellings (train_net's --max-iter, train_seg's --work-dir and --iters)
 stay accepted, hidden from the help, so that existing scripts keep running.
+
+And every tool ends the same way (:func:`run_tool`): a user error (``pretrain.errors``) is one
+``error: ...`` line on stderr and exit status 2, as argparse does for a bad flag; a bug keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ["add_run_args", "is_key_value", "resume_override", "run_overrides"]
+from .errors import UserError
+
+__all__ = ["USER_ERROR_EXIT", "add_run_args", "is_key_value", "positive_int", "resume_override",
+           "run_overrides", "run_tool"]
+
+USER_ERROR_EXIT = 2  # argparse's status for a bad command line; the same for every input a user can fix
+
+
+def run_tool(main: Callable, argv: Optional[Sequence[str]] = None):
+    """``main(argv)`` as a tool's entry point: a :class:`pretrain.errors.UserError` (a disk full included)
+    ends it with ``error: <message>`` on stderr and :data:`USER_ERROR_EXIT`, any other exception keeps
+    its traceback (a bug), Ctrl-C ends it quietly with 130."""
+    try:
+        return main(argv)
+    except UserError as e:
+        message = " ".join(str(e).split("\n")).strip() or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts (iterations, epochs, GPUs, seeds): checked where it is parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, output_dir: str, max_iters: str, resume: str,
@@ -29,14 +64,14 @@ def add_run_args(parser: argparse.ArgumentParser, *, output_dir: str, max_iters:
     """Add the shared flags to a tool's parser; the strings are their help, naming the tool's config
     keys. A tool without ``eval_only`` has no --eval-only. The aliases are the tool's former spellings."""
     parser.add_argument("--output-dir", metavar="DIR", help=output_dir)
-    parser.add_argument("--max-iters", type=int, metavar="N", help=max_iters)
+    parser.add_argument("--max-iters", type=positive_int, metavar="N", help=max_iters)
     parser.add_argument("--resume", nargs="?", const="auto", metavar="auto|PATH", help=resume)
     if eval_only:
         parser.add_argument("--eval-only", action="store_true", help=eval_only)
     for flag in output_dir_aliases:
         parser.add_argument(flag, dest="output_dir", help=argparse.SUPPRESS)
     for flag in max_iters_aliases:
-        parser.add_argument(flag, dest="max_iters", type=int, help=argparse.SUPPRESS)
+        parser.add_argument(flag, dest="max_iters", type=positive_int, help=argparse.SUPPRESS)
 
 
 def is_key_value(value: str) -> bool:

@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
 
 
 @dataclass
@@ -107,10 +110,6 @@ class TrainConfig(RunConfig):
     export_backbone: bool = True  # at the end: <output_dir>/backbone/ (safetensors + timm config.json)
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def load_structured_config(
     schemas: Mapping[str, type],
     selector: str,
@@ -131,15 +130,23 @@ def load_structured_config(
     try:
         raw = OmegaConf.load(path) if path else OmegaConf.create({})
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path} (check the path; the shipped ones are in configs/)") from None
     except Exception as e:
         raise ConfigError(f"{path}: not a valid YAML config: {e}") from None
+    if not OmegaConf.is_dict(raw):
+        raise ConfigError(f"{path}: expected a mapping of keys ({selector}: ..., train: ...), found a list")
     choice = choice or raw.get(selector) or default
     if choice not in schemas:
         raise ConfigError(f"{path}: {selector} must be one of {sorted(schemas)}, got {choice!r}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
+        try:  # the value is read as YAML: an unclosed bracket or quote fails here, named
+            OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({why}); quote it in the shell, "
+                              "e.g. 'key=[1, 2]'") from None
     given = {item.split("=", 1)[0] for item in overrides}
     required = [k for k in _missing_keys(raw) if k not in given]
     if required:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import jpeg_region
 from .data import seeded, worker_init
+from .errors import DataError
 from .images import JPEG_MAGIC, EncodedImage, UnreadableImage
 from .transforms import SampleTransform
 
@@ -118,7 +119,7 @@ class HostPlans(Dataset):
             cuts = [[np.array(v.box[1::-1], np.int32), np.array(v.box[:1:-1], np.int32),
                      np.array(int(v.flip), np.int32)] for v in views]
             return np.frombuffer(img.data, np.uint8), cuts, params, self.dataset.labels[i]
-        raise RuntimeError(f"no readable image in {self.dataset.root}")
+        raise DataError(f"no readable image in {self.dataset.root}: replace or remove the unreadable files")
 
 
 def build_pipeline(views, batch_size: int, num_threads: int, device_id: Optional[int], source, prefetch: int):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import DataError, InputNotFound
 from .images import DecodedImage, EncodedImage
 from .synthetic import render_scene, scene_rng
 
@@ -43,7 +44,7 @@ def scan_image_folder(root) -> Tuple[List[Path], List[int], List[str]]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise InputNotFound(f"image folder not found: {root}: give an existing folder of images")
     if (root / "train").is_dir() and not any(_is_image(p) for p in root.iterdir()):
         root = root / "train"
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -60,7 +61,7 @@ def scan_image_folder(root) -> Tuple[List[Path], List[int], List[str]]:
         files = sorted(p for p in root.iterdir() if _is_image(p))
         labels = [-1] * len(files)
     if not files:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"no images in {root}: expected <root>/<class>/*.jpg (ImageNet-style) or images directly "
             f"in the folder, with extensions {', '.join(IMG_EXTENSIONS)}"
         )
@@ -127,8 +128,10 @@ class ImageFolderDataset(Dataset):
                 with open(self.bad_list, "a") as f:
                     f.write(f"{path}\t{type(err).__name__}: {err}\n")
         if len(self._bad) > self.max_bad:
-            raise RuntimeError(
-                f"{len(self._bad)} unreadable images in {self.root} (more than allowed); e.g. "
+            raise DataError(
+                f"{len(self._bad)} unreadable images in {self.root}, more than the {self.max_bad} allowed "
+                f"(1%): replace or remove them"
+                + (f" (listed in {self.bad_list})" if self.bad_list else "") + "; e.g. "
                 + ", ".join(sorted(self._bad)[:5])
             )
 
@@ -141,7 +144,21 @@ class ImageFolderDataset(Dataset):
                 return self.transform(EncodedImage.from_file(self.files[i]), seed), self.labels[i]
             except OSError as e:  # UnreadableImage, or the file itself
                 self._report_bad(i, e)
-        raise RuntimeError(f"no readable image in {self.root}")
+        raise DataError(f"no readable image in {self.root}: replace or remove the unreadable files")
+
+    def check_readable(self) -> None:
+        """Before a run starts: a DataError when none of the first files decodes, so that a folder of
+        unreadable files stops the run here, not in the loader (which stops after ``max_bad`` of them)."""
+        failures = []
+        for path in self.files[: self.max_bad + 1]:
+            try:
+                EncodedImage.from_file(path).decode(scale=8)  # a JPEG at 1/8: the whole file read, cheaply
+                return
+            except OSError as e:  # UnreadableImage, or the file itself
+                failures.append(f"{path} ({type(e).__name__}: {e})")
+        raise DataError(f"no readable image in {self.root}: the first {len(failures)} of its {len(self.files)} "
+                        f"files fail to decode, e.g. {failures[0]}; expected images ({', '.join(IMG_EXTENSIONS)}): "
+                        f"replace or remove the unreadable files")
 
 
 class SyntheticImageDataset(Dataset):
@@ -201,17 +218,58 @@ class ResumableSampler(Sampler):
         return self.num_per_rank - self.start
 
 
+class WithIndex(Dataset):
+    """A pretraining dataset whose samples carry their dataset index after the label, ``(sample, label,
+    index)``: for a loss that keeps one row per image (MoCo's ``memory_bank``); a substituted unreadable
+    image keeps the index that was asked for. Everything else is the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # device_transform, classes, files, ...
+        return getattr(self.__dict__["dataset"], name)
+
+    def __getitem__(self, item):  # item: (index, seed) from the sampler, or an index
+        return (*self.dataset[item], item[0] if isinstance(item, tuple) else item)
+
+
 def build_pretrain_dataset(data_cfg, transform: Callable, seed: int = 0, bad_list: Optional[str] = None) -> Dataset:
     """data.path's images, or the synthetic scenes where ``data.synthetic`` says so (the config refuses neither)."""
     if data_cfg.path:
-        dataset = ImageFolderDataset(data_cfg.path, transform, bad_list=bad_list)
-        log.info("data: %d images from %s", len(dataset), Path(data_cfg.path).resolve())
-        return dataset
+        return ImageFolderDataset(data_cfg.path, transform, bad_list=bad_list)
     if not data_cfg.synthetic:
-        raise ValueError("data.path is not set: give the dataset, or data.synthetic=true for the synthetic scenes")
-    log.info("data: %d built-in synthetic scenes (data.synthetic=true), not a real dataset",
-             data_cfg.synthetic_images)
+        raise DataError("data.path is not set: give the dataset, or data.synthetic=true for the synthetic scenes")
     return SyntheticImageDataset(data_cfg.synthetic_images, transform, size=max(64, data_cfg.img_size), seed=seed)
+
+
+def describe_dataset(dataset) -> str:
+    """What a run trains on, for its log."""
+    if isinstance(dataset, ImageFolderDataset):
+        return f"{len(dataset)} images from {dataset.root.resolve()}"
+    return f"{len(dataset)} built-in synthetic scenes (data.synthetic=true), not a real dataset"
+
+
+def check_full_step(size: int, batch_size: int, accum_iter: int, world_size: int, where) -> None:
+    """A DataError unless ``size`` images make one whole optimizer step on every process (the loader drops a
+    last partial batch: with fewer, every epoch would be empty)."""
+    if math.ceil(size / world_size) < batch_size * accum_iter:
+        raise DataError(
+            f"{where} has {size} training images, fewer than one step of train.batch_size={batch_size} "
+            f"x train.accum_iter={accum_iter} x {world_size} process(es): lower train.batch_size, or add images")
+
+
+def check_training_data(dataset, batch_size: int, accum_iter: int = 1, world_size: int = 1) -> None:
+    """Before a run builds its model or writes a file: a DataError where ``dataset`` cannot train (no
+    readable image, fewer images than one step)."""
+    if isinstance(dataset, ImageFolderDataset):
+        dataset.check_readable()
+        where = dataset.root
+    else:
+        where = "data.synthetic_images"
+    check_full_step(len(dataset), batch_size, accum_iter, world_size, where)
 
 
 def worker_init(_):

@@ -10,6 +10,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,7 +35,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_min: f
     aborts (NCCL's default, 10 minutes, is shorter than some whole-set evaluations)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
+        raise ConfigError("train.device=cuda but this machine has no usable CUDA GPU: use train.device=cpu (or auto)")
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import jpeg_region
+from .errors import UserError
 
 DCT_SCALES = (8, 4, 2)  # libjpeg-turbo's fast reductions; 7/8 .. 3/8 decode slower than full scale
 JPEG_MAGIC = b"\xff\xd8"
 
 
-class UnreadableImage(OSError):
+class UnreadableImage(UserError, OSError):
     """A file that cannot be decoded (corrupt, truncated, not an image)."""
 
 

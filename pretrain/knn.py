@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import distributed as du
 from .data import ImageFolderDataset
+from .errors import DataError
 from .transforms import eval_transform
 
 
@@ -72,6 +73,23 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks) -> torch.Tensor:
     return torch.stack([top[:, :k].any(dim=1).sum() for k in ks])
 
 
+def labelled_folders(train_dir, val_dir, img_size: int = 224) -> Tuple[ImageFolderDataset, ImageFolderDataset]:
+    """The kNN's training and validation sets (resized and centre-cropped to ``img_size``), checked: labelled
+    folders (``<dir>/<class>/*``) with the same classes, each with a readable image (else a DataError)."""
+    tf = eval_transform(img_size)
+    train, val = ImageFolderDataset(train_dir, tf), ImageFolderDataset(val_dir, tf)
+    if not train.classes:
+        raise DataError(f"{train_dir} has no class folders: the kNN needs labelled <dir>/<class>/* images")
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:5]
+        only_val = sorted(set(val.classes) - set(train.classes))[:5]
+        raise DataError(f"class folders differ between {train_dir} and {val_dir}: only in train {only_train}, "
+                        f"only in val {only_val}; both need the same classes")
+    train.check_readable()
+    val.check_readable()
+    return train, val
+
+
 def knn_evaluate(
     feature_fn: Callable,
     train_dir: str,
@@ -85,15 +103,10 @@ def knn_evaluate(
 ) -> Dict[str, float]:
     """Top-1 / top-5 (%) of the weighted k-NN classifier from ``train_dir`` to ``val_dir`` (top-5 with at
     least 5 classes). Every process of a process group takes part and gets the result."""
-    tf = eval_transform(img_size)
-    train, val = ImageFolderDataset(train_dir, tf), ImageFolderDataset(val_dir, tf)
-    if train.classes != val.classes:
-        raise ValueError(f"class folders differ between {train_dir} and {val_dir}")
-    if not train.classes:
-        raise ValueError(f"{train_dir} has no class folders: the kNN monitor needs <dir>/<class>/* images")
+    train, val = labelled_folders(train_dir, val_dir, img_size)
     if min(len(train), len(val)) < du.get_world_size():
-        raise ValueError(f"the kNN monitor needs at least one train and one val image per process "
-                         f"({len(train)} / {len(val)} for {du.get_world_size()})")
+        raise DataError(f"the kNN monitor needs at least one train and one val image per process "
+                        f"({len(train)} / {len(val)} for {du.get_world_size()}): add images, or run fewer processes")
     extract = lambda ds: extract_features(feature_fn, ds, device, batch_size, num_workers)  # noqa: E731
     train_f, train_y = extract(train)
     train_f, train_y = gather_shares(train_f), gather_shares(train_y)  # every process votes from all of them

@@ -22,13 +22,16 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
 from .checkpoint import load_file, save_atomic, write_text_atomic
 from .config import to_yaml
-from .data import ResumableSampler, build_pretrain_dataset, build_train_loader
-from .knn import knn_evaluate
+from .data import (ResumableSampler, WithIndex, build_pretrain_dataset, build_train_loader, check_full_step,
+                   check_training_data, describe_dataset)
+from .errors import InputNotFound
+from .knn import knn_evaluate, labelled_folders
 from .logger import MetricLogger, progress, setup_logging
 from .methods import get_method
 from .precision import autocast_dtype, matmul_shapes
@@ -164,13 +167,29 @@ def use_channels_last(model: torch.nn.Module, enabled: bool) -> bool:
 
 
 def start_run(t, config_yaml: str, config_file: str = "config.yaml"):
-    """What every training command does first, from its ``train`` config section: join the
-    processes (``train.dist_timeout_min``), choose deterministic or autotuned kernels
-    (``train.deterministic``), open the output folder and its log, save the config (``config_file``), seed. Returns
-    (distributed context, output folder); the precision is decided once the model is built
-    (``autocast_dtype`` measures at its widths)."""
+    """What every training command does first, from its ``train`` config section: ``join_run`` then
+    ``open_run``. Returns (distributed context, output folder); the precision is decided once the model is
+    built (``autocast_dtype`` measures at its widths)."""
+    dist = join_run(t)
+    return dist, open_run(t, dist, config_yaml, config_file)
+
+
+def join_run(t) -> du.DistInfo:
+    """Choose deterministic or autotuned kernels (``train.deterministic``), join the processes
+    (``train.dist_timeout_min``), seed. Nothing is written yet: a trainer checks its inputs (data,
+    checkpoints) between this and ``open_run``, so that a run refused for them leaves no file behind."""
     set_determinism(t.deterministic)
     dist = du.init_distributed(t.device, t.dist_backend, t.dist_timeout_min)
+    # Different masks / shuffles / augmentations per process, reproducible per run.
+    seed = t.seed + dist.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return dist
+
+
+def open_run(t, dist: du.DistInfo, config_yaml: str, config_file: str = "config.yaml") -> Path:
+    """Open the output folder and its log, save the config (``config_file``); returns the folder."""
     out = Path(t.output_dir)
     setup_logging(str(out), dist.is_main)
     if dist.is_main:
@@ -183,12 +202,15 @@ def start_run(t, config_yaml: str, config_file: str = "config.yaml"):
     elif dist.device.type == "cuda":
         log.info("train.deterministic=false: cuDNN autotuning on; a resumed GPU run is statistically equivalent "
                  "to an uninterrupted one, not bitwise equal (train.deterministic=true for that, slower)")
-    # Different masks / shuffles / augmentations per process, reproducible per run.
-    seed = t.seed + dist.rank
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    return dist, out
+    return out
+
+
+def read_checkpoint(path, allow_pickle: bool = False):
+    """``load_file``, with a missing file reported as the user's (``InputNotFound``) like an unreadable one."""
+    if not Path(path).is_file():
+        raise InputNotFound(f"checkpoint not found: {path}: give an existing checkpoint file, or --resume alone "
+                            f"for the newest one in the output folder")
+    return load_file(path, allow_pickle=allow_pickle)
 
 
 class WaitTimer:
@@ -262,12 +284,8 @@ class TrainerBase(abc.ABC):
                                                t.seed, backend)
         self.device_transform = dataset.device_transform
         # Whole optimizer steps per epoch (a partial accumulation at the end is dropped).
+        check_full_step(len(dataset), t.batch_size, t.accum_iter, self.dist.world_size, "the dataset")
         self.iters_per_epoch = (self.sampler.num_per_rank // t.batch_size) // t.accum_iter * t.accum_iter
-        if self.iters_per_epoch == 0:
-            raise ValueError(
-                f"{len(dataset)} training images make no full step of batch_size={t.batch_size} "
-                f"x accum_iter={t.accum_iter} x {self.dist.world_size} processes"
-            )
         self.eff_batch = t.batch_size * t.accum_iter * self.dist.world_size
         self.lr = o.lr if o.lr is not None else o.base_lr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.lr)
@@ -428,23 +446,33 @@ class Trainer(TrainerBase):
         self.cfg = cfg
         t = cfg.train
         self.method = get_method(cfg.method)
-        self.dist, self.out = start_run(t, to_yaml(cfg))
+        self.dist = join_run(t)
         self.device = self.dist.device
+        # The data first: a dataset the run cannot train on stops it before a model is built or a file written.
+        dataset = build_pretrain_dataset(
+            cfg.data, self.method.build_transform(cfg, self.device), seed=t.seed,
+            bad_list=str(Path(t.output_dir) / "unreadable_images.txt"),
+        )
+        check_training_data(dataset, t.batch_size, t.accum_iter, self.dist.world_size)
+        if t.knn_every_epochs and cfg.data.knn_train and cfg.data.knn_val:  # the kNN monitor's folders too
+            labelled_folders(cfg.data.knn_train, cfg.data.knn_val, cfg.data.img_size)
+        resume_ckpt = read_checkpoint(resume) if resume and resume != "auto" else None  # a wrong file stops here too
+        self.out = open_run(t, self.dist, to_yaml(cfg))
+        log.info("data: %s", describe_dataset(dataset))
+        if self.method.sample_index(cfg):
+            dataset = WithIndex(dataset)
 
         self.model = self.method.build_model(cfg, self.dist.world_size).to(self.device)
         use_channels_last(self.model, t.channels_last)
         self.amp_dtype = autocast_dtype(t.amp, self.device, matmul_shapes(self.model))
         configure_attention(self.model, self.device.type, self.amp_dtype)
-        dataset = build_pretrain_dataset(
-            cfg.data, self.method.build_transform(cfg, self.device), seed=t.seed,
-            bad_list=str(self.out / "unreadable_images.txt"),
-        )
+        self.method.prepare(self.model, cfg, dataset)
         self.setup_training(dataset, lambda lr: self.method.build_optimizer(self.model, cfg, lr), cfg.data.backend)
         self.epoch, self.iter, self.step = 0, 0, 0  # position: next micro-batch to run
         self._stop_requested = self.stopped = False
         self.metrics = MetricLogger(str(self.out), self.dist.is_main, t.tensorboard)
         if resume:
-            self.resume(resume)
+            self.resume(resume, resume_ckpt)
         log.info("%s: %d images, %d steps/epoch, effective batch %d, lr %.3g, device %s, %d process(es)",
                  cfg.method, len(dataset), self.iters_per_epoch // t.accum_iter, self.eff_batch, self.lr,
                  self.device, self.dist.world_size)
@@ -464,15 +492,17 @@ class Trainer(TrainerBase):
     def save(self, tags):
         self.write_checkpoint(self.state(finished_epoch=self.epoch - 1), tags, self.method.checkpoint_name)
 
-    def resume(self, path: str):
-        """Restore from ``path``, or from the newest checkpoint in output_dir when path is 'auto'."""
+    def resume(self, path: str, ckpt: Optional[Dict] = None):
+        """Restore from ``path`` (``ckpt``: its contents, read already), or from the newest checkpoint in
+        output_dir when path is 'auto'."""
         if path == "auto":
             p = self.checkpoint_path(LAST)
             if not p.is_file():
                 log.info("no checkpoint in %s: starting from scratch", self.out)
                 return
             path = str(p)
-        ckpt = load_file(path)
+        if ckpt is None:
+            ckpt = read_checkpoint(path)
         self.method.unpack(self.model, ckpt)
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])

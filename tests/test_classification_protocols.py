@@ -297,3 +297,33 @@ def test_two_gloo_processes_count_every_validation_image_once(data, mae_file, tm
     ckpt = torch.load(out / "checkpoint-last.pth")
     assert ckpt["trainer"]["world_size"] == 2 and len(ckpt["trainer"]["rng"]) == 2
     assert ckpt["trainer"]["step"] == 2 * (CLASSES * 16 // 16)
+
+
+# ---------------------------------------------------------------- partial fine-tuning (MAE Figure 9)
+@pytest.mark.parametrize("tune_blocks", [0, 1])
+def test_partial_finetune_tunes_the_last_blocks_and_keeps_the_rest(data, mae_file, tmp_path, tune_blocks):
+    trainer = train("mae_finetune", overrides(data, tmp_path, "model.arch=auto", f"model.checkpoint={mae_file}",
+                                              f"model.tune_blocks={tune_blocks}", "train.epochs=1",
+                                              "optim.warmup_epochs=0", "model.global_pool=token"))
+    depth = len(trainer.model.blocks)
+    tuned = {f"blocks.{i}." for i in range(depth - tune_blocks, depth)} | {"norm.", "head."}
+    learning = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert learning == {n for n, _ in trainer.model.named_parameters() if n.startswith(tuple(tuned))}
+    # The run's own check re-read the file: every frozen tensor is the pretrained one, the tuned ones moved.
+    trained = torch.load(tmp_path / "checkpoint-last.pth")["model"]
+    pretrained = torch.load(mae_file)["model"]
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight"):
+        assert torch.equal(trained[key], pretrained[key]), key
+    last = f"blocks.{depth - 1}.mlp.fc1.weight"
+    assert torch.equal(trained[last], pretrained[last]) == (tune_blocks == 0)
+    assert read_json(tmp_path / "results.json")["recipe"]["tune_blocks"] == tune_blocks
+
+
+def test_partial_finetune_settings_are_checked(mae_file, tmp_path):
+    from pretrain.errors import ConfigError
+    from transfer.classification.config import load_cls_config
+
+    with pytest.raises(ConfigError, match="tune_blocks"):
+        load_cls_config(None, ["model.tune_blocks=1", "data.synthetic=true"], protocol="mae_linear")
+    with pytest.raises(ConfigError, match="tune_blocks"):
+        load_cls_config(None, ["model.tune_blocks=-1", "data.synthetic=true"], protocol="mae_finetune")

@@ -16,6 +16,7 @@ from PIL import Image
 from pretrain import transforms as X
 from pretrain.dali import HostPlans, build_pipeline, check_readable
 from pretrain.data import ImageFolderDataset, ResumableSampler, build_train_loader, seeded
+from pretrain.errors import DataError
 from pretrain.images import EncodedImage, UnreadableImage
 from pretrain.jpeg_region import scan_start
 from pretrain.synthetic import render_scene, scene_rng
@@ -146,7 +147,7 @@ def test_too_many_unreadable_files_stop_the_host_as_they_stop_pil(folder, tmp_pa
     for dataset in (ImageFolderDataset(folder, transform), HostPlans(ImageFolderDataset(folder, transform))):
         names = [p.name for p in (dataset.dataset if isinstance(dataset, HostPlans) else dataset).files]
         dataset[(names.index("3_cut.jpg"), 0)]  # one unreadable file of 9: allowed (at least 1)
-        with pytest.raises(RuntimeError, match="2 unreadable images"):
+        with pytest.raises(DataError, match="2 unreadable images"):
             dataset[(names.index("7_text.jpg"), 0)]
 
 
@@ -315,5 +316,5 @@ def test_dali_loader_stops_on_too_many_unreadable_files(folder, tmp_path):
 
     dataset = ImageFolderDataset(folder, X.mae_transform(SIZE), bad_list=str(tmp_path / "bad.txt"))
     loader = DaliLoader(dataset, ResumableSampler(len(dataset), shuffle=False), 3, torch.device("cpu"), num_threads=1)
-    with pytest.raises(RuntimeError, match="2 unreadable images"):
+    with pytest.raises(DataError, match="2 unreadable images"):
         list(loader)

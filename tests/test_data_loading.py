@@ -511,3 +511,42 @@ def test_gpu_check_runs_every_row_on_a_cpu_in_tiny_mode():
     assert "FAILED" not in table and "images/s" in table and "s/iter" in table
     if importlib.util.find_spec("detectron2") is None:
         assert "skipped: detectron2 is not installed" in table
+
+
+# ------------------------------------------------------------ checks before a run starts
+def test_readable_check_probes_only_as_many_files_as_the_loader_would_skip(tmp_path):
+    """The loader substitutes up to 1% unreadable files: the check before training refuses a folder only
+    when more than that many of its first files fail (a run that would stop within its first epoch)."""
+    from pretrain.data import ImageFolderDataset
+    from pretrain.errors import DataError
+
+    folder = tmp_path / "imgs" / "c"
+    folder.mkdir(parents=True)
+    for i in range(300):  # 1% of 300: 3 unreadable files allowed
+        name = folder / f"{i:03d}.jpg"
+        if i < 3:
+            name.write_text("not an image")
+        else:
+            name.write_bytes(encode(np.full((8, 8, 3), i % 256, np.uint8), "JPEG"))
+    ds = ImageFolderDataset(tmp_path / "imgs", X.ResizeCenterCrop(8, 1.0, "bilinear"))
+    ds.check_readable()  # the 4th file reads
+    (folder / "003.jpg").write_text("not an image either")
+    with pytest.raises(DataError, match=r"no readable image in .*: the first 4 of its 300 files fail to decode"):
+        ds.check_readable()  # more than the loader would skip before its first batch ends the run
+
+
+@pytest.mark.parametrize("images, batch, accum, world, ok", [
+    (8, 8, 1, 1, True), (7, 8, 1, 1, False), (16, 4, 2, 2, True), (15, 4, 2, 2, True), (13, 4, 2, 2, False),
+])
+def test_full_step_check_is_the_samplers_arithmetic(images, batch, accum, world, ok):
+    """The check before training says what the sampler and loader then do: at least one whole optimizer step."""
+    from pretrain.data import ResumableSampler, check_full_step
+    from pretrain.errors import DataError
+
+    steps = (ResumableSampler(images, 0, world).num_per_rank // batch) // accum
+    assert (steps > 0) == ok
+    if ok:
+        check_full_step(images, batch, accum, world, "here")
+    else:
+        with pytest.raises(DataError, match="fewer than one step"):
+            check_full_step(images, batch, accum, world, "here")

@@ -79,3 +79,23 @@ def test_default_output_folder_is_not_overwritten(tmp_path, synthetic, moco_r18)
     # A named folder still works beside it.
     run_tool(*args, "--output-dir", tmp_path / "named", cwd=tmp_path, env=ONE_THREAD)
     assert (tmp_path / "named" / "results.json").is_file()
+
+
+def test_eval_only_in_the_run_folder_keeps_the_runs_records(tmp_path, synthetic, moco_r18):
+    """--eval-only --resume in a finished run's folder: the evaluation records itself in results_eval.json
+    (config_eval.yaml); the run's results.json and config.yaml stay as they were, and the report reads the run's."""
+    from transfer.report import load_runs
+
+    out = tmp_path / "run"
+    run_tool(TOOL, *data_args(synthetic), "--checkpoint", moco_r18, "--max-iters", 2, "--output-dir", out,
+             env=ONE_THREAD)
+    before = {name: (out / name).read_bytes() for name in ("results.json", "config.yaml")}
+    run_tool(TOOL, *data_args(synthetic), "--eval-only", "--resume", "--output-dir", out, env=ONE_THREAD)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    evaluated = json.loads((out / "results_eval.json").read_text())
+    assert evaluated["recipe"]["eval_only"] is True and evaluated["recipe"]["iterations"] == 2
+    assert evaluated["metrics"] == read(out)["metrics"]  # the run's final weights: the run's numbers
+    assert evaluated["checkpoint"].endswith("model_final.pth")
+    assert (out / "config_eval.yaml").is_file()
+    (row,) = load_runs([out])
+    assert row.source == str(out / "results.json") and "eval_only" not in row.recipe

@@ -75,9 +75,11 @@ def test_tiny_vitdet_from_a_project_mae_checkpoint(tmp_path, synthetic, tiny_mae
     log = (out / "log.txt").read_text()
     assert "interpolated the position table" in log  # pretrained at 32 px, the config's table is for 64 px
 
-    # Evaluation only, from the last checkpoint: the same numbers, and it still knows its pretraining.
+    # Evaluation only, from the last checkpoint: the same numbers, and it still knows its pretraining
+    # (recorded beside the run's results.json, which stays).
     run_tool("tools/train_net.py", *common, "--eval-only", "--resume", env=ONE_THREAD)
-    again = read(out)
+    assert read(out) == first
+    again = read(out / "results_eval.json")
     assert again["metrics"] == first["metrics"] and again["pretrain"] == "mae"
     assert again["recipe"]["pretrain_epochs"] == 1
     assert again["checkpoint"].endswith("model_final.pth")

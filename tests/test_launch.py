@@ -290,6 +290,23 @@ def test_submit_slurm_derives_its_port_from_the_job(tmp_path):
     assert "MASTER_PORT=29999" in (tmp_path / "fixed" / "slurm" / "mae_vit_large_in1k.sh").read_text()
 
 
+def test_submit_slurm_without_sbatch_or_refused_says_so_in_one_line(tmp_path):
+    """No sbatch on PATH: refused before the script is written. sbatch refusing the job: its reason, one line."""
+    args = ("tools/submit_slurm.py", "configs/pretrain/mae_vit_large_in1k.yaml", f"train.output_dir={tmp_path}/out",
+            "data.path=/data/in1k")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    proc = run_tool(*args, env={"PATH": str(bin_dir)}, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("error: sbatch not found on PATH") and not (tmp_path / "out").exists()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    proc = run_tool(*args, env={"PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]])}, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and "invalid partition specified: gpu" in proc.stderr
+
+
 # ------------------------------------------------------------ multi-node
 def fake_slurm(monkeypatch, node, nodes=8, job_id="777001"):
     """The environment task ``node`` of a submitit SLURM job of ``nodes`` nodes (one task each) runs in: SLURM's

@@ -61,11 +61,14 @@ def test_folder_errors_say_what_is_missing(tmp_path):
     lab = np.zeros((4, 4), int)
     write_flat_folder(tmp_path, [lab, lab])
     (tmp_path / "labels" / "f1.png").unlink()
-    with pytest.raises(FileNotFoundError, match="1 of 2 images .* have no label file"):
+    from pretrain.errors import DataError, InputNotFound
+
+    # user errors (pretrain.errors): tools/train_seg.py ends them in one line
+    with pytest.raises(DataError, match="1 of 2 images .* have no label file"):
         folder_dataset(data_root=str(tmp_path), classes=["x"])
-    with pytest.raises(FileNotFoundError, match="class list .*classes.txt not found"):
+    with pytest.raises(InputNotFound, match="class list .*classes.txt not found"):
         folder_dataset(data_root=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no image folder"):
+    with pytest.raises(InputNotFound, match="no image folder"):
         folder_dataset(data_root=str(tmp_path / "nowhere"), classes=["x"])
 
 

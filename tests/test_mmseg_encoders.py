@@ -236,7 +236,7 @@ def test_moco_conversion_cli(tmp_path):
                        if k.startswith("encoder_q.") and not k.startswith("encoder_q.fc.")}
     bad = run_tool("tools/convert_checkpoint.py", src, tmp_path / "x.pth", "--to", "mmseg", "--patch-size", "16",
                    check=False)
-    assert bad.returncode != 0 and "patch size" in bad.stderr
+    assert bad.returncode != 0 and "--patch-size applies to --to detectron2" in bad.stderr
 
 
 # ---------------------------------------------------------- layer-wise decay

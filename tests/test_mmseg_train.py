@@ -215,3 +215,29 @@ def test_two_process_torchrun_on_cpu(synthetic_seg, tmp_path):
              "--cfg-options", "train_dataloader.batch_size=2", env={"OMP_NUM_THREADS": "1"})
     # Two processes of 2 images: a batch of 4; pretrain "random" since no checkpoint was given.
     check_results(work / "results.json", "semantic_seg", "resnet18", "random", iterations=2, batch=4)
+
+
+@pytest.mark.slow
+def test_one_iteration(synthetic_seg, tmp_path):
+    """--max-iters 1: the warm-up takes the only iteration and the poly decay, left with none, is dropped
+    (mmengine refuses a scheduler that ends where it begins)."""
+    work = tmp_path / "one"
+    train_seg(TINY / "upernet_r18_folder-64x64.py", "--data-root", synthetic_seg, "--output-dir", work,
+              "--max-iters", "1", "--cfg-options", "train_dataloader.batch_size=2")
+    check_results(work / "results.json", "semantic_seg", "resnet18", "random", iterations=1, batch=2)
+    assert (work / "iter_1.pth").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu_with_the_mae_recipes_neck(synthetic_seg, tmp_path):
+    """The MAE recipe's neck as mmseg configures it: Feature2Pyramid without a norm_cfg, so SyncBN from its
+    class default, which gloo cannot run; the CPU fallback makes it BN (issue 22)."""
+    config = tmp_path / "vit_pico_default_neck.py"
+    config.write_text(f'_base_ = ["{TINY / "upernet_vit-pico_folder-64x64.py"}"]\n'
+                      'model = dict(neck=dict(_delete_=True, type="Feature2Pyramid", embed_dim=96, '
+                      'rescales=[4, 2, 1, 0.5]))\n')  # x4: the rescale that has a norm layer
+    work = tmp_path / "ddp_vit"
+    run_tool("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+             "tools/train_seg.py", config, "--data-root", synthetic_seg, "--output-dir", work, "--max-iters", "2",
+             "--cfg-options", "train_dataloader.batch_size=2", env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    check_results(work / "results.json", "semantic_seg", "vit_pico_patch8", "random", iterations=2, batch=4)

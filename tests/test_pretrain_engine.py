@@ -138,6 +138,8 @@ def test_per_sample_augmentation_is_seeded(tmp_path):
 def test_unreadable_images_are_reported_and_skipped(tmp_path, caplog):
     from PIL import Image
 
+    from pretrain.errors import DataError
+
     folder = tmp_path / "imgs" / "cls"
     folder.mkdir(parents=True)
     for i in range(3):
@@ -153,7 +155,7 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path, caplog):
     assert "broken.jpg" in reported and "truncated.jpg" in reported and "ok1" not in reported
     assert "skipping unreadable image" in caplog.text
     strict = ImageFolderDataset(tmp_path / "imgs", mae_transform(16), max_bad_fraction=0.0)
-    with pytest.raises(RuntimeError, match="unreadable images"):
+    with pytest.raises(DataError, match="unreadable images"):
         for i in range(len(strict)):
             strict[i]
 
@@ -173,7 +175,7 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path, caplog):
     copies = [ImageFolderDataset(tmp_path / "other", mae_transform(16), bad_list=str(tmp_path / "b2.txt"),
                                  max_bad_fraction=0.2) for _ in range(2)]  # 1 of 5 allowed
     copies[0][1]  # one copy meets b_bad: 1 bad file, allowed
-    with pytest.raises(RuntimeError, match="2 unreadable images"):
+    with pytest.raises(DataError, match="2 unreadable images"):
         copies[1][3]  # another meets d_bad: 2 distinct bad files over the run
 
 def test_flat_and_imagenet_style_folders(tmp_path):

@@ -141,3 +141,50 @@ def test_write_text_atomic_replaces_whole_files(tmp_path):
     assert path.read_text() == "first\n"
     write_text_atomic(path, "second\n")
     assert path.read_text() == "second\n" and [p.name for p in path.parent.iterdir()] == ["plan.txt"]
+
+
+def test_full_disk_while_saving_a_checkpoint_is_disk_full(full_disk):
+    import torch
+
+    from pretrain.checkpoint import save_atomic
+    from pretrain.errors import DiskFull
+
+    path = full_disk / "checkpoint-last.pth"
+    old = b"the previous checkpoint"
+    write_raw(path, old)
+    with pytest.raises(DiskFull, match=rf"disk full writing {path} \(the file there before is unchanged\)") as e:
+        save_atomic({"model": {"w": torch.zeros(4096)}, "epoch": 1}, path)
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == old
+    assert [p.name for p in full_disk.iterdir()] == [path.name]  # no temp file left behind
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), where every write fails")
+def test_torch_saves_own_write_error_on_a_full_disk_is_disk_full(tmp_path, monkeypatch):
+    """torch.save(obj, path) writes below Python and turns ENOSPC into a RuntimeError ("PytorchStreamWriter
+    failed ..."): here the temp file is a link to /dev/full, so the operating system's own ENOSPC reaches
+    whatever writes it."""
+    import tempfile
+
+    import torch
+
+    from pretrain.checkpoint import save_atomic
+    from pretrain.errors import DiskFull
+
+    path = save_atomic({"epoch": 0}, tmp_path / "checkpoint-last.pth")
+    old = path.read_bytes()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_on_a_full_disk(*args, **kwargs):
+        fd, tmp = real_mkstemp(*args, **kwargs)
+        os.close(fd)
+        os.remove(tmp)
+        os.symlink("/dev/full", tmp)
+        return os.open(tmp, os.O_WRONLY), tmp
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_on_a_full_disk)
+    with pytest.raises(DiskFull, match=rf"disk full writing {path}") as e:
+        save_atomic({"model": {"w": torch.zeros(100_000)}, "epoch": 1}, path)
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the link removed, the checkpoint kept

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Print the versions that matter for bug reports: paste the output into an issue."""
+import argparse
 import importlib
 import platform
 import sys
@@ -27,7 +28,8 @@ def mmcv_ops() -> str:
         return f"compiled ops DO NOT load ({type(e).__name__}: {str(e).splitlines()[0]})"
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)  # --help, and no flag silently ignored
     rows = [("python", sys.version.split()[0] + f" ({platform.platform()})")]
     for mod in ("pretrain", "torch", "torchvision", "timm", "mmcv", "mmengine", "mmseg",
                 "detectron2", "numpy", "pycocotools", "omegaconf"):
@@ -51,4 +53,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

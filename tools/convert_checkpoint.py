@@ -18,7 +18,11 @@ non-zero and writes nothing. Pickled files beyond tensors / numpy arrays are
 refused unless --allow-pickle (only for files you trust).
 """
 import argparse
-import sys
+import importlib.util
+from pathlib import Path
+
+from pretrain.cli import positive_int
+from pretrain.errors import ConfigError, UserError
 
 
 def main(argv=None):
@@ -27,7 +31,7 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("--to", required=True, choices=["timm", "torchvision", "detectron2", "mmseg"])
     p.add_argument("--allow-pickle", action="store_true", help="trust the source file's pickled objects")
-    p.add_argument("--patch-size", type=int, default=None,
+    p.add_argument("--patch-size", type=positive_int, default=None,
                    help="resize the patch embedding to this patch size (e.g. ViT-H/14 -> 16 for ViTDet)")
     p.add_argument("--patch-resize", choices=["bicubic", "pinv"], default=None,
                    help="how --patch-size resizes the kernel: bicubic (default; as the ViTDet authors made their "
@@ -37,24 +41,41 @@ def main(argv=None):
     from pretrain.checkpoint import CheckpointFormatError
     from transfer.convert import convert
 
+    # The flags, then the framework, then the source (transfer.convert.convert): all before the output is written.
     opts = {"allow_pickle": args.allow_pickle}
     if args.patch_size:
+        if args.to != "detectron2":
+            raise ConfigError(f"--patch-size applies to --to detectron2 (ViTDet), not to --to {args.to}; leave it out")
         opts["patch_size"] = args.patch_size
     if args.patch_resize:
         if not args.patch_size:
-            sys.exit("error: --patch-resize goes with --patch-size")
-        if args.to != "detectron2":
-            sys.exit(f"error: --patch-resize applies to --to detectron2, not to {args.to}")
+            raise ConfigError("--patch-resize goes with --patch-size (e.g. --patch-size 16 --patch-resize pinv)")
         opts["patch_resize"] = args.patch_resize
-    try:
-        report = convert(args.source, args.to, args.output, **opts)
-    except (CheckpointFormatError, FileNotFoundError, ImportError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    if args.to == "detectron2" and Path(args.output).suffix not in (".pkl", ".pth"):
+        raise ConfigError(f"--to detectron2 writes a .pkl or .pth file; got output {args.output}")
+    if args.to in ("detectron2", "mmseg"):
+        require_framework(args.to)
+    report = convert(args.source, args.to, args.output, **opts)
     print(report.format())
     if not report.ok:
-        sys.exit(f"error: {len(report.mismatched)} mismatched keys; nothing written")
+        raise CheckpointFormatError(f"{args.source}: {len(report.mismatched)} keys do not match the --to {args.to} "
+                                    "model (listed above); nothing written")
     print(f"wrote {report.output}")
 
 
+def require_framework(target: str) -> None:
+    """The framework a target converts for, installed here (else its install line, before the source is read)."""
+    if target == "detectron2":
+        from transfer.detection import INSTALL_HINT, detectron2_available
+
+        if not detectron2_available():
+            raise UserError(INSTALL_HINT)
+    elif importlib.util.find_spec("mmseg") is None:
+        raise UserError("--to mmseg needs mmsegmentation, which is not installed in this environment: "
+                        "bash tools/setup_env.sh installs it (README, Installation)")
+
+
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

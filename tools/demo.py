@@ -20,8 +20,6 @@
 A rerun resumes: finished stages and ladder jobs are skipped, an interrupted pretraining
 continues from its last checkpoint. --fresh starts over.
 """
-from __future__ import annotations
-
 import argparse
 import os
 import shutil
@@ -79,7 +77,9 @@ class Demo:
         return (self.stamps / stage).is_file()
 
     def mark(self, stage: str):
-        (self.stamps / stage).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        from pretrain.checkpoint import write_text_atomic
+
+        write_text_atomic(self.stamps / stage, time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
     def checkpoint(self, method: str) -> Path:
         from pretrain.trainer import LAST
@@ -211,10 +211,25 @@ class Demo:
                   f"iterations, UperNet {s.seg_iters}, Mask R-CNN {s.det_iters}; the same for both sides of a "
                   "comparison. The point is the pipeline and the direction of the gaps, at a toy scale.",
                   "", "## Tables, charts and training curves", "", *links]
-        path = self.out / "report" / "report.md"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        from pretrain.checkpoint import write_text_atomic
+
+        return write_text_atomic(self.out / "report" / "report.md", "\n".join(lines) + "\n")
+
+
+def check_out(out: Path, size: Size, fresh: bool) -> None:
+    """--out is a new or empty folder, or a demo's (its ``.size`` file): the demo writes into it, and --fresh
+    deletes it, so a folder of anything else is refused untouched. A demo of another size needs --fresh."""
+    from pretrain.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder; give a new folder (default: demo_output)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / ".size").is_file():
+        raise ConfigError(f"--out {out}: a folder that is not a demo's (no .size file), left untouched; give a new "
+                          "or empty folder, or the --out of an earlier demo")
+    if not fresh and (out / ".size").read_text() != str(size):
+        raise ConfigError(f"--out {out} holds a demo of another size; use --fresh (deletes it) or another --out")
 
 
 def main(argv=None):
@@ -226,13 +241,13 @@ def main(argv=None):
                    help="add the Mask R-CNN rung to the full-size demo (about 5 more minutes; --quick always has it)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
+    size = QUICK if args.quick else FULL
+    check_out(out, size, args.fresh)  # before anything in it is deleted or written
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    size = QUICK if args.quick else FULL
-    if out.exists() and (out / ".size").is_file() and (out / ".size").read_text() != str(size):
-        sys.exit(f"error: {out} holds a demo of another size; use --fresh or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".size").write_text(str(size))
+    from pretrain.checkpoint import write_text_atomic
+
+    write_text_atomic(out / ".size", str(size))  # creates the folder
 
     import torch
 
@@ -259,4 +274,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -14,11 +14,34 @@ afresh when there is none); a folder with a finished run of the same settings is
 training again; --fresh discards what the folder holds.
 """
 import argparse
+import math
 import signal
-import sys
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for --eval-every (0: at the end only)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for the learning rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
 
 
 def parse_args(argv=None):
+    from pretrain.cli import positive_int
     from transfer.backbone import add_backbone_args, check_backbone_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,18 +52,19 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dataset", choices=("ade20k", "folder"), default="ade20k")
     p.add_argument("--classes", help="folder dataset: class list file or 'a,b,c' (default <data-root>/classes.txt)")
-    p.add_argument("--iters", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--batch", type=int, default=8, help="crops per iteration (default 8)")
-    p.add_argument("--crop", type=int, default=512, help="training crop and test short side, px (default 512)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
+    p.add_argument("--iters", type=positive_int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--batch", type=positive_int, default=8, help="crops per iteration (default 8)")
+    p.add_argument("--crop", type=positive_int, default=512, help="training crop and test short side, px (default 512)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=500, help="evaluate and checkpoint every N iterations "
-                                                               "(0: at the end only; default 500)")
+    p.add_argument("--eval-every", type=non_negative_int, default=500,
+                   help="evaluate and checkpoint every N iterations (0: at the end only; default 500)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from probe_last.pth")
     p.add_argument("--fresh", action="store_true",
                    help="discard the run in --out (results.json, probe_last.pth, metrics.jsonl)")
-    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations with a checkpoint that "
-                                                                "--resume continues (the schedule spans --iters)")
+    p.add_argument("--stop-after", type=positive_int, metavar="N",
+                   help="stop after N iterations with a checkpoint that --resume continues "
+                        "(the schedule spans --iters)")
     args = p.parse_args(argv)
     check_backbone_args(p, args)
     if args.resume and args.fresh:
@@ -53,21 +77,22 @@ def main(argv=None):
     from pretrain.logger import setup_logging
     from transfer.dense_probe import DenseProbe, ProbeConfig
 
-    setup_logging(args.out)
+    setup_logging()  # the console only: nothing is written before the inputs are checked
     cfg = ProbeConfig(
         data_root=args.data_root, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init,
         dataset=args.dataset, classes=args.classes, iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr,
         seed=args.seed, eval_every=args.eval_every, num_workers=args.num_workers, pretrain=args.pretrain,
         allow_pickle=args.allow_pickle, device=args.device, stop_after=args.stop_after, precision=args.precision,
         compile=args.compile)
-    try:
-        probe = DenseProbe(cfg, resume=args.resume, fresh=args.fresh)
-        signal.signal(signal.SIGTERM, probe.request_stop)
-        signal.signal(signal.SIGINT, probe.request_stop)
-        probe.run()
-    except (FileNotFoundError, ValueError) as e:  # includes CheckpointFormatError
-        sys.exit(f"error: {e}")
+    probe = DenseProbe(cfg, resume=args.resume, fresh=args.fresh)
+    probe.check()  # the output folder's run, the data, the checkpoint: a user error here leaves no file
+    setup_logging(args.out)
+    signal.signal(signal.SIGTERM, probe.request_stop)
+    signal.signal(signal.SIGINT, probe.request_stop)
+    probe.run()
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -15,34 +15,12 @@ is skipped with a line saying so. Results go to ``<out>/<name>-<sha256[:12]>/``;
 finished and resumes what was interrupted. See docs/ladder.md.
 """
 import argparse
-import os
 import shlex
-import sys
 from pathlib import Path
 
-
-
-def absolute(path: str) -> str:
-    """``path`` against the caller's directory: ladder jobs run with the repository as theirs."""
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def parse_data(pairs, data_file):
-    """The datasets' folders, absolute (relative ones, in --data or the file, are the caller's directory's)."""
-    data = {}
-    if data_file:
-        import yaml
-
-        loaded = yaml.safe_load(Path(data_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{data_file}: expected a mapping like 'imagenet: /data/imagenet'")
-        data.update({str(k): str(v) for k, v in loaded.items()})
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--data takes KEY=PATH (imagenet=..., ade20k=..., coco=...), got {pair!r}")
-        data[key] = value
-    return {key: absolute(value) for key, value in data.items()}
+from pretrain.cli import positive_int
+from pretrain.errors import ConfigError
+from transfer.ladder import absolute, parse_data  # the --data reading tools/study.py shares
 
 
 def parse_rung_args(items):
@@ -50,9 +28,17 @@ def parse_rung_args(items):
     for item in items or []:
         rung, sep, args = item.partition("=")
         if not sep:
-            raise ValueError(f"--rung-args takes RUNG='ARGS' (e.g. linear='train.epochs=2'), got {item!r}")
+            raise ConfigError(f"--rung-args takes RUNG='ARGS' (e.g. linear='train.epochs=2'), got {item!r}")
         out.setdefault(rung, []).extend(shlex.split(args))
     return out
+
+
+def rung_count(text: str):
+    """An argparse ``type`` for ``--rung-seeds RUNG=N``: (rung, a positive count), checked where it is parsed."""
+    rung, sep, count = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected RUNG=N (e.g. detection=1), got {text!r}")
+    return rung, positive_int(count)
 
 
 def main(argv=None):
@@ -67,8 +53,8 @@ def main(argv=None):
                         "random | PATH of a checkpoint | none")
     p.add_argument("--weights", help="folder of released weights for --baseline supervised "
                                      "(default: torch.hub's, $TORCH_HOME/hub/checkpoints)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per rung and subject (2+ for a verdict)")
-    p.add_argument("--rung-seeds", nargs="*", default=[], metavar="RUNG=N",
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per rung and subject (2+ for a verdict)")
+    p.add_argument("--rung-seeds", nargs="*", type=rung_count, default=[], metavar="RUNG=N",
                    help="another seed count for some rungs, e.g. detection=1")
     p.add_argument("--data", nargs="*", metavar="KEY=PATH", help="imagenet=DIR (train/ val/), ade20k=DIR, coco=DIR")
     p.add_argument("--data-file", help="YAML mapping of the same keys to paths")
@@ -83,7 +69,6 @@ def main(argv=None):
     p.add_argument("--allow-pickle", action="store_true", help="trust the checkpoint's pickled objects")
     args = p.parse_args(argv)
 
-    from pretrain.checkpoint import CheckpointFormatError
     from transfer import ladder
 
     # Every path the user gave, against the caller's directory (the jobs run in the repository's).
@@ -91,16 +76,14 @@ def main(argv=None):
     args.weights = args.weights and absolute(args.weights)
     if args.baseline not in ("supervised", "random", "none"):
         args.baseline = absolute(args.baseline)
-    try:
-        if args.launcher == "slurm" and args.cluster is None and not (args.dry_run or args.report_only):
-            ladder.require_slurm()  # before anything is written: submitit would run the jobs here instead
-        rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
-        rung_seeds = {k: int(v) for k, v in (item.split("=", 1) for item in args.rung_seeds)}
-        plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
-                           args.baseline, parse_rung_args(args.rung_args), rung_seeds, args.allow_pickle,
-                           args.weights)
-    except (CheckpointFormatError, FileNotFoundError, ValueError, ladder.NoSlurm) as e:
-        sys.exit(f"error: {e}")
+    # Every input is checked before anything is written (a user error ends in one line: pretrain.cli.run_tool).
+    if args.launcher == "slurm" and args.cluster is None and not (args.dry_run or args.report_only):
+        ladder.require_slurm()  # submitit would run the jobs here instead
+    rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
+    plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
+                       args.baseline, parse_rung_args(args.rung_args), dict(args.rung_seeds), args.allow_pickle,
+                       args.weights)
+    ladder.check_records(plan)  # the finished jobs' results, which the run and the report read
     info = plan.checkpoint
     print(f"{info.path}: {info.family} {info.backbone}, pretraining {info.pretrain}, sha256 {info.digest[:12]}")
     print(f"output: {plan.folder}")
@@ -111,9 +94,7 @@ def main(argv=None):
         return
     from pretrain.checkpoint import save_atomic
 
-    Path(plan.folder).mkdir(parents=True, exist_ok=True)
-
-    save_atomic(plan.to_json(), Path(plan.folder) / "plan.json")
+    save_atomic(plan.to_json(), Path(plan.folder) / "plan.json")  # creates the folder
     if not args.report_only:
         if args.launcher == "local":
             ladder.run_local(plan)
@@ -149,4 +130,6 @@ def print_plan(plan):
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

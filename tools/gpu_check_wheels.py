@@ -45,6 +45,8 @@ from typing import Dict, Iterable, List, Set
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from pretrain.errors import ConfigError, UserError
+
 REPO = Path(__file__).resolve().parents[1]
 # What the check needs and the wheel does not carry: its scripts, and the configs its rows build.
 CHECK_FILES = ["benchmarks/gpu_check.py", "benchmarks/data_loading.py", "configs/detectron2", "configs/mmseg",
@@ -57,9 +59,12 @@ LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 def manylinux_platforms(glibc: str, machine: str) -> List[str]:
     """The wheel platform tags a Linux with ``glibc`` runs, newest first: pip download takes exactly the tags
     it is given, without the older ones a newer glibc also runs."""
-    major, minor = map(int, glibc.split("."))
+    try:
+        major, minor = map(int, glibc.split("."))
+    except ValueError:
+        raise ConfigError(f"glibc {glibc!r}: expected a version like 2.28 (ldd --version on the node)") from None
     if major != 2 or minor < 17:
-        raise ValueError(f"glibc {glibc}: give 2.17 or later")
+        raise ConfigError(f"glibc {glibc}: give 2.17 or later (ldd --version on the node; CentOS 7 has 2.17)")
     tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
     return tags + [f"{LEGACY_MANYLINUX[m]}_{machine}" for m in sorted(LEGACY_MANYLINUX, reverse=True)]
 
@@ -104,6 +109,11 @@ def wheel_requirements(wheel: Path, env: Dict[str, str], extras: Iterable[str] =
     return [r for r in map(Requirement, meta.get_all("Requires-Dist") or []) if applies(r, env, extras)]
 
 
+def last_line(output: str) -> str:
+    """The last non-empty line of a command's output: pip says what went wrong there."""
+    return next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
+
+
 def pip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
                           capture_output=True, text=True)
@@ -126,8 +136,9 @@ def fetch(specs: List[str], python: str, platforms: List[str], into: Path) -> No
             pure = [w for w in wheels if all(t.abi == "none" and t.platform == "any"
                                              for t in parse_wheel_filename(w.name)[3])]
             if built.returncode != 0 or not pure:
-                sys.exit(f"no wheel of {spec} for Python {python} on {platform}, and no pure-Python wheel builds "
-                         f"from its source:\n{built.stderr[-2000:]}")
+                raise UserError(f"no wheel of {spec} for Python {python} on {platform}, and no pure-Python wheel "
+                                f"builds from its source ({last_line(built.stderr)}); check that pip reaches PyPI, "
+                                "or give the node's --python / --glibc")
             shutil.move(str(pure[0]), into / pure[0].name)
 
 
@@ -158,7 +169,8 @@ def resolve(project_wheel: Path, extras: List[str], python: str, platforms: List
                 shutil.move(str(wheel), done[name])
         missing = set(specs) - set(done)
         if missing:
-            sys.exit(f"pip fetched no wheel for {sorted(missing)} (Python {python}, {platforms[0]})")
+            raise UserError(f"pip fetched no wheel for {', '.join(sorted(missing))} (Python {python}, {platforms[0]}); "
+                            "check that pip reaches PyPI, or give the node's --python / --glibc")
     return sorted(done)
 
 
@@ -173,7 +185,8 @@ def build_project_wheel(out: Path) -> Path:
             shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         built = pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src))
         if built.returncode != 0:
-            sys.exit(f"building the project's wheel failed:\n{built.stdout[-2000:]}{built.stderr[-2000:]}")
+            raise UserError(f"building the project's wheel failed ({last_line(built.stderr or built.stdout)}); "
+                            "run pip wheel --no-deps --no-build-isolation . to see the whole output")
     return max(out.glob("sslkit-*.whl"), key=lambda p: p.stat().st_mtime)
 
 
@@ -187,11 +200,28 @@ def copy_check(out: Path) -> None:
             shutil.copy(src, dst)
 
 
+def python_version(text: str) -> str:
+    """An argparse ``type`` for --python: a CPython version as MAJOR.MINOR (3.10, 3.12)."""
+    parts = text.split(".")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] != "3":
+        raise argparse.ArgumentTypeError(f"expected a Python version like 3.10 or 3.12, got {text!r}")
+    return text
+
+
+def glibc_version(text: str) -> str:
+    """An argparse ``type`` for --glibc: checked where it is parsed, before anything is built or written."""
+    try:
+        manylinux_platforms(text, "x86_64")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--python", nargs="+", default=[f"{sys.version_info[0]}.{sys.version_info[1]}"],
+    p.add_argument("--python", nargs="+", type=python_version, default=[f"{sys.version_info[0]}.{sys.version_info[1]}"],
                    help="the node's Python version(s), e.g. 3.10 3.12 (default: this one)")
-    p.add_argument("--glibc", default=DEFAULT_GLIBC,
+    p.add_argument("--glibc", type=glibc_version, default=DEFAULT_GLIBC,
                    help=f"the node's glibc version (ldd --version; default {DEFAULT_GLIBC}): wheels for it and older")
     p.add_argument("--machine", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--site-provides", nargs="+", default=["torch", "torchvision", "timm"],
@@ -202,6 +232,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder; give the folder to fill")
     out.mkdir(parents=True, exist_ok=True)
     project = build_project_wheel(out)
     version = parse_wheel_filename(project.name)[1]
@@ -225,4 +257,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -14,13 +14,23 @@ Writes top-1 / top-5 (%) to <out>/results.json (task knn) and log.txt.
 """
 import argparse
 import logging
-import sys
 
 TASK = "knn"
 log = logging.getLogger("knn_eval")
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def parse_args(argv=None):
+    from pretrain.cli import positive_int
     from transfer.backbone import add_backbone_args, check_backbone_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,31 +38,39 @@ def parse_args(argv=None):
     p.add_argument("--train", required=True, help="labelled training folder <dir>/<class>/*")
     p.add_argument("--val", required=True, help="labelled validation folder, the same classes")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--k", type=int, default=20, help="neighbours (default 20)")
-    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T) (default 0.07)")
-    p.add_argument("--img-size", type=int, default=224, help="centre crop, px (default 224)")
-    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--k", type=positive_int, default=20, help="neighbours (default 20)")
+    p.add_argument("--temperature", type=positive_float, default=0.07, help="vote weight exp(cos / T) (default 0.07)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="centre crop, px (default 224)")
+    p.add_argument("--batch", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seeds torch: the random init of --random-init")
     args = p.parse_args(argv)
     check_backbone_args(p, args)
-    if args.k < 1 or args.temperature <= 0:
-        p.error("--k must be at least 1 and --temperature positive")
     return args
 
 
-def knn_eval(args):
-    """Extract, vote, write results.json; returns its path."""
+def load_backbone(args):
+    """The frozen backbone the arguments name (a checkpoint, or --random-init seeded by --seed)."""
     import torch
 
-    from pretrain.data import scan_image_folder
-    from pretrain.knn import knn_evaluate
     from transfer.backbone import load_frozen_backbone
+
+    torch.manual_seed(args.seed)
+    return load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle)
+
+
+def knn_eval(args, backbone=None, folders=None):
+    """Extract, vote, write results.json; returns its path. ``backbone`` and ``folders`` (``load_backbone``'s,
+    ``labelled_folders``'), where read already."""
+    import torch
+
+    from pretrain.knn import knn_evaluate, labelled_folders
     from transfer.results import write_results
 
-    counts = {split: len(scan_image_folder(folder)[0]) for split, folder in (("train", args.train), ("val", args.val))}
+    if folders is None:
+        folders = labelled_folders(args.train, args.val, args.img_size)
+    counts = {"train": len(folders[0]), "val": len(folders[1])}
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    torch.manual_seed(args.seed)
-    backbone = load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle).to(device)
+    backbone = (load_backbone(args) if backbone is None else backbone).to(device)
     if backbone.report is not None:
         log.info("pretrained weights (%s):\n%s", backbone.pretrain, backbone.report.format())
     precision = backbone.set_precision(args.precision, device)
@@ -78,14 +96,17 @@ def knn_eval(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from pretrain.knn import labelled_folders
     from pretrain.logger import setup_logging
 
+    # The inputs before anything is written (a user error ends as one line: run_tool): the folders, the weights.
+    folders = labelled_folders(args.train, args.val, args.img_size)
+    backbone = load_backbone(args)
     setup_logging(args.out)
-    try:
-        knn_eval(args)
-    except (FileNotFoundError, ValueError) as e:  # includes CheckpointFormatError
-        sys.exit(f"error: {e}")
+    knn_eval(args, backbone, folders)
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -13,10 +13,9 @@ of its own (tools/evaluate.py measures a checkpoint).
 """
 import argparse
 import signal
-import sys
 
 from pretrain.cli import add_run_args, resume_override, run_overrides
-from pretrain.config import ConfigError, load_config, to_yaml
+from pretrain.config import load_config, to_yaml
 from pretrain.methods import methods
 
 
@@ -35,24 +34,23 @@ def main(argv=None):
     if args.config and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None
-    try:
-        cfg = load_config(args.config, args.overrides, method=args.method)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    cfg = load_config(args.config, args.overrides, method=args.method)  # a ConfigError is the user's: run_tool
     if args.print_config:
         print(to_yaml(cfg))
         return
     from pretrain.trainer import Trainer
     from pretrain import distributed as du
 
-    trainer = Trainer(cfg, resume=args.resume)
-    signal.signal(signal.SIGTERM, trainer.request_stop)
-    signal.signal(signal.SIGINT, trainer.request_stop)
     try:
+        trainer = Trainer(cfg, resume=args.resume)  # checks the data before it builds the model
+        signal.signal(signal.SIGTERM, trainer.request_stop)
+        signal.signal(signal.SIGINT, trainer.request_stop)
         trainer.fit()
     finally:
         du.cleanup()
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -13,14 +13,40 @@ from it (--resume). The rendezvous port derives from the job's id (PORT_BASE + S
 """
 import argparse
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from pretrain.cli import positive_int  # noqa: E402
 from transfer.ladder import PORT_BASE, PORT_SPAN  # noqa: E402  (one port range for every multi-node job)
+
+
+def tcp_port(text: str) -> int:
+    """An argparse ``type`` for --port: a TCP port a rendezvous can listen on (1024-65535, not a privileged one)."""
+    value = positive_int(text)
+    if not 1024 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1024-65535, got {value}")
+    return value
+
+
+def slurm_time(text: str) -> str:
+    """An argparse ``type`` for --time, in one of sbatch's forms: MINUTES, [D-]HH:MM[:SS], D-HH, UNLIMITED."""
+    if re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", text) is None:
+        raise argparse.ArgumentTypeError(f"expected a SLURM time limit such as 72:00:00, 3-00:00:00 or 4320 "
+                                         f"(minutes), got {text!r}")
+    return text
+
+
+def slurm_memory(text: str) -> str:
+    """An argparse ``type`` for --mem: sbatch's per-node memory, a number with an optional unit (0 = all)."""
+    if re.fullmatch(r"\d+[KMGT]?", text) is None:
+        raise argparse.ArgumentTypeError(f"expected memory per node such as 0 (all), 500G or 256000M, got {text!r}")
+    return text
 
 
 def render(args, cfg) -> str:
@@ -62,39 +88,44 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--cpus-per-task", type=int, default=80)
-    p.add_argument("--mem", default="0", help="per node; 0 = all")
-    p.add_argument("--time", default="72:00:00")
+    p.add_argument("--nodes", type=positive_int, default=1)
+    p.add_argument("--gpus-per-node", type=positive_int, default=8)
+    p.add_argument("--cpus-per-task", type=positive_int, default=80)
+    p.add_argument("--mem", type=slurm_memory, default="0", help="per node; 0 = all")
+    p.add_argument("--time", type=slurm_time, default="72:00:00")
     p.add_argument("--partition")
     p.add_argument("--account")
     p.add_argument("--job-name")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=tcp_port, default=None,
                    help=f"rendezvous port (default: {PORT_BASE} + SLURM_JOB_ID mod {PORT_SPAN}, one per job)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_intermixed_args(argv)  # overrides may follow the options
 
-    from pretrain.config import ConfigError, load_config
+    from pretrain.checkpoint import write_text_atomic
+    from pretrain.config import load_config
+    from pretrain.errors import ConfigError
+    from transfer.ladder import NoSlurm
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    # The config and SLURM are checked before the script is written (a user error: one line, run_tool).
+    cfg = load_config(args.config, args.overrides)
+    sbatch = shutil.which("sbatch")
+    if sbatch is None and not args.dry_run:
+        raise NoSlurm("sbatch not found on PATH: run this on a SLURM login node (or use --dry-run to write and "
+                      "print the script)")
     script = render(args, cfg)
-    path = Path(cfg.train.output_dir) / "slurm" / f"{Path(args.config).stem}.sh"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(script)
+    path = write_text_atomic(Path(cfg.train.output_dir) / "slurm" / f"{Path(args.config).stem}.sh", script)
     print(f"wrote {path}")
     if args.dry_run:
         print(script)
         return
-    try:
-        out = subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        sys.exit("error: sbatch not found: run this on a SLURM login node (or use --dry-run)")
-    print(out.strip())
+    submitted = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
+    if submitted.returncode != 0:
+        raise ConfigError(f"sbatch refused {path} (exit {submitted.returncode}; check --partition, --account, --time): "
+                      f"{' '.join((submitted.stderr or submitted.stdout).split()) or 'no message'}")
+    print(submitted.stdout.strip())
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -21,10 +21,9 @@ that --resume continues; --resume without --checkpoint takes it from the run's s
 """
 import argparse
 import signal
-import sys
 
 from pretrain.cli import add_run_args, resume_override, run_overrides
-from transfer.classification.config import PROTOCOL_SCHEMAS, ConfigError, load_cls_config, to_yaml
+from transfer.classification.config import PROTOCOL_SCHEMAS, load_cls_config, to_yaml
 
 
 def main(argv=None):
@@ -46,10 +45,7 @@ def main(argv=None):
     args.resume, taken = resume_override(args.resume)
     overrides = [*args.overrides, *taken, *run_overrides(args)] + (
         [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
-    try:
-        cfg = load_cls_config(args.config, overrides, protocol=args.protocol)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    cfg = load_cls_config(args.config, overrides, protocol=args.protocol)  # a ConfigError is the user's: run_tool
     if args.print_config:
         print(to_yaml(cfg))
         return
@@ -57,7 +53,7 @@ def main(argv=None):
     from transfer.classification.engine import ClassificationTrainer
 
     try:
-        trainer = ClassificationTrainer(cfg, resume=args.resume, eval_only=args.eval_only)
+        trainer = ClassificationTrainer(cfg, resume=args.resume, eval_only=args.eval_only)  # checks the data first
         if args.eval_only:
             trainer.run_eval_only()
             return
@@ -69,4 +65,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

@@ -22,8 +22,25 @@ the flags every training tool shares (pretrain.cli); --work-dir and --iters stil
 """
 import argparse
 import os
-import sys
 from pathlib import Path
+
+
+def cfg_option(text: str) -> str:
+    """An argparse ``type`` for a --cfg-options item: ``key=value``, checked where it is parsed."""
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected key=value (e.g. train_dataloader.batch_size=8), got {text!r}")
+    return text
+
+
+def label_value(text: str) -> int:
+    """An argparse ``type`` for a label value of a PNG label map (0..255)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a label value 0..255, got {text!r}") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"expected a label value 0..255, got {value}")
+    return value
 
 
 def parse_args(argv=None):
@@ -33,7 +50,7 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="mmseg config (configs/mmseg/...)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, type=cfg_option,
                    help="key=value config overrides (mmengine syntax: a.b=1 c=[1,2])")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--checkpoint", help="pretrained backbone weights (sets model.backbone.init_cfg)")
@@ -42,7 +59,8 @@ def parse_args(argv=None):
                                       "checkpoint, the version a MoCo checkpoint states, else the config's)")
     p.add_argument("--data-root", help="dataset root for every split (ADE20K: the ADEChallengeData2016 folder)")
     p.add_argument("--classes", help="SegFolderDataset class list: a file (one name a line) or 'a,b,c'")
-    p.add_argument("--ignore-label", type=int, nargs="+", help="SegFolderDataset label values to ignore (e.g. 11)")
+    p.add_argument("--ignore-label", type=label_value, nargs="+",
+                   help="SegFolderDataset label values to ignore (e.g. 11)")
     add_run_args(p, output_dir="logs, checkpoints and results.json (sets work_dir; default: work_dirs/<config name>)",
                  max_iters="train N iterations, the schedule scaled to match (sets train_cfg.max_iters)",
                  resume="continue a run: auto = the newest checkpoint in the output folder, or PATH; "
@@ -55,7 +73,8 @@ def parse_args(argv=None):
 
 def build_config(args):
     from transfer.segmentation.runner import (
-        adapt_to_device, load_seg_config, match_num_classes, set_backbone_checkpoint, set_data, set_iterations,
+        adapt_to_device, load_seg_config, match_num_classes, merge_overrides, set_backbone_checkpoint, set_data,
+        set_iterations,
     )
     import torch
 
@@ -72,45 +91,58 @@ def build_config(args):
     match_num_classes(cfg)
     if args.max_iters:
         set_iterations(cfg, args.max_iters)
-    cfg.merge_from_dict(args.cfg_options)  # last: explicit overrides win over the flags above
+    merge_overrides(cfg, args.cfg_options)  # last: explicit overrides win over the flags above
     cfg.launcher = "pytorch" if "LOCAL_RANK" in os.environ else "none"  # torchrun sets it
     changes = adapt_to_device(cfg, torch.cuda.is_available())
     return cfg, changes
 
 
+def check_inputs(args, cfg):
+    """What the run reads, checked before the Runner creates the work dir and its logs: the data of every
+    split it uses, the checkpoint it starts from (the backbone's, or the segmentor to resume / evaluate)."""
+    from transfer.segmentation.runner import backbone_checkpoint, check_checkpoint, check_data
+
+    check_data(cfg, ("test",) if args.eval_only else ("train", "val", "test"))
+    if cfg.load_from:
+        check_checkpoint(cfg.load_from, "--resume" if args.resume else "the config's load_from")
+    if not args.eval_only and backbone_checkpoint(cfg):  # an evaluation loads the trained segmentor only
+        check_checkpoint(backbone_checkpoint(cfg), "--checkpoint" if args.checkpoint else
+                         "the config's model.backbone.init_cfg: give --checkpoint PATH, or --random-init")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        sys.exit(f"error: checkpoint not found: {args.checkpoint}")
     import torch
     from mmengine.dist import get_rank, get_world_size
     from mmengine.logging import print_log
     from mmengine.runner import Runner, find_latest_checkpoint
 
-    from pretrain.checkpoint import CheckpointFormatError
+    from pretrain.errors import InputNotFound
     from transfer.segmentation.checkpoint import mmengine_checkpoint_globals
-    from transfer.segmentation.runner import SegResultsHook, trained_record, write_seg_results
+    from transfer.segmentation.runner import CPURunner, SegResultsHook, trained_record, write_seg_results
 
-    try:
-        cfg, changes = build_config(args)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    if args.checkpoint and not Path(args.checkpoint).is_file():  # first: the config's checks name other files
+        raise InputNotFound(f"checkpoint not found: {args.checkpoint} (--checkpoint)")
+    cfg, changes = build_config(args)
     if args.print_config:
         print(cfg.pretty_text)
         return
     if args.eval_only:
         target = args.resume if args.resume not in (None, "auto") else find_latest_checkpoint(cfg.work_dir)
         if not target:
-            sys.exit(f"error: --eval-only needs a trained segmentor: --resume CKPT, or a checkpoint in {cfg.work_dir}")
+            raise InputNotFound(f"--eval-only needs a trained segmentor: --resume CKPT, or a checkpoint in "
+                                f"{cfg.work_dir}")
         cfg.load_from, cfg.resume = target, False
     elif args.resume:
         cfg.resume = True
         cfg.load_from = None if args.resume == "auto" else args.resume  # None: the work dir's last_checkpoint
+    check_inputs(args, cfg)
 
-    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cfg.launcher == "pytorch" and not cuda:
         # mmengine's own init_dist calls torch.cuda.set_device; on CPUs the process group is ours.
         torch.distributed.init_process_group("gloo")
-    runner = Runner.from_cfg(cfg)
+    runner = (Runner if cuda else CPURunner).from_cfg(cfg)
     for change in changes:
         print_log(f"no GPU: {change}", logger="current")
     # --eval-only: what was trained is read from the checkpoint's meta (this config's values otherwise).
@@ -118,16 +150,13 @@ def main(argv=None):
                              inspect_checkpoint=get_rank() == 0 and not args.eval_only)
     hook = SegResultsHook(trained, from_checkpoint=args.eval_only)
     runner.register_hook(hook)
-    try:
-        with mmengine_checkpoint_globals():
-            if args.eval_only:
-                metrics = runner.test()
-            else:
-                runner.train()
-                # The last validation is the final evaluation when it ran at the last iteration.
-                metrics = hook.metrics if hook.iter == runner.max_iters and hook.metrics else runner.test()
-    except CheckpointFormatError as e:
-        sys.exit(f"error: {e}")
+    with mmengine_checkpoint_globals():
+        if args.eval_only:
+            metrics = runner.test()
+        else:
+            runner.train()
+            # The last validation is the final evaluation when it ran at the last iteration.
+            metrics = hook.metrics if hook.iter == runner.max_iters and hook.metrics else runner.test()
     if get_rank() == 0:
         model_ckpt = cfg.load_from if args.eval_only else find_latest_checkpoint(cfg.work_dir)
         path = write_seg_results(cfg, metrics, hook.trained, segmentor_checkpoint=model_ckpt)
@@ -138,4 +167,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.cli import run_tool
+
+    run_tool(main)

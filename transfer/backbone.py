@@ -8,17 +8,18 @@ initialises an architecture at random (seeded by the caller's ``torch.manual_see
 pretrained statistics, also when a parent module calls ``train()``) and no gradients. It gives
 
 * ``global_features(x) -> [B, C]``: ViT: the cls token after the final norm (what MAE's linear
-  probe reads); ResNet: the global average pool of res5 (the input of ``fc``);
+  probe reads; without a class token, I-JEPA's, the mean of the patch tokens); ResNet: the global average pool of res5 (the input of ``fc``);
 * ``dense_features(x) -> [B, C, H / stride, W / stride]``: ViT: the last layer's patch tokens after
   the final norm, on the patch grid, the position table interpolated (bicubic) to the input's grid;
   ResNet: the res5 map (stride 32).
 
-Inputs are RGB in [0, 1] normalised with ``mean`` / ``std`` (ImageNet's, as every supported
-pretraining used). The forward runs in fp32, or under bf16 autocast after ``set_precision`` (what DINO's and
+Inputs are RGB in [0, 1] normalised with ``mean`` / ``std``: the checkpoint's (``BackboneExport.mean``:
+ImageNet's for every supported pretraining but SimCLR v1's, which has none). The forward runs in fp32, or under bf16 autocast after ``set_precision`` (what DINO's and
 DINOv2's evaluation code do on a GPU); the features come out in fp32 either way.
 """
 from __future__ import annotations
 
+import argparse
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pretrain.backbones import is_resnet_name, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
+from pretrain.errors import ConfigError, InputNotFound
 from pretrain.precision import autocast_dtype, matmul_shapes, precision_name
 from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD
 from transfer.classification.resnet import build_resnet_classifier, load_resnet_backbone
@@ -117,7 +119,7 @@ class ViTBackbone(FrozenBackbone):
         return self.vit.forward_features(x)
 
     def _global_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tokens(x)[:, 0]
+        return self.vit.forward_head(self.tokens(x), pre_logits=True)  # the cls token, or the tokens' mean
 
     def _dense_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokens(x)[:, self.vit.num_prefix_tokens:]
@@ -145,14 +147,16 @@ class ResNetBackbone(FrozenBackbone):
         return self.res5(x)
 
 
-def build_vit(arch: dict, img_size: int = 224) -> VisionTransformer:
+def build_vit(arch: dict, img_size: int = 224, options: Optional[dict] = None) -> VisionTransformer:
     """The encoder ``transfer.classification.vit.build_vit_classifier`` builds, without a head, its
     position table resampled to each input's grid (``dynamic_img_size``) so any size multiple of the
-    patch runs."""
+    patch runs; ``options``: a pretrained export's (``BackboneExport.vit_kwargs``: LayerScale, registers,
+    no class token, SwiGLU)."""
+    kwargs = {"global_pool": "token", **(options or {}), "dynamic_img_size": True}
     return VisionTransformer(
         img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
         num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=0, global_pool="token", dynamic_img_size=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=0, **kwargs,
     )
 
 
@@ -167,19 +171,19 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
     (``resnet18``, ``resnet50``, ...)."""
     if checkpoint is None:
         if not arch:
-            raise ValueError("no checkpoint and no architecture: give a checkpoint, or the architecture to "
+            raise ConfigError("no checkpoint and no architecture: give a checkpoint, or the architecture to "
                              "initialise at random (e.g. resnet50, vit_base_patch16, mae_vit_pico_patch8)")
         if _family(arch) == "resnet":
             return ResNetBackbone(build_resnet_classifier(arch, num_classes=1), arch).freeze()
         try:
             info = vit_arch(arch)
         except ValueError as e:
-            raise ValueError(f"{e}; or a torchvision ResNet (resnet18, resnet50, ...)") from None
+            raise ConfigError(f"{e}; or a torchvision ResNet (resnet18, resnet50, ...)") from None
         return ViTBackbone(build_vit(info), info["name"]).freeze()
 
     path = str(checkpoint)
     if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFound(f"checkpoint not found: {path}: give an existing checkpoint file")
     export = read_backbone(path, allow_pickle)
     if arch and _family(arch) != export.family:
         family = {"vit": "ViT", "resnet": "ResNet"}[export.family]
@@ -187,12 +191,26 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
     labels = dict(pretrain=export.label, pretrain_epochs=export.provenance.epochs)
     if export.family == "vit":
         info = vit_arch(arch or "auto", export)
-        vit = build_vit(info, img_size=export.shape["img_size"])  # the table as trained
+        vit = build_vit(info, img_size=export.shape["img_size"], options=export.vit_kwargs())  # the table as trained
         report = load_vit_backbone(vit, export, name=path)
-        return ViTBackbone(vit, info["name"], report=report, **labels).freeze()
-    net = build_resnet_classifier(arch or export.arch, num_classes=1)  # fc is replaced by the identity
-    report = load_resnet_backbone(net, export, name=path)
-    return ResNetBackbone(net, arch or export.arch, report=report, **labels).freeze()
+        backbone = ViTBackbone(vit, info["name"], report=report, **labels)
+    else:
+        net = build_resnet_classifier(arch or export.arch, num_classes=1)  # fc is replaced by the identity
+        report = load_resnet_backbone(net, export, name=path)
+        backbone = ResNetBackbone(net, arch or export.arch, report=report, **labels)
+    backbone.mean, backbone.std = export.mean, export.std  # as it was trained (SimCLR v1: none)
+    return backbone.freeze()
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for a count that may be 0 (data loading processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
 
 
 def add_backbone_args(p) -> None:
@@ -203,7 +221,7 @@ def add_backbone_args(p) -> None:
     p.add_argument("--random-init", metavar="ARCH",
                    help="no checkpoint: initialise ARCH at random, seeded by --seed (resnet18, resnet50, "
                         "vit_base_patch16, mae_vit_pico_patch8, ...)")
-    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument("--num-workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     p.add_argument("--device", default="auto", help="cuda, cpu, cuda:1... (default: cuda when available)")
     p.add_argument("--pretrain", help="pretraining label for results.json (default: what the checkpoint says; "
                                       "'random' with --random-init)")

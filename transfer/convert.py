@@ -23,6 +23,7 @@ import torch
 
 from pretrain.backbones import BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError, save_atomic
+from pretrain.errors import ConfigError, InputNotFound
 
 
 @dataclass
@@ -78,7 +79,7 @@ def compare_keys(converted: Dict[str, torch.Tensor], target: Dict[str, torch.Ten
 # ------------------------------------------------------------------ targets
 def _no_patch_resize(target: str, patch_size):
     if patch_size is not None:
-        raise ValueError(f"--patch-size applies to --to detectron2 / mmseg ViTs, not to {target}")
+        raise ConfigError(f"--patch-size applies to --to detectron2 ViTs, not to --to {target}; leave it out")
 
 
 def _write(export: BackboneExport, report: "ConversionReport", output) -> None:
@@ -139,12 +140,12 @@ TARGETS: Dict[str, str] = {
 
 def get_target(name: str) -> Callable[..., ConversionReport]:
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; expected one of {sorted(TARGETS)}")
+        raise ConfigError(f"unknown conversion target {name!r}; expected one of {', '.join(sorted(TARGETS))}")
     module, fn = TARGETS[name].split(":")
     return getattr(importlib.import_module(module), fn)
 
 
 def convert(source, target: str, output=None, **opts) -> ConversionReport:
     if not isinstance(source, dict) and not Path(source).exists():
-        raise FileNotFoundError(f"checkpoint not found: {source}")
+        raise InputNotFound(f"checkpoint not found: {source} (expected a checkpoint file or an exported folder)")
     return get_target(target)(source, output, **opts)

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.checkpoint import load_file, save_atomic
 from pretrain.data import worker_init
+from pretrain.errors import ConfigError, DataError, InputNotFound
 from pretrain.images import EncodedImage, resize_uint8
 from pretrain.logger import MetricLogger
 from pretrain.trainer import rng_state, set_rng_state
@@ -93,7 +94,7 @@ class SegSplit:
         with Image.open(self.labels[i]) as img:
             raw = np.asarray(img)
         if raw.ndim != 2:
-            raise ValueError(f"{self.labels[i]}: a label PNG must have one channel (class indices), found shape "
+            raise DataError(f"{self.labels[i]}: a label PNG must have one channel (class indices), found shape "
                              f"{raw.shape}")
         label = raw.astype(np.int64) - int(self.reduce_zero_label)
         label[(label < 0) | (label >= self.num_classes)] = IGNORE
@@ -102,14 +103,14 @@ class SegSplit:
 
 def _pairs(img_dir: Path, label_dir: Path) -> Tuple[List[Path], List[Path]]:
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {img_dir}")
+        raise InputNotFound(f"image folder not found: {img_dir}")
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
     labels = [label_dir / f"{p.stem}.png" for p in images]
     missing = [p.name for p in labels if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(images)} images in {img_dir} have no label "
+        raise DataError(f"{len(missing)} of {len(images)} images in {img_dir} have no label "
                                 f"{label_dir}/<name>.png (first: {missing[:3]})")
     return images, labels
 
@@ -121,11 +122,11 @@ def read_class_names(classes: Optional[str], root: Path) -> List[str]:
     else:
         path = Path(classes) if classes else root / "classes.txt"
         if not path.is_file():
-            raise FileNotFoundError(f"class list {path} not found: a folder dataset needs classes.txt (one class "
+            raise InputNotFound(f"class list {path} not found: a folder dataset needs classes.txt (one class "
                                     f"name a line, label value = line number - 1) or --classes FILE|a,b,c")
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not 0 < len(names) < IGNORE:
-        raise ValueError(f"expected 1 to {IGNORE - 1} class names, found {len(names)} ({classes or root})")
+        raise ConfigError(f"expected 1 to {IGNORE - 1} class names, found {len(names)} ({classes or root})")
     return names
 
 
@@ -133,11 +134,11 @@ def load_split(dataset: str, root, train: bool, classes: Optional[str] = None) -
     """The training or validation split of an ``ade20k`` or ``folder`` dataset (module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise InputNotFound(f"dataset root not found: {root}")
     if dataset == "ade20k":
         split = "training" if train else "validation"
         if not (root / "images" / split).is_dir():
-            raise FileNotFoundError(f"{root} is not an ADE20K root: expected images/{split} and annotations/{split} "
+            raise InputNotFound(f"{root} is not an ADE20K root: expected images/{split} and annotations/{split} "
                                     f"(the ADEChallengeData2016 folder); for images/ + labels/ use --dataset folder")
         return SegSplit(*_pairs(root / "images" / split, root / "annotations" / split), 150, True)
     if dataset == "folder":
@@ -145,7 +146,7 @@ def load_split(dataset: str, root, train: bool, classes: Optional[str] = None) -
         sub = (split,) if (root / "images" / split).is_dir() else ()  # no split folders: one set serves both
         images, labels = _pairs(root.joinpath("images", *sub), root.joinpath("labels", *sub))
         return SegSplit(images, labels, len(read_class_names(classes, root)), False)
-    raise ValueError(f"unknown dataset {dataset!r}; expected ade20k or folder")
+    raise ConfigError(f"unknown dataset {dataset!r}; expected ade20k or folder")
 
 
 def rescaled_size(h: int, w: int, short: float) -> Tuple[int, int]:
@@ -285,7 +286,7 @@ def seg_metrics(confusion: torch.Tensor) -> Dict[str, float]:
     c = confusion.double()
     intersect, label_area, pred_area = c.diag(), c.sum(1), c.sum(0)
     if label_area.sum() == 0:
-        raise ValueError("the validation labels hold no labelled pixel: no metric is defined")
+        raise DataError("the validation labels hold no labelled pixel: no metric is defined")
     iou = intersect / (label_area + pred_area - intersect)  # nan where a class is in neither
     acc = intersect / label_area  # nan where a class is not in the labels
     return {"mIoU": 100 * iou.nanmean().item(), "mAcc": 100 * acc.nanmean().item(),
@@ -358,12 +359,13 @@ class DenseProbe:
 
     def __init__(self, cfg: ProbeConfig, resume: bool = False, fresh: bool = False):
         if (cfg.checkpoint is None) == (cfg.random_init is None):
-            raise ValueError("give either a pretrained checkpoint or an architecture to initialise at random")
+            raise ConfigError("give either a pretrained checkpoint or an architecture to initialise at random")
         if cfg.iters < 1 or cfg.batch < 1 or cfg.crop < 1:
-            raise ValueError(f"iters, batch and crop must be positive (got {cfg.iters}, {cfg.batch}, {cfg.crop})")
+            raise ConfigError(f"iters, batch and crop must be positive (got {cfg.iters}, {cfg.batch}, {cfg.crop})")
         self.cfg, self.resume, self.fresh, self.out = cfg, resume, fresh, Path(cfg.out)
         self.ckpt_path, self.results_path = self.out / CHECKPOINT, self.out / RESULTS_FILE
         self._stop_requested = False
+        self._checked = False
 
     def request_stop(self, *_):
         """Stop after the current step with a checkpoint (SIGTERM / SIGINT handler)."""
@@ -376,40 +378,56 @@ class DenseProbe:
         record = read_results(self.results_path)
         diffs = _differences(record.get("settings") or {}, self.cfg.settings())
         if diffs:
-            raise ValueError(f"{self.out} holds a finished run with other settings ({'; '.join(diffs)}): "
-                             f"--fresh replaces it, or choose another output folder")
+            raise ConfigError(f"{self.out} holds a finished run with other settings ({'; '.join(diffs)}): "
+                              f"--fresh replaces it, or choose another output folder")
         return record
+
+    def check(self) -> None:
+        """Read what the run needs, before it writes anything (tools/dense_probe.py sets up its log file
+        after this): what the output folder holds, then the dataset's two splits, then the backbone (a
+        checkpoint that is missing or not one fails here). ``run()`` calls it if the caller has not."""
+        if self._checked:
+            return
+        cfg = self.cfg
+        self.done = None if self.fresh else self.finished()  # --fresh: what the folder holds goes
+        self.saved = None
+        if self.done is None:
+            if self.ckpt_path.is_file() and not self.fresh:
+                self.saved = load_file(self.ckpt_path)
+            if self.saved is not None and not self.resume:
+                raise ConfigError(f"{self.out} holds an unfinished run (step {self.saved['step']} of "
+                                  f"{self.saved['settings']['iters']}): --resume continues it, --fresh starts over")
+            if self.saved is not None:
+                diffs = _differences(self.saved["settings"], self.cfg.settings())
+                if diffs:
+                    raise ConfigError(f"cannot resume {self.ckpt_path}, its settings differ ({'; '.join(diffs)}); "
+                                      f"--fresh starts over")
+            self.splits = tuple(load_split(cfg.dataset, cfg.data_root, t, cfg.classes) for t in (True, False))
+            if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
+                raise InputNotFound(f"checkpoint not found: {cfg.checkpoint}")
+            self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                                       else cfg.device)
+            torch.manual_seed(cfg.seed)  # the backbone's random init, then the head's (in _setup)
+            self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle).to(self.device)
+        self._checked = True
 
     def run(self) -> Optional[Dict]:
         """The results record; None when stopped early (a checkpoint to --resume is left)."""
+        self.check()
         if self.fresh:
             for name in (CHECKPOINT, RESULTS_FILE, "metrics.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
-        done = self.finished()
-        if done is not None:
-            log.info("%s holds this run, finished: %s", self.out, _summary(done["metrics"]))
-            return done
-        saved = load_file(self.ckpt_path) if self.ckpt_path.is_file() else None
-        if saved is not None and not self.resume:
-            raise ValueError(f"{self.out} holds an unfinished run (step {saved['step']} of "
-                             f"{saved['settings']['iters']}): --resume continues it, --fresh starts over")
-        if saved is not None:
-            diffs = _differences(saved["settings"], self.cfg.settings())
-            if diffs:
-                raise ValueError(f"cannot resume {self.ckpt_path}, its settings differ ({'; '.join(diffs)}); "
-                                 f"--fresh starts over")
-        self._setup(saved)
+        if self.done is not None:
+            log.info("%s holds this run, finished: %s", self.out, _summary(self.done["metrics"]))
+            return self.done
+        self._setup(self.saved)
         return self._train()
 
     # ---------------------------------------------------------------- set-up
     def _setup(self, saved: Optional[Dict]):
         cfg = self.cfg
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                                   else cfg.device)
-        train, val = (load_split(cfg.dataset, cfg.data_root, t, cfg.classes) for t in (True, False))
+        train, val = self.splits
         self.num_classes, self.train_images, self.val_images = train.num_classes, len(train), len(val)
-        torch.manual_seed(cfg.seed)  # the backbone's random init, then the head's
-        self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle).to(self.device)
         if self.backbone.report is not None:
             log.info("pretrained weights (%s):\n%s", self.backbone.pretrain, self.backbone.report.format())
         self.precision = self.backbone.set_precision(cfg.precision, self.device)  # the head trains in fp32

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from pretrain.errors import ConfigError, InputNotFound, UserError
+
 REPO = Path(__file__).resolve().parents[1]
 
 RUNGS = ("knn", "linear", "dense_probe", "finetune", "detection", "segmentation")
@@ -109,6 +111,39 @@ RECIPES: Dict[str, Dict[str, RungRecipe]] = {
 }
 
 
+# --------------------------------------------------------------- datasets
+def absolute(path: str) -> str:
+    """``path`` against the caller's directory: ladder jobs run with the repository as theirs."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def parse_data(pairs, data_file) -> Dict[str, str]:
+    """The datasets' folders of ``--data KEY=PATH ...`` and ``--data-file`` (a YAML mapping), absolute: relative
+    ones, in either, are the caller's directory's (tools/evaluate.py, tools/study.py)."""
+    data = {}
+    if data_file:
+        import yaml
+
+        if not Path(data_file).is_file():
+            raise InputNotFound(f"--data-file {data_file}: no such file (expected a YAML mapping like "
+                                "'imagenet: /data/imagenet')")
+        try:
+            loaded = yaml.safe_load(Path(data_file).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--data-file {data_file}: not valid YAML ({' '.join(str(e).split())}); expected a "
+                              "mapping like 'imagenet: /data/imagenet'") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--data-file {data_file}: expected a mapping like 'imagenet: /data/imagenet', "
+                              f"found a {type(loaded).__name__}")
+        data.update({str(k): str(v) for k, v in loaded.items()})
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"--data takes KEY=PATH (imagenet=..., ade20k=..., coco=...), got {pair!r}")
+        data[key] = value
+    return {key: absolute(value) for key, value in data.items()}
+
+
 # --------------------------------------------------------------- subjects
 @dataclass(frozen=True)
 class Subject:
@@ -142,7 +177,7 @@ def inspect_checkpoint(path, allow_pickle: bool = False) -> CheckpointInfo:
 
     path = str(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFound(f"checkpoint not found: {path} (expected a checkpoint file: check the path)")
     export = read_backbone(path, allow_pickle)
     arch = f"mae_{export.arch}" if export.family == "vit" else export.arch
     return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label)
@@ -229,8 +264,9 @@ def supervised_twin(backbone: str, folder=None) -> Path:
         if (folder / name).is_file():
             return folder / name
     if not names:
-        raise ValueError(f"no supervised twin is known for {backbone}: pass --baseline PATH or --baseline random")
-    raise FileNotFoundError(f"--baseline supervised: the supervised {backbone} ({' or '.join(names)}) is not in "
+        raise ConfigError(f"--baseline supervised: no supervised twin is known for {backbone}; pass --baseline PATH "
+                          "or --baseline random")
+    raise InputNotFound(f"--baseline supervised: the supervised {backbone} ({' or '.join(names)}) is not in "
                             f"{folder}; no weights are downloaded by this tool: put the file there "
                             "(torchvision / DeiT download it there), pass --baseline PATH, or --baseline random")
 
@@ -245,7 +281,8 @@ def _subjects(info: CheckpointInfo, baseline: str, weights=None) -> List[Subject
         subjects.append(Subject("baseline", str(supervised_twin(info.backbone, weights))))
     elif baseline != "none":
         if not Path(baseline).is_file():
-            raise FileNotFoundError(f"baseline checkpoint not found: {baseline}")
+            raise InputNotFound(f"baseline checkpoint not found: {baseline} (expected supervised, random, none or "
+                                "the path of a checkpoint file)")
         subjects.append(Subject("baseline", str(baseline)))
     return subjects
 
@@ -294,19 +331,40 @@ def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: Checkpoin
     raise ValueError(rung)
 
 
+def check_inputs(rungs: Sequence[str], data: Mapping[str, str], rung_args: Optional[Mapping] = None,
+                 rung_seeds: Optional[Mapping[str, int]] = None) -> None:
+    """The rung names (``--rungs``, ``--rung-args``, ``--rung-seeds``) and dataset keys (``--data``) a user gave:
+    a misspelt one would otherwise be skipped or ignored without a word."""
+    for flag, names in (("--rungs", rungs), ("--rung-args", rung_args or {}), ("--rung-seeds", rung_seeds or {})):
+        unknown = [r for r in names if r not in RUNGS]
+        if unknown:
+            raise ConfigError(f"{flag}: unknown rung(s) {', '.join(map(repr, unknown))}; expected some of "
+                              f"{', '.join(RUNGS)}")
+    keys = sorted(set(DATA_OF.values()))
+    unknown = [k for k in data if k not in keys]
+    if unknown:
+        raise ConfigError(f"--data: unknown dataset key(s) {', '.join(map(repr, unknown))}; expected KEY=PATH with "
+                          f"KEY one of {', '.join(keys)}")
+    bad = {r: n for r, n in (rung_seeds or {}).items() if not isinstance(n, int) or n < 1}
+    if bad:
+        raise ConfigError(f"--rung-seeds: seed counts must be positive integers, got {bad}")
+
+
 def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], seeds: int = 3,
          baseline: str = "supervised", rung_args: Optional[Mapping[str, Sequence[str]]] = None,
          rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False, weights=None) -> Plan:
     """Jobs of every requested rung for the checkpoint and its baseline, ``seeds`` seeds each (``rung_seeds``:
     another number for some rungs, e.g. one seed of an expensive one). A rung without a shipped recipe for
     the backbone, or without its dataset, is listed in ``skipped`` with the reason."""
+    from pretrain.checkpoint import CheckpointFormatError
+
+    check_inputs(rungs, data, rung_args, rung_seeds)  # before reading the checkpoint: a typo fails at once
     info = inspect_checkpoint(checkpoint, allow_pickle)
-    unknown = [r for r in rungs if r not in RUNGS]
-    if unknown:
-        raise ValueError(f"unknown rungs {unknown}; expected some of {', '.join(RUNGS)}")
     recipes = RECIPES.get(info.backbone)
     if recipes is None:
-        raise ValueError(f"no ladder recipes for {info.backbone}; known backbones: {', '.join(sorted(RECIPES))}")
+        raise CheckpointFormatError(f"{checkpoint}: a {info.backbone} backbone, which the ladder has no recipes for "
+                                    f"(known backbones: {', '.join(sorted(RECIPES))}); evaluate it with the "
+                                    "rungs' tools directly (docs/ladder.md)")
     folder = checkpoint_folder(out_root, info)
     p = Plan(info, baseline, seeds, str(folder))
     subjects = _subjects(info, baseline, weights)
@@ -339,6 +397,19 @@ def job_state(job: Job) -> str:
     if job.failure.is_file():
         return "failed"
     return "started" if Path(job.folder).is_dir() else "new"
+
+
+def check_records(p: Plan) -> None:
+    """Read every finished job's results.json before the ladder writes anything: a malformed one (a file
+    edited by hand, copied half) is named with how to fix it, instead of ending a run or a report midway."""
+    from transfer.results import ResultsError, read_results
+
+    for job in p.jobs:
+        if job.results.is_file():
+            try:
+                read_results(job.results)
+            except ResultsError as e:
+                raise ResultsError(f"{e}; delete it to run job {job.key} again") from None
 
 
 RESUME_FLAG = {"tools/train_cls.py": "--resume", "tools/train_net.py": "--resume", "tools/train_seg.py": "--resume",
@@ -507,8 +578,11 @@ def run_job(job: Job, resume: bool, env: Optional[Mapping[str, str]] = None, war
             log.flush()
             rc = call(cmd, log, job_env(env), REPO, warm)
     if node_rank == 0 and (rc != 0 or not job.results.is_file()):
-        job.failure.write_text(json.dumps({"returncode": rc, "log": str(job.log), "command": cmd,
-                                           "when": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+        from pretrain.checkpoint import write_text_atomic
+
+        # Whole or absent (never a half-written record): a full disk here ends the ladder with its one line.
+        write_text_atomic(job.failure, json.dumps({"returncode": rc, "log": str(job.log), "command": cmd,
+                                                   "when": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     return rc
 
 
@@ -547,7 +621,7 @@ def result_line(job: Job) -> str:
     return f"{metric} {value:.2f}" if value is not None else f"{metric} missing"
 
 
-class NoSlurm(RuntimeError):
+class NoSlurm(UserError, RuntimeError):
     """``--launcher slurm`` where there is no SLURM: a user error, told in one line."""
 
 
@@ -754,9 +828,9 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
         rows.append(Row(a.task, a.backbone, a.pretrain if a.n else (a.pretrain if a.pretrain != "?" else a.role),
                         "run", metrics, a.recipe, str(Path(p.folder) / a.rung / a.role), f"{a.rung}, {a.role}",
                         None, dict(a.std), a.n, status, a.launch))
-    path = write_report(rows, out, baseline=base_label, title=f"Evaluation ladder: {Path(p.checkpoint.path).name}")
+    out.mkdir(parents=True, exist_ok=True)
     curves = write_curves(p, out / "curves.png")
-    lines = ["", "## Verdicts", "",
+    lines = ["## Verdicts", "",
              f"Each rung: the checkpoint against its baseline ({p.baseline}) through the same protocol, "
              f"{p.seeds} seed(s) each; a difference is one with Welch's t-test p < {SIGNIFICANCE} on the "
              "rung's primary metric (docs/ladder.md).", ""]
@@ -776,9 +850,9 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
     lines += ["", f"Skipped: {'; '.join(p.skipped)}" if p.skipped else ""]
     if curves:
         lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    # One write of the whole report.md, verdicts included: a rerun that fails leaves the earlier one whole.
+    return write_report(rows, out, baseline=base_label, title=f"Evaluation ladder: {Path(p.checkpoint.path).name}",
+                        appendix=lines + [""])
 
 
 def _mean_std(a: Aggregate, metric: str) -> str:

@@ -17,6 +17,7 @@ publish). Missing metrics show as ``—``.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ def load_runs(paths: Iterable) -> List[Row]:
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise ResultsError(f"{p}: no such file or folder")
+            raise ResultsError(f"{p}: no such file or folder; expected results.json files or folders holding them")
         files = [p] if p.is_file() else find_results(p)
         for f in files:
             r = read_results(f)
@@ -246,14 +247,15 @@ def to_markdown(t: TaskTable) -> str:
 
 
 def write_csv(t: TaskTable, path) -> Path:
+    from pretrain.checkpoint import write_text_atomic
+
     recs = table_records(t)
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(recs[0]) if recs else ["backbone"])
-        w.writeheader()
-        for rec in recs:
-            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
-    return path
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(recs[0]) if recs else ["backbone"])
+    w.writeheader()
+    for rec in recs:
+        w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    return write_text_atomic(path, text.getvalue())
 
 
 def write_chart(t: TaskTable, path) -> Optional[Path]:
@@ -298,8 +300,12 @@ def write_chart(t: TaskTable, path) -> Optional[Path]:
 
 
 def write_report(rows: List[Row], out_dir, baseline: str = "supervised", include_published: bool = True,
-                 title: str = "Benchmark report", all_published: bool = False) -> Path:
-    """Tables, CSVs and charts per task, and ``report.md`` that gathers them; returns its path."""
+                 title: str = "Benchmark report", all_published: bool = False, appendix: Sequence[str] = ()) -> Path:
+    """Tables, CSVs and charts per task, and ``report.md`` that gathers them (then the lines of ``appendix``);
+    returns its path. Each table and the report are written whole (temp file + rename): a rerun that fails
+    midway leaves the earlier ones as they were."""
+    from pretrain.checkpoint import write_text_atomic
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [t for t in TASKS if any(r.task == t for r in rows)]
@@ -310,12 +316,10 @@ def write_report(rows: List[Row], out_dir, baseline: str = "supervised", include
     for task in tasks:
         table = build_table(task, all_rows, baseline, all_published)
         md = to_markdown(table)
-        (out / f"{task}.md").write_text(md)
+        write_text_atomic(out / f"{task}.md", md)
         write_csv(table, out / f"{task}.csv")
         chart = write_chart(table, out / f"{task}.png")
         parts += [md, f"![{task}]({chart.name})" if chart else "", ""]
     if not tasks:
         parts.append("No results found.")
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(parts + list(appendix)))

@@ -27,6 +27,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from pretrain.errors import UserError
+
+
 def pretrain_label(given: Optional[str], from_checkpoint: Optional[str], has_checkpoint: bool,
                    recipe_default: Optional[str] = None) -> str:
     """The ``pretrain`` a results file records, one rule for every task: ``random`` when the backbone starts
@@ -67,7 +70,7 @@ EVAL_RESULTS_FILE = "results_eval.json"
 LAUNCH_ENV = "SSLKIT_LAUNCH"
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     pass
 
 
@@ -129,9 +132,23 @@ def read_results(path) -> Dict[str, Any]:
         raise ResultsError(f"{path}: no such results file") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError:  # a binary file named results.json (a checkpoint, an archive)
+        raise ResultsError(f"{path}: not a text file; expected the JSON record an evaluation tool writes") from None
     record = validate(record, str(path))
     record["source"] = str(path)
     return record
+
+
+def holds_training_record(folder) -> bool:
+    """Whether ``folder/results.json`` is a training run's record (anything but an evaluation-only one,
+    an unreadable file included): an evaluation-only run writes ``EVAL_RESULTS_FILE`` beside it instead."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.is_file():
+        return False
+    try:
+        return not (json.loads(path.read_text()).get("recipe") or {}).get("eval_only")
+    except (ValueError, AttributeError):
+        return True
 
 
 def find_results(root) -> List[Path]:

@@ -14,7 +14,9 @@ model = dict(
     backbone=dict(
         type="MAEViTEncoder",
         with_cp=False,  # True: activation checkpointing of the 12 layers (less memory, ~1/3 more backbone compute)
-        init_cfg=dict(type="Pretrained", checkpoint="pretrained/mae_pretrain_vit_base.pth")))
+        init_cfg=dict(type="Pretrained", checkpoint="pretrained/mae_pretrain_vit_base.pth")),
+    # mmseg's Feature2Pyramid default, named so that the CPU fallback (SyncBN -> BN) sees it
+    neck=dict(norm_cfg=dict(type="SyncBN", requires_grad=True)))
 
 # mmseg's MAE config asks for mixed precision with a legacy `fp16` key that mmengine's Runner
 # ignores; AmpOptimWrapper is what turns it on. LearningRateDecayOptimizerConstructor is the

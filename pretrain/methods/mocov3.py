@@ -5,7 +5,8 @@ predictor, and through a momentum encoder (a moving average of the base encoder,
 view's prediction must pick out the other view's momentum feature among the batch's
 (``contrastive_loss``: in-batch negatives gathered across processes, InfoNCE at temperature T,
 scaled by 2T), summed over both directions. No queue and no shuffle BN: batch norm in the MLPs
-(synchronised across processes) sees the whole batch.
+(synchronised across processes: SyncBN on GPUs, ``pretrain.sync_batchnorm``'s all-reduce batch norm on CPUs)
+sees the whole batch.
 
 ``MoCoV3ViT`` / ``MoCoV3ResNet`` are built like the authors' ``MoCo_ViT`` / ``MoCo_ResNet``
 (``moco/builder.py``): ``(base_encoder, dim=256, mlp_dim=4096, T=1.0)``, with their parameter names
@@ -38,6 +39,7 @@ from ..backbones import BackboneExport, Provenance, ViTArch, is_resnet_name, res
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..distributed import all_gather_tensor, get_rank
 from ..lars import LARS
+from ..sync_batchnorm import convert_sync_batchnorm
 from ..transforms import ColourRecipe, TwoViews
 from . import PretrainMethod, fused_ok, register_method, run_config, trained_on
 from .moco import MoCoLayout, resnet_features
@@ -241,8 +243,13 @@ class MoCoV3Method(MoCoLayout, PretrainMethod):
         else:
             model = MoCoV3ResNet(partial(getattr(torchvision.models, m.arch), zero_init_residual=True),
                                  m.dim, m.mlp_dim, m.temperature)
-        # Every batch norm over the global batch, as the authors' SyncBN.
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if world_size > 1 else model
+        if world_size == 1:
+            return model
+        # Every batch norm over the global batch, as the authors' SyncBN; on CPUs (torchrun with gloo), where
+        # torch's SyncBatchNorm cannot run, an all-reduce batch norm with the same statistics and gradients.
+        device = cfg.train.device
+        on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())  # as init_distributed
+        return convert_sync_batchnorm(model, on_gpu)
 
     def build_transform(self, cfg, device: torch.device) -> Callable:
         return TwoViews(BYOL_VIEWS, cfg.data.img_size, cfg.data.crop_min_scale, colour_on_device=device.type == "cuda")

@@ -49,6 +49,9 @@ class ClsModelConfig:
     # ViT protocols: activation checkpointing of the blocks (timm's), less memory for about a third more
     # compute per step (fine-tuning; a frozen backbone keeps no activations anyway).
     grad_checkpointing: bool = False
+    # mae_finetune: tune only the last N blocks (and the final norm and the head), the rest frozen: MAE's
+    # partial fine-tuning (Figure 9; N = 0: head and norm). None: every block (the recipe).
+    tune_blocks: Optional[int] = None
 
 
 @dataclass
@@ -168,6 +171,9 @@ def _validate(cfg, path):
         fail(f"model.global_pool must be token or avg, got {m.global_pool!r}")
     if not 0.0 < m.layer_decay <= 1.0:
         fail(f"model.layer_decay must be in (0, 1], got {m.layer_decay}")
+    if m.tune_blocks is not None and (cfg.protocol != "mae_finetune" or m.tune_blocks < 0):
+        fail(f"model.tune_blocks (partial fine-tuning: the last N blocks learn) is for mae_finetune, with N >= 0; "
+             f"got {m.tune_blocks} under {cfg.protocol}")
     if d.interpolation not in ("bicubic", "bilinear"):
         fail(f"data.interpolation must be bicubic or bilinear, got {d.interpolation!r}")
     if not 0.0 < d.crop_pct <= 1.0:

@@ -32,6 +32,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torchvision import transforms as T
 
 from pretrain.data import ImageFolderDataset
+from pretrain.errors import ConfigError, DataError, InputNotFound
 from pretrain.synthetic import CLASSES, render_scene, scene_rng
 from pretrain.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, ResizeCenterCrop, SampleTransform, ToFloatNormalized, ViewPlan, shape_only,
@@ -39,7 +40,7 @@ from pretrain.transforms import (
 
 __all__ = [
     "SeedGlobalRandom", "TimmTrainTransform", "RandomErasingOnDevice", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
-    "write_synthetic_folder", "build_mixup", "build_criterion",
+    "write_synthetic_folder", "build_mixup", "build_criterion", "uses_files",
 ]
 log = logging.getLogger(__name__)
 
@@ -234,26 +235,31 @@ def eval_transform(d) -> Callable:
 
 
 # ------------------------------------------------------------------ folders
+def uses_files(d) -> bool:
+    """Whether the data config names folders (else: the synthetic folder, written under the output folder)."""
+    return bool(d.train or d.val or d.path)
+
+
 def resolve_splits(d, output_dir) -> Tuple[Path, Path]:
     """(train folder, val folder): data.train / data.val, else data.path/{train,val}, else (data.synthetic) the
     synthetic folder, written under output_dir."""
     if d.train or d.val:
         if not (d.train and d.val):
-            raise ValueError("set both data.train and data.val (labelled folders <dir>/<class>/*), or data.path")
+            raise ConfigError("set both data.train and data.val (labelled folders <dir>/<class>/*), or data.path")
         return Path(d.train), Path(d.val)
     if d.path:
         root = Path(d.path)
         train, val = root / "train", root / "val"
         for split in (train, val):
             if not split.is_dir():
-                raise FileNotFoundError(
+                raise InputNotFound(
                     f"{split} not found: data.path must hold train/<class>/* and val/<class>/* (ImageNet layout); "
                     f"or set data.train and data.val"
                 )
         return train, val
     if not d.synthetic:
-        raise ValueError("no dataset: set data.path (train/ and val/), or data.train and data.val, "
-                         "or data.synthetic=true")
+        raise ConfigError("no dataset: set data.path (train/ and val/), or data.train and data.val, "
+                          "or data.synthetic=true")
     root = Path(output_dir) / "synthetic_data"
     write_synthetic_folder(root, d.synthetic_per_class, max(64, d.img_size))
     return root / "train", root / "val"
@@ -265,19 +271,15 @@ def build_datasets(d, output_dir, eval_only: bool = False):
     bad_list = str(Path(output_dir) / "unreadable_images.txt")
     val = ImageFolderDataset(val_dir, eval_transform(d), bad_list=bad_list)
     if not val.classes:
-        raise ValueError(f"{val_dir} has no class folders: evaluation needs <dir>/<class>/* images")
+        raise DataError(f"{val_dir} has no class folders: evaluation needs labelled <dir>/<class>/* images")
     if eval_only:
         return None, val, val.classes
     train = ImageFolderDataset(train_dir, train_transform(d), bad_list=bad_list)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:5]
         only_val = sorted(set(val.classes) - set(train.classes))[:5]
-        raise ValueError(f"class folders differ between {train_dir} and {val_dir}: "
-                         f"only in train {only_train}, only in val {only_val}")
-    real = d.path or d.train
-    source = "files" if real else "built-in synthetic shapes (data.synthetic=true), not a real dataset"
-    log.info("data: %d train images from %s, %d val images from %s (%s)", len(train), train_dir.resolve(),
-             len(val), val_dir.resolve(), source)
+        raise DataError(f"class folders differ between {train_dir} and {val_dir}: "
+                        f"only in train {only_train}, only in val {only_val}; both need the same classes")
     return train, val, train.classes
 
 

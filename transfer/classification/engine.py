@@ -11,7 +11,6 @@ tensor must equal the pretrained checkpoint's, or the run fails.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Optional
@@ -24,14 +23,15 @@ from torch.utils.data import DataLoader, Subset
 from pretrain import distributed as du
 from pretrain.backbones import read_backbone
 from pretrain.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
-from pretrain.data import worker_init
+from pretrain.data import check_full_step, worker_init
+from pretrain.errors import DataError, InputNotFound
 from pretrain.logger import MetricLogger
 from pretrain.precision import autocast_dtype, matmul_shapes
-from pretrain.trainer import LAST, TrainerBase, configure_attention, start_run, use_channels_last
-from transfer.results import EVAL_RESULTS_FILE, RESULTS_FILE, pretrain_label, write_results
+from pretrain.trainer import LAST, TrainerBase, configure_attention, join_run, open_run, use_channels_last
+from transfer.results import EVAL_RESULTS_FILE, RESULTS_FILE, holds_training_record, pretrain_label, write_results
 
 from .config import to_yaml
-from .data import build_criterion, build_datasets, build_mixup, resolve_splits
+from .data import build_criterion, build_datasets, build_mixup, resolve_splits, uses_files
 from .protocols import build_optimizer, protocol
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,6 @@ def restore_pretrained_checkpoint(cfg, resume: str) -> None:
     log.info("resuming: model.checkpoint=%s, from the run's saved %s", m.checkpoint, saved)
 
 
-def holds_training_record(folder: Path) -> bool:
-    """Whether ``folder/results.json`` is a training run's record (anything but an evaluation-only one,
-    an unreadable file included): an evaluation-only run must not replace it."""
-    path = folder / RESULTS_FILE
-    if not path.is_file():
-        return False
-    try:
-        return not (json.loads(path.read_text()).get("recipe") or {}).get("eval_only")
-    except (ValueError, AttributeError):
-        return True
-
-
 class FrozenWeightsChanged(RuntimeError):
     """A linear protocol changed a tensor of the frozen backbone."""
 
@@ -90,27 +78,45 @@ class ClassificationTrainer(TrainerBase):
         self.cfg, self.eval_only = cfg, eval_only
         t, d, m = cfg.train, cfg.data, cfg.model
         self.protocol = protocol(cfg.protocol)
-        if resume and not eval_only:  # before start_run replaces the run's saved config.yaml
+        if resume and not eval_only:  # before open_run replaces the run's saved config.yaml
             restore_pretrained_checkpoint(cfg, resume)
-        # An evaluation keeps its config apart: config.yaml stays the training run's (what --resume restores).
-        self.dist, self.out = start_run(t, to_yaml(cfg), "config_eval.yaml" if eval_only else "config.yaml")
-        self.device = self.dist.device  # start_run set cuDNN autotuning, or deterministic kernels
+        self.dist = join_run(t)
+        self.device = self.dist.device  # join_run set cuDNN autotuning, or deterministic kernels
 
-        # ---- data (rank 0 writes the synthetic folder when no dataset is given)
-        if self.dist.is_main:
-            resolve_splits(d, self.out)
-        du.barrier()
-        self.train_set, self.val_set, self.classes = build_datasets(d, self.out, eval_only)
-        self.num_classes = m.num_classes or len(self.classes)
-        if self.num_classes != len(self.classes):
-            raise ValueError(f"model.num_classes={m.num_classes} but the data has {len(self.classes)} class folders")
+        # ---- the inputs, checked before a model is built or a file written: the data, the files named
+        if uses_files(d):
+            self.open_data(t.output_dir)
+        if m.checkpoint and not Path(m.checkpoint).is_file():
+            raise InputNotFound(f"model.checkpoint not found: {m.checkpoint}: give the pretrained weights "
+                                f"(--checkpoint PATH), or no model.checkpoint to train from random initialisation")
+        pretrained = read_backbone(m.checkpoint, m.allow_pickle) if m.checkpoint else None  # read once, here
+        if pretrained is not None:
+            self.protocol.check_pretrained(cfg, pretrained)
+        if resume and resume != "auto" and not Path(resume).is_file():
+            raise InputNotFound(f"checkpoint not found: {resume}: give an existing checkpoint (--resume PATH), "
+                                f"or --resume alone for the newest one in the output folder")
+        newest = Path(t.output_dir) / checkpoint_name(LAST)
+        if eval_only and resume in (None, "auto") and not newest.is_file():
+            raise InputNotFound(
+                f"--eval-only needs a trained classifier: no {newest}; pass --resume PATH (this tool's "
+                f"checkpoint, the authors' fine-tuned or linear-classification file, a torchvision model)")
+        # An evaluation keeps its config apart: config.yaml stays the training run's (what --resume restores).
+        self.out = open_run(t, self.dist, to_yaml(cfg), "config_eval.yaml" if eval_only else "config.yaml")
+        if not uses_files(d):  # the synthetic folder, which rank 0 writes into the output folder
+            if self.dist.is_main:
+                resolve_splits(d, self.out)
+            du.barrier()
+            self.open_data(self.out)
+        if not eval_only:
+            log.info("data: %d train images from %s, %d val images from %s (%s)", len(self.train_set),
+                     self.train_set.root.resolve(), len(self.val_set), self.val_set.root.resolve(),
+                     "files" if uses_files(d) else "built-in synthetic shapes (data.synthetic=true), not a real dataset")
         shard = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
         self.val_loader = DataLoader(shard, batch_size=t.eval_batch_size or t.batch_size, shuffle=False,
                                      num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
                                      worker_init_fn=worker_init, generator=torch.Generator().manual_seed(t.seed))
 
-        # ---- model, pretrained weights (the file is read once here), frozen parts
-        pretrained = read_backbone(m.checkpoint, m.allow_pickle) if m.checkpoint else None
+        # ---- model, pretrained weights, frozen parts
         self.model, self.backbone = self.protocol.build_model(cfg, self.num_classes, pretrained)
         # Evaluating a trained classifier: its checkpoint's own record fills the label in (resume).
         self.pretrain = pretrain_label(m.pretrain, pretrained.label if pretrained is not None else None,
@@ -125,7 +131,7 @@ class ClassificationTrainer(TrainerBase):
         elif not eval_only:
             log.warning("no model.checkpoint: training from random initialisation (pretrain=%s)", self.pretrain)
         del pretrained
-        self.protocol.freeze(self.model)
+        self.protocol.freeze(self.model, cfg)
         # The frozen check compares these with their initial values, the rest with the pretrained file.
         frozen = set() if eval_only else set(self.protocol.frozen_keys(self.model))
         self._initial_frozen = {k: v.detach().clone() for k, v in self.model.state_dict().items()
@@ -160,6 +166,22 @@ class ClassificationTrainer(TrainerBase):
                  self.iters_per_epoch // t.accum_iter, self.eff_batch, self.lr, f"{n_train:,}", self.device,
                  self.dist.world_size)
 
+    def open_data(self, output_dir) -> None:
+        """The datasets (``data``), checked: their classes match the model's, every split has a readable
+        image, the training set makes one whole step on every process (a DataError, else)."""
+        t, m = self.cfg.train, self.cfg.model
+        self.train_set, self.val_set, self.classes = build_datasets(self.cfg.data, output_dir, self.eval_only)
+        self.num_classes = m.num_classes or len(self.classes)
+        if self.num_classes != len(self.classes):
+            raise DataError(f"model.num_classes={m.num_classes} but the data has {len(self.classes)} class folders "
+                            f"({', '.join(self.classes[:5])}{', ...' if len(self.classes) > 5 else ''}): set "
+                            f"model.num_classes={len(self.classes)}, or leave it unset to count the folders")
+        self.val_set.check_readable()
+        if self.train_set is not None:
+            self.train_set.check_readable()
+            check_full_step(len(self.train_set), t.batch_size, t.accum_iter, self.dist.world_size,
+                            self.train_set.root)
+
     # ------------------------------------------------------------ checkpoints
     def save(self, tags):
         ckpt = {
@@ -179,11 +201,7 @@ class ClassificationTrainer(TrainerBase):
         fine-tuned / linear-probe files, MoCo's main_lincls files, torchvision classifiers."""
         if path == "auto":
             p = self.out / checkpoint_name(LAST)
-            if not p.is_file():
-                if self.eval_only:
-                    raise FileNotFoundError(
-                        f"--eval-only needs a trained classifier: no {p}; pass --resume PATH (this tool's "
-                        f"checkpoint, the authors' fine-tuned or linear-classification file, a torchvision model)")
+            if not p.is_file():  # (--eval-only refused this before the run started)
                 log.info("no checkpoint in %s: starting from scratch", self.out)
                 return
             path = str(p)
@@ -236,7 +254,7 @@ class ClassificationTrainer(TrainerBase):
         if stopped:
             self.metrics.close()
             return {}
-        if self.protocol.linear:
+        if self.protocol.frozen(self.model):
             self.check_frozen()
         self.metrics.close()
         if self.dist.is_main:
@@ -296,7 +314,7 @@ class ClassificationTrainer(TrainerBase):
         if changed:
             raise FrozenWeightsChanged(
                 f"{self.cfg.protocol}: {len(changed)} tensors of the frozen backbone changed during training "
-                f"(e.g. {changed[:8]}); linear classification must leave them as pretrained")
+                f"(e.g. {changed[:8]}); the frozen part must stay as pretrained")
         log.info("sanity check passed: the %d frozen tensors equal the pretrained ones", len(frozen))
 
     def run_eval_only(self) -> Dict:
@@ -321,6 +339,8 @@ class ClassificationTrainer(TrainerBase):
                  min_lr=o.min_lr, milestones=list(o.milestones), amp=t.amp, seed=t.seed,
                  train_images=len(self.train_set), val_images=len(self.val_set))
         if cfg.protocol == "mae_finetune":
+            if m.tune_blocks is not None:  # partial fine-tuning: not the recipe's full fine-tuning
+                r.update(tune_blocks=m.tune_blocks)
             r.update(layer_decay=m.layer_decay, drop_path=m.drop_path, global_pool=m.global_pool,
                      auto_augment=d.auto_augment, mixup=d.mixup, cutmix=d.cutmix, smoothing=d.smoothing,
                      reprob=d.reprob)

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 
 from pretrain.backbones import BackboneExport, read_backbone
+from pretrain.checkpoint import CheckpointFormatError
+from pretrain.errors import ConfigError
 from transfer.convert import ConversionReport
 
 from pretrain.lars import LARS
@@ -30,6 +32,15 @@ class Protocol:
     task: str  # transfer.results task
     linear: bool  # frozen backbone, only the head learns
     head: str  # the trainable module's attribute name in the linear protocols
+    family: str  # the backbone it trains: "vit" | "resnet" (pretrain.backbones.BackboneExport.family)
+
+    def check_pretrained(self, cfg, pretrained: BackboneExport) -> None:
+        """A CheckpointFormatError when ``pretrained`` is not a backbone this protocol trains (before the run
+        builds its model or writes a file)."""
+        if pretrained.family != self.family:
+            wanted = {"vit": "a ViT (MAE, MoCo v3 ViT, DeiT)", "resnet": "a ResNet (MoCo, torchvision)"}[self.family]
+            raise CheckpointFormatError(f"{cfg.model.checkpoint} holds a {pretrained.arch}; {self.name} trains "
+                                        f"{wanted}: give such a checkpoint, or another protocol (--protocol)")
 
     def build_model(self, cfg, num_classes: int, pretrained: Optional[BackboneExport] = None
                     ) -> Tuple[nn.Module, str]:
@@ -49,7 +60,7 @@ class Protocol:
             return [{"params": [p for p in model.parameters() if p.requires_grad]}]
         return [{"params": list(getattr(model, self.head).parameters())}]
 
-    def freeze(self, model: nn.Module):
+    def freeze(self, model: nn.Module, cfg):
         """Linear protocols: only the head keeps ``requires_grad``."""
         if not self.linear:
             return
@@ -68,9 +79,14 @@ class Protocol:
     def frozen_keys(self, model: nn.Module) -> List[str]:
         return [k for k in model.state_dict() if not k.startswith(f"{self.head}.")] if self.linear else []
 
+    def frozen(self, model: nn.Module) -> bool:
+        """Whether part of the backbone stays as pretrained (the run then checks it did)."""
+        return self.linear
+
 
 class MAELinear(Protocol):
     name, task, linear, head = "mae_linear", "imagenet_linear", True, "head"
+    family = "vit"
     bn_head = True
 
     def build_model(self, cfg, num_classes, pretrained=None):
@@ -89,22 +105,54 @@ class MAELinear(Protocol):
 
 
 class MAEFinetune(MAELinear):
+    """End-to-end fine-tuning; with ``model.tune_blocks = N``, MAE's partial fine-tuning (the paper's
+    Figure 9): the last N blocks, the final norm and the head learn, the rest stays as pretrained
+    (N = 0: the head and the final norm only)."""
     name, task, linear, head = "mae_finetune", "imagenet_finetune", False, "head"
     bn_head = False
 
     def param_groups(self, model, cfg):
         return param_groups_layer_decay(model, cfg.optim.weight_decay, cfg.model.layer_decay)
 
+    @staticmethod
+    def tuned_prefixes(model: nn.Module, tune_blocks: int) -> Tuple[str, ...]:
+        depth = len(model.blocks)
+        if tune_blocks > depth:
+            raise ConfigError(f"model.tune_blocks={tune_blocks}, but the ViT has {depth} blocks: give 0 to {depth}")
+        return tuple(f"blocks.{i}." for i in range(depth - tune_blocks, depth)) + ("norm.", "fc_norm.", "head.")
+
+    def freeze(self, model, cfg):
+        if cfg.model.tune_blocks is None:
+            return
+        tuned = self.tuned_prefixes(model, cfg.model.tune_blocks)
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(tuned)
+
+    def frozen(self, model):  # the model says: its parameters that do not learn
+        return not all(p.requires_grad for p in model.parameters())
+
+    def frozen_keys(self, model):
+        return [k for k, p in model.named_parameters() if not p.requires_grad]
+
+    def set_train_mode(self, model):
+        """The frozen blocks in eval mode (no drop path through what stays as pretrained)."""
+        model.train()
+        for module in (model.patch_embed, *model.blocks):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+
 
 class MoCoLinear(Protocol):
     name, task, linear, head = "moco_linear", "imagenet_linear", True, "fc"
+    family = "resnet"
 
     def build_model(self, cfg, num_classes, pretrained=None):
         arch = cfg.model.arch
         if arch == "auto":
             pretrained = _pretrained(cfg, pretrained)
             if pretrained.family != "resnet":
-                raise ValueError(f"{cfg.model.checkpoint} holds a {pretrained.arch}; moco_linear trains a ResNet")
+                raise CheckpointFormatError(f"{cfg.model.checkpoint} holds a {pretrained.arch}; moco_linear trains "
+                                            f"a ResNet: give a ResNet checkpoint (MoCo, torchvision)")
             arch = pretrained.arch
         return build_resnet_classifier(arch, num_classes, cfg.model.head_init_std), arch
 
@@ -140,11 +188,11 @@ def _pretrained(cfg, pretrained: Optional[BackboneExport]) -> Optional[BackboneE
     if pretrained is None and cfg.model.checkpoint:
         pretrained = read_backbone(cfg.model.checkpoint, cfg.model.allow_pickle)
     if pretrained is None and cfg.model.arch == "auto":
-        raise ValueError("model.arch=auto reads the architecture off model.checkpoint: set one of them")
+        raise ConfigError("model.arch=auto reads the architecture off model.checkpoint: set one of them")
     return pretrained
 
 
 def protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
     return PROTOCOLS[name]()

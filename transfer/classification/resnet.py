@@ -16,6 +16,7 @@ import torchvision
 
 from pretrain.backbones import is_resnet_name, resnet_arch
 from pretrain.checkpoint import CheckpointFormatError
+from pretrain.errors import ConfigError
 from transfer.convert import ConversionReport
 
 from .vit import as_export, source_name
@@ -26,7 +27,7 @@ __all__ = ["build_resnet_classifier", "resnet_backbone_state", "load_resnet_back
 def build_resnet_classifier(arch: str, num_classes: int, fc_init_std: float = 0.01) -> nn.Module:
     """torchvision ResNet with ``fc`` re-initialised: normal(0, fc_init_std) weight, zero bias."""
     if not is_resnet_name(arch) or not hasattr(torchvision.models, arch):
-        raise ValueError(f"unknown torchvision ResNet {arch!r} (e.g. resnet18, resnet50, resnet101)")
+        raise ConfigError(f"unknown torchvision ResNet {arch!r} (e.g. resnet18, resnet50, resnet101)")
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
     nn.init.normal_(model.fc.weight, mean=0.0, std=fc_init_std)
     nn.init.zeros_(model.fc.bias)

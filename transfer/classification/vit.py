@@ -26,6 +26,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
+from pretrain.errors import ConfigError
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport
 
@@ -47,7 +48,8 @@ def vit_arch(name: str, export: Optional[BackboneExport] = None) -> Dict:
     results files)."""
     if name == "auto":
         if export is None:
-            raise ValueError("model.arch=auto needs a checkpoint to read the architecture from")
+            raise ConfigError("model.arch=auto needs a checkpoint to read the architecture from: give --checkpoint, "
+                              "or name the architecture (e.g. model.arch=vit_base_patch16)")
         if export.family != "vit":
             raise CheckpointFormatError(f"{export.provenance.source} holds a {export.arch}, not a ViT")
         return {k: export.shape[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")} | \
@@ -55,7 +57,7 @@ def vit_arch(name: str, export: Optional[BackboneExport] = None) -> Dict:
     base = name[len("mae_"):] if name.startswith("mae_") else name
     base = base[: -len("_224")] if base.endswith("_224") else base
     if base not in VIT_ARCHS:
-        raise ValueError(f"unknown ViT {name!r}; expected one of {sorted(VIT_ARCHS)} (or mae_*, *_224 spellings, "
+        raise ConfigError(f"unknown ViT {name!r}; expected one of {sorted(VIT_ARCHS)} (or mae_*, *_224 spellings, "
                          f"or auto)")
     a = VIT_ARCHS[base]
     arch = {"patch_size": a.patch_size, "embed_dim": a.embed_dim, "depth": a.depth, "num_heads": a.num_heads,

@@ -20,6 +20,7 @@ files, ``?matching_heuristics=True`` URLs) with three differences:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Dict, List, Mapping, Tuple
 from urllib.parse import parse_qs
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs
 import torch
 
 from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, load_file, unwrap_state_dict
+from pretrain.errors import ConfigError, InputNotFound
 from pretrain.pos_embed import resize_pos_embed
 
 from . import require_detectron2
@@ -35,7 +37,7 @@ from .convert import AUTHOR, VIT_PREFIX, backbone_name, load_converted, resize_p
 require_detectron2()
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 
-__all__ = ["Checkpointer", "place_weights", "is_detectron2_checkpoint"]
+__all__ = ["Checkpointer", "place_weights", "is_detectron2_checkpoint", "read_checkpoint", "check_checkpoint"]
 log = logging.getLogger(__name__)
 
 _D2_PREFIXES = ("backbone.", "roi_heads.", "proposal_generator.", "sem_seg_head.")
@@ -102,6 +104,37 @@ def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str,
     return placed, notes, problems
 
 
+def read_checkpoint(filename: str, allow_pickle: bool = False) -> Dict:
+    """A checkpoint file as detectron2's checkpointer takes it (``{"model": ..., ...}``): detectron2 files as
+    they are, Caffe2 model-zoo pickles as detectron2 reads them, pretraining checkpoints converted."""
+    data = load_file(filename, allow_pickle=allow_pickle)
+    if not isinstance(data, Mapping):
+        raise CheckpointFormatError(f"{filename}: expected a checkpoint dict, found {type(data).__name__}")
+    if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
+        # Caffe2 / Detectron1 model-zoo file, as detectron2 reads it.
+        blobs = data.get("blobs", data)
+        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    if is_detectron2_checkpoint(data):
+        return dict(data) if "model" in data else {"model": dict(data)}
+    data, notes = load_converted(data, name=filename)
+    for note in notes:
+        log.info("%s: %s", filename, note)
+    return data
+
+
+def check_checkpoint(path: str, what: str, allow_pickle: bool = False) -> None:
+    """A local checkpoint exists and reads as one (``read_checkpoint``), before a model is built or a run's
+    folder made: ``InputNotFound`` / ``CheckpointFormatError`` naming ``what`` (the flag or key). URLs
+    (``https://``, ``detectron2://``) are left to the checkpointer, which downloads them."""
+    if not path or "://" in path:
+        return
+    local = path.split("?", 1)[0]  # a local file may carry ?matching_heuristics=True
+    if not os.path.isfile(local):
+        raise InputNotFound(f"{what}: checkpoint not found: {local}")
+    read_checkpoint(local, allow_pickle)
+
+
 class Checkpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also reads pretraining checkpoints (see the module doc).
 
@@ -117,25 +150,13 @@ class Checkpointer(DetectionCheckpointer):
         self.pretrained = None
 
     def _load_file(self, filename: str):
-        data = load_file(filename, allow_pickle=self.allow_pickle)
-        if not isinstance(data, Mapping):
-            raise CheckpointFormatError(f"{filename}: expected a checkpoint dict, found {type(data).__name__}")
-        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
-            # Caffe2 / Detectron1 model-zoo file, as detectron2 reads it.
-            blobs = data.get("blobs", data)
-            return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
-                    "__author__": "Caffe2", "matching_heuristics": True}
-        if is_detectron2_checkpoint(data):
-            data = dict(data) if "model" in data else {"model": dict(data)}
-        else:
-            data, notes = load_converted(data, name=filename)
-            for note in notes:
-                log.info("%s: %s", filename, note)
+        data = read_checkpoint(filename, self.allow_pickle)
         query = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
         if query.pop("matching_heuristics", ["False"]) == ["True"]:
             data["matching_heuristics"] = True
         if query:
-            raise ValueError(f"unsupported query {query} in checkpoint path {filename}")
+            raise ConfigError(f"unsupported query {query} in checkpoint path {filename} "
+                              f"(only ?matching_heuristics=True)")
         return data
 
     def _load_model(self, checkpoint):

@@ -225,7 +225,7 @@ def _convert_export(export: BackboneExport, patch_size: Optional[int], patch_res
         heuristics = False  # full names: loads into any ViTDet model as it is
     else:
         if patch_size:
-            raise ValueError("patch_size applies to ViTs; this is a ResNet checkpoint")
+            raise CheckpointFormatError("--patch-size applies to ViTs; this is a ResNet checkpoint: leave it out")
         weights, dropped, arch = resnet_to_detectron2(export)
         info = meta = {"backbone": arch, "weights": "torchvision"}  # the layout it converts into (7x7 stem, stride 3x3)
         heuristics = True  # res5 sits in the backbone (FPN) or in the box head (C4)

@@ -9,22 +9,29 @@ Wherever a config names datasets (``dataloader.train.dataset.names``,
   in an ``images/`` folder beside the json, or beside the json;
 * ``path/to/instances.json:path/to/images``: the image folder given.
 
-Path names are registered on first use with detectron2's
-``register_coco_instances`` (crowd regions and category-id gaps are handled as
-for COCO itself; the evaluator maps contiguous ids back).
+Path names are registered on first use as detectron2's
+``register_coco_instances`` does (crowd regions and category-id gaps are handled as
+for COCO itself; the evaluator maps contiguous ids back), their json checked when
+it is read: a file that is not COCO json, or whose images are not in the folder,
+is a ``DataError`` naming it. ``check_files`` checks that the files of a dataset
+detectron2 registers itself (``coco_2017_train`` under ``$DETECTRON2_DATASETS``)
+are there, before anything reads them.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Iterable, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
+
+from pretrain.errors import ConfigError, DataError, InputNotFound
 
 from . import require_detectron2
 
 require_detectron2()
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
+from detectron2.data.datasets import load_coco_json  # noqa: E402
 
-__all__ = ["resolve_dataset", "resolve_datasets", "register_coco_folder", "find_image_root"]
+__all__ = ["resolve_dataset", "resolve_datasets", "register_coco_folder", "find_image_root", "check_files"]
 
 
 def find_image_root(json_file: Union[str, Path]) -> Path:
@@ -44,14 +51,50 @@ def register_coco_folder(json_file, image_root=None, name: Optional[str] = None)
     """Register a COCO-format json (and its image folder) under ``name`` (default: the path); returns the name."""
     json_file = Path(json_file).expanduser()
     if not json_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+        raise InputNotFound(f"COCO annotation file not found: {json_file}")
     image_root = Path(image_root).expanduser() if image_root else find_image_root(json_file)
     if not image_root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_root} (for {json_file})")
+        raise InputNotFound(f"image folder not found: {image_root} (for {json_file}); name it with "
+                            f"--train-images / --test-images, or 'annotations.json:image_folder'")
+    if next(image_root.iterdir(), None) is None:
+        raise DataError(f"image folder {image_root} (for {json_file}) is empty: name the folder that holds its "
+                        f"images with --train-images / --test-images, or 'annotations.json:image_folder'")
     name = name or f"{json_file}:{image_root}"
-    if name not in DatasetCatalog.list():
-        register_coco_instances(name, {}, str(json_file), str(image_root))
+    if name not in DatasetCatalog.list():  # as register_coco_instances, with the json checked when read
+        DatasetCatalog.register(name, lambda: load_coco_checked(json_file, image_root, name))
+        MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), evaluator_type="coco")
     return name
+
+
+def load_coco_checked(json_file: Path, image_root: Path, name: str) -> List[dict]:
+    """detectron2's ``load_coco_json``, its failures on a file that is not COCO json (pycocotools' KeyError,
+    AssertionError, JSONDecodeError) and images that are not in ``image_root`` as one ``DataError``."""
+    try:
+        dicts = load_coco_json(str(json_file), str(image_root), name)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise DataError(f"{json_file} is not a COCO-format annotation file ({type(e).__name__}: {e}): expected a "
+                        f"JSON object with 'images', 'annotations' and 'categories'") from None
+    if not dicts:
+        raise DataError(f"{json_file} lists no images")
+    if not os.path.isfile(dicts[0]["file_name"]):
+        raise DataError(f"{dicts[0]['file_name']} not found: the images of {json_file} are not in {image_root}; "
+                        f"name their folder with --train-images / --test-images, or 'annotations.json:image_folder'")
+    return dicts
+
+
+def check_files(name: str, flag: str) -> None:
+    """The files of a registered dataset exist: detectron2's builtin ones (``coco_2017_train``, ``voc_2007_test``)
+    are registered under ``$DETECTRON2_DATASETS`` (default ``./datasets``) whether they are there or not, and
+    pycocotools would fail on the first read. ``flag``: the options that name another set (``train``, ``test``)."""
+    meta = MetadataCatalog.get(name)
+    for key in ("json_file", "image_root", "dirname"):
+        path = meta.get(key, None)
+        if path and not os.path.exists(path):
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            raise InputNotFound(
+                f"dataset {name!r}: {os.path.abspath(path)} not found (detectron2 reads its builtin datasets under "
+                f"$DETECTRON2_DATASETS, now {os.path.abspath(os.path.expanduser(root))}); set DETECTRON2_DATASETS to "
+                f"the folder that holds it, or pass --{flag}-json (and --{flag}-images) naming a COCO-format copy")
 
 
 def _split_spec(spec: str) -> Tuple[str, Optional[str]]:
@@ -66,8 +109,8 @@ def resolve_dataset(spec: str) -> str:
     json_file, images = _split_spec(spec)
     if json_file.endswith(".json"):
         return register_coco_folder(json_file, images, name=spec)
-    raise KeyError(f"dataset {spec!r} is neither registered in detectron2 (e.g. coco_2017_train, voc_2007_test) "
-                   f"nor a path to a COCO-format json ('annotations.json' or 'annotations.json:image_folder')")
+    raise ConfigError(f"dataset {spec!r} is neither registered in detectron2 (e.g. coco_2017_train, voc_2007_test) "
+                      f"nor a path to a COCO-format json ('annotations.json' or 'annotations.json:image_folder')")
 
 
 def resolve_datasets(specs: Union[str, Iterable[str]]) -> Tuple[str, ...]:
@@ -81,11 +124,12 @@ def num_classes(names: Iterable[str]) -> Optional[int]:
     for name in names:
         meta = MetadataCatalog.get(name)
         classes = meta.get("thing_classes", None)
-        if classes is None and name in DatasetCatalog.list() and meta.get("json_file", None):
+        if (classes is None and name in DatasetCatalog.list() and meta.get("json_file", None)
+                and os.path.isfile(meta.json_file)):  # an absent one: check_files says so
             DatasetCatalog.get(name)  # loading a COCO json fills thing_classes
             classes = meta.get("thing_classes", None)
         if classes is not None:
             counts.add(len(classes))
     if len(counts) > 1:
-        raise ValueError(f"datasets {list(names)} have different numbers of classes: {sorted(counts)}")
+        raise DataError(f"datasets {list(names)} have different numbers of classes: {sorted(counts)}")
     return counts.pop() if counts else None

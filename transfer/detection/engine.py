@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from transfer.results import pretrain_label, write_results
+from pretrain.errors import ConfigError, DataError, InputNotFound
+from transfer.results import EVAL_RESULTS_FILE, RESULTS_FILE, holds_training_record, pretrain_label, write_results
 
 from . import require_detectron2
 
@@ -40,7 +41,7 @@ from detectron2.evaluation import (  # noqa: E402
 
 from .checkpoint import Checkpointer  # noqa: E402
 from .convert import PATCH_RESIZE, backbone_name  # noqa: E402
-from .data import MetadataCatalog, num_classes, resolve_datasets  # noqa: E402
+from .data import MetadataCatalog, check_files, num_classes, resolve_datasets  # noqa: E402
 
 __all__ = ["Recipe", "train", "evaluate", "evaluate_checkpoint", "results_record", "backbone_label"]
 log = logging.getLogger("sslkit.detectron2")
@@ -54,7 +55,8 @@ class Recipe:
     every tool sets (``init_checkpoint``, ``output_dir``, ``max_iter``,
     ``train_datasets``, ``test_datasets``, ``device``), written into the config
     where its kind keeps them. Dataset names may be paths
-    (``transfer.detection.data``); the number of classes follows the data.
+    (``transfer.detection.data``); the number of classes follows the data (the
+    training sets'; with ``eval_only``, the test sets').
     """
 
     def __init__(self, cfg, path: str):
@@ -67,23 +69,34 @@ class Recipe:
     def load(cls, path, overrides: Sequence[str] = (), init_checkpoint: Optional[str] = None,
              output_dir: Optional[str] = None, max_iter: Optional[int] = None,
              train_datasets: Optional[Sequence[str]] = None, test_datasets: Optional[Sequence[str]] = None,
-             device: Optional[str] = None) -> "Recipe":
+             device: Optional[str] = None, eval_only: bool = False) -> "Recipe":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
+            raise InputNotFound(f"config not found: {path}")
         if path.suffix == ".py":
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(str(path)), list(overrides))
+            from hydra.errors import HydraException
+
+            cfg = LazyConfig.load(str(path))
+            try:
+                cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+            except (KeyError, ValueError, HydraException) as e:  # a key under a value, hydra's parse of key=value
+                raise ConfigError(f"{path}: cannot apply the overrides {' '.join(overrides)} "
+                                  f"({type(e).__name__}: {e}); they are key=value for a LazyConfig") from None
         elif path.suffix in (".yaml", ".yml"):
             from .config import get_cfg
 
             cfg = get_cfg()
             cfg.merge_from_file(str(path))
-            cfg.merge_from_list(list(overrides))
+            try:
+                cfg.merge_from_list(list(overrides))
+            except (KeyError, ValueError, AssertionError) as e:  # yacs: an unknown key, a wrong type, an odd list
+                raise ConfigError(f"{path}: cannot apply the overrides {' '.join(overrides)} "
+                                  f"({type(e).__name__}: {e}); they are KEY VALUE pairs for a yacs config") from None
         else:
-            raise ValueError(f"expected a LazyConfig (.py) or a yacs config (.yaml), got {path}")
+            raise ConfigError(f"expected a LazyConfig (.py) or a yacs config (.yaml), got {path}")
         recipe = cls(cfg, path)
         recipe._apply(init_checkpoint=init_checkpoint, output_dir=output_dir, max_iter=max_iter, device=device,
-                      train_datasets=train_datasets, test_datasets=test_datasets)
+                      train_datasets=train_datasets, test_datasets=test_datasets, eval_only=eval_only)
         if not recipe.lazy:
             cfg.freeze()
         return recipe
@@ -104,7 +117,7 @@ class Recipe:
                 return default
         return default if node is None else node
 
-    def _apply(self, init_checkpoint, output_dir, max_iter, device, train_datasets, test_datasets):
+    def _apply(self, init_checkpoint, output_dir, max_iter, device, train_datasets, test_datasets, eval_only):
         if init_checkpoint is not None:
             self._set("train.init_checkpoint", "MODEL.WEIGHTS", init_checkpoint)
         if output_dir is not None:
@@ -127,7 +140,12 @@ class Recipe:
                 self.cfg.dataloader.evaluator.dataset_name = test[0]
         else:
             self.cfg.DATASETS.TRAIN, self.cfg.DATASETS.TEST = train, test
-        n = num_classes(train) or num_classes(test)
+        # The classes of the data the model learns; an evaluation only: of the data it is scored on.
+        n_train, n_test = num_classes(train), num_classes(test)
+        if not eval_only and None not in (n_train, n_test) and n_train != n_test:
+            raise DataError(f"the training sets {list(train)} have {n_train} classes, the test sets {list(test)} "
+                            f"{n_test}: evaluate on data of the training classes (--test-json / --test-images)")
+        n = (n_test or n_train) if eval_only else (n_train or n_test)
         current = self.get("model.roi_heads.num_classes", "MODEL.ROI_HEADS.NUM_CLASSES")
         if n is not None and current is not None and n != current:
             self.notes.append(f"num_classes follows the datasets: {n} (the config said {current})")
@@ -156,14 +174,26 @@ class Recipe:
         ``bicubic``, as the ViTDet authors, or ``pinv`` (a deviation). yacs configs hold ResNets only."""
         method = self.cfg.train.get("patch_embed_resize", "bicubic") if self.lazy else "bicubic"
         if method not in PATCH_RESIZE:
-            raise ValueError(f"{self.path}: the patch embedding resize must be one of {', '.join(PATCH_RESIZE)}, "
-                             f"got {method!r}")
+            raise ConfigError(f"{self.path}: the patch embedding resize must be one of {', '.join(PATCH_RESIZE)}, "
+                              f"got {method!r}")
         return method
+
+    @property
+    def train_datasets(self) -> Tuple[str, ...]:
+        names = self.get("dataloader.train.dataset.names", "DATASETS.TRAIN", ())
+        return (names,) if isinstance(names, str) else tuple(names)
 
     @property
     def test_datasets(self) -> Tuple[str, ...]:
         names = self.get("dataloader.test.dataset.names", "DATASETS.TEST", ())
         return (names,) if isinstance(names, str) else tuple(names)
+
+    def check_datasets(self, train: bool = True):
+        """The files of the datasets a run reads exist (the training sets only when it trains): a
+        builtin dataset that is not on this machine is an ``InputNotFound`` naming it, before a model is built."""
+        for flag, names in (("train", self.train_datasets if train else ()), ("test", self.test_datasets)):
+            for name in names:
+                check_files(name, flag)
 
     @property
     def detector(self) -> str:
@@ -220,11 +250,12 @@ class Recipe:
     # -------------------------------------------------------------- builders
     def build_model(self) -> torch.nn.Module:
         if self.lazy:
-            model = instantiate(self.cfg.model)
-            return model.to(self.device)
-        from detectron2.modeling import build_model
+            model = instantiate(self.cfg.model).to(self.device)
+        else:
+            from detectron2.modeling import build_model
 
-        return build_model(self.cfg)
+            model = build_model(self.cfg)
+        return cpu_sync_bn(model)
 
     def build_optimizer(self, model) -> torch.optim.Optimizer:
         if self.lazy:
@@ -278,6 +309,34 @@ class Recipe:
         return out
 
 
+def cpu_sync_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its ``nn.SyncBatchNorm`` layers (the recipes' ``SyncBN``) made detectron2's
+    ``NaiveSyncBatchNorm`` when several processes run on the CPU: torch's SyncBN refuses CPU tensors
+    once a process group exists, the naive one synchronises the same statistics through gloo. The
+    parameters and buffers are kept (same names, same tensors), so checkpoints load either way."""
+    if comm.get_world_size() == 1 or next(model.parameters()).device.type != "cpu":
+        return model
+    from detectron2.layers import NaiveSyncBatchNorm
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.SyncBatchNorm):
+                naive = NaiveSyncBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum,
+                                           affine=child.affine, track_running_stats=child.track_running_stats)
+                naive._parameters, naive._buffers = child._parameters, child._buffers
+                setattr(parent, name, naive)
+    return model
+
+
+def ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model`` (DDP when several processes run), also on the CPU: detectron2
+    puts the process's GPU in ``device_ids``, which DDP refuses for a CPU model (``--num-gpus 2`` on a
+    machine without GPUs, gloo processes); a CPU model takes none."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
 def _plain(value):
     value = OmegaConf.to_container(value)
     return tuple(value) if isinstance(value, list) else value
@@ -327,7 +386,9 @@ def backbone_label(model, pretrained: Optional[Dict[str, Any]] = None) -> str:
 def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint: Optional[str] = None,
              pretrain: Optional[str] = None, pretrained: Optional[Dict[str, Any]] = None,
              iterations: Optional[int] = None, eval_only: bool = False) -> Dict[str, Dict]:
-    """Evaluate on every test dataset; write ``results.json`` (one per dataset) from the main process.
+    """Evaluate on every test dataset; write ``results.json`` (one per dataset: ``eval/<name>/`` when there
+    are several) from the main process; an evaluation-only run writes ``results_eval.json`` where a training
+    run's ``results.json`` is, leaving that record as it is (the report reads results.json files).
     ``pretrained``: what the pretrained checkpoint said (``PretrainInfo``): its backbone name, its
     pretraining epochs (they join the recipe, as the report compares them) and its weights layout
     (``torchvision`` for the ResNets converted here, checked against the published baselines').
@@ -352,9 +413,11 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
         print_csv_format(results)
         task, metrics = results_record(evaluator, results)
         folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
+        file_name = EVAL_RESULTS_FILE if eval_only and holds_training_record(folder) else RESULTS_FILE
         path = write_results(folder, task=task, backbone=backbone_label(model, pretrained),
                              pretrain=pretrain or "unknown", metrics=metrics, recipe=summary, checkpoint=checkpoint,
-                             dataset=name, tool="tools/train_net.py", **({"weights": weights} if weights else {}))
+                             dataset=name, tool="tools/train_net.py", file_name=file_name,
+                             **({"weights": weights} if weights else {}))
         log.info("wrote %s", path)
     return all_results
 
@@ -389,7 +452,7 @@ def evaluate_checkpoint(recipe: Recipe, resume: Optional[str] = None, allow_pick
         iterations = 0
     elif "iteration" in (loaded or {}):
         iterations = int(loaded["iteration"]) + 1
-    return evaluate(recipe, create_ddp_model(model), checkpoint=path or None,
+    return evaluate(recipe, ddp_model(model), checkpoint=path or None,
                     pretrain=_pretrain_label(info.info, pretrain, path), pretrained=info.info,
                     iterations=iterations, eval_only=True)
 
@@ -414,7 +477,7 @@ def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = Fal
     log.info("Model:\n%s", model)
     optimizer = recipe.build_optimizer(model)
     train_loader = recipe.build_train_loader()
-    model = create_ddp_model(model, **s["ddp"])
+    model = ddp_model(model, **s["ddp"])
     trainer = (AMPTrainer if s["amp"] else SimpleTrainer)(model, train_loader, optimizer)
     info = PretrainInfo()
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, trainer=trainer,

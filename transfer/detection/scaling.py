@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pretrain.errors import ConfigError
+
 __all__ = ["scale_to_world_size"]
 
 
@@ -29,8 +31,8 @@ def scale_to_world_size(recipe, reference: int, world_size: int) -> Optional[str
         c = recipe.cfg
         batch = c.dataloader.train.total_batch_size
         if batch % reference:
-            raise ValueError(f"{recipe.path}: the batch {batch} is not a multiple of the reference world size "
-                             f"{reference}")
+            raise ConfigError(f"{recipe.path}: the batch {batch} is not a multiple of the reference world size "
+                              f"{reference}: give --reference-world-size a divisor of it (the recipe's GPUs)")
         before = (batch, c.optimizer.lr, c.train.max_iter)
         c.dataloader.train.total_batch_size = int(round(batch * scale))
         c.optimizer.lr = c.optimizer.lr * scale

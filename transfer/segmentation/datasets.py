@@ -20,6 +20,8 @@ from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from pretrain.errors import ConfigError, DataError, InputNotFound
+
 __all__ = ["SegFolderDataset", "read_classes"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -29,17 +31,17 @@ def read_classes(classes: Union[str, Sequence[str], None], data_root: Optional[s
     """Class names from a list, a text file (one a line), or ``<data_root>/classes.txt``."""
     if classes is None:
         if data_root is None:
-            raise ValueError("SegFolderDataset needs `classes` (a list or a file) or a data_root with classes.txt")
+            raise ConfigError("SegFolderDataset needs `classes` (a list or a file) or a data_root with classes.txt")
         classes = osp.join(data_root, "classes.txt")
     if isinstance(classes, (str, Path)):
         path = Path(classes)
         if not path.is_file():
-            raise FileNotFoundError(f"class list {path} not found (one class name a line; or pass classes=[...])")
+            raise InputNotFound(f"class list {path} not found (one class name a line; or --classes FILE|a,b,c)")
         names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     else:
         names = tuple(classes)
     if not names:
-        raise ValueError(f"empty class list from {classes}")
+        raise ConfigError(f"empty class list from {classes}")
     return names
 
 
@@ -70,7 +72,7 @@ class SegFolderDataset(BaseSegDataset):
         if split and osp.isdir(osp.join(root, img_dir, split)):
             return osp.join(img_dir, split), osp.join(label_dir, split)
         if not osp.isdir(osp.join(root, img_dir)):
-            raise FileNotFoundError(f"no image folder {osp.join(root, img_dir)} (expected {img_dir}/[<split>/]*.png "
+            raise InputNotFound(f"no image folder {osp.join(root, img_dir)} (expected {img_dir}/[<split>/]*.png "
                                     f"and {label_dir}/[<split>/]*.png under the data root)")
         if split:
             print_log(f"{osp.join(root, img_dir)} has no '{split}' subfolder: the whole folder serves as "
@@ -85,7 +87,7 @@ class SegFolderDataset(BaseSegDataset):
         img_dir, seg_dir = self.data_prefix["img_path"], self.data_prefix["seg_map_path"]
         images = sorted(p for p in Path(img_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
         data_list, unlabelled = [], []
         for img in images:
             seg = Path(seg_dir) / (img.stem + self.seg_map_suffix)
@@ -95,6 +97,6 @@ class SegFolderDataset(BaseSegDataset):
             data_list.append(dict(img_path=str(img), seg_map_path=str(seg), label_map=self.label_map,
                                   reduce_zero_label=self.reduce_zero_label, seg_fields=[]))
         if unlabelled:
-            raise FileNotFoundError(f"{len(unlabelled)} of {len(images)} images in {img_dir} have no label file "
+            raise DataError(f"{len(unlabelled)} of {len(images)} images in {img_dir} have no label file "
                                     f"{seg_dir}/<name>{self.seg_map_suffix} (first: {unlabelled[:3]})")
         return data_list

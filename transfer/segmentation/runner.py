@@ -5,36 +5,67 @@ holds what the project adds around it:
 
 * config edits a command line asks for (backbone checkpoint or random init,
   data folder, iterations, CPU fallbacks), each a small function of the config;
+* checks of what a run reads (``check_data``, ``check_checkpoint``), made before mmengine's
+  ``Runner`` creates the work dir, so that a user's mistake ends in one line and leaves nothing;
+* ``CPURunner``: SyncBatchNorm reverted to BatchNorm after the model build (the CPU fallback for
+  norm layers that no config names);
 * resuming under torch's weights-only loading: ``checkpoint.mmengine_checkpoint_globals``;
 * ``write_seg_results``: mIoU / mAcc / aAcc and the recipe into
   ``<work_dir>/results.json`` (``transfer.results``).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.runner import Runner
 
+from pretrain.errors import ConfigError, DataError, InputNotFound
 from transfer.results import write_results
 
 __all__ = [
-    "load_seg_config", "set_backbone_checkpoint", "backbone_checkpoint",
-    "set_data", "match_num_classes", "set_iterations", "adapt_to_device", "SegResultsHook", "trained_record",
+    "load_seg_config", "merge_overrides", "set_backbone_checkpoint", "backbone_checkpoint",
+    "set_data", "match_num_classes", "set_iterations", "adapt_to_device", "check_data", "check_checkpoint",
+    "sync_bn_to_bn", "CPURunner", "SegResultsHook", "trained_record",
     "results_recipe", "write_seg_results", "SEG_METRICS",
 ]
 
 SEG_METRICS = ("mIoU", "mAcc", "aAcc")
+# mmseg modules whose norm layer defaults to SyncBN when their config does not name one.
+SYNC_BN_DEFAULTS = ("Feature2Pyramid",)
 
 
 # ------------------------------------------------------------------ config
 def load_seg_config(path, overrides: Optional[Dict] = None) -> Config:
     """An mmseg config with ``key=value`` overrides merged (mmengine's ``--cfg-options`` syntax)."""
-    cfg = Config.fromfile(str(path))
+    if not Path(path).is_file():
+        raise InputNotFound(f"config not found: {path} (an mmseg config, e.g. configs/mmseg/...py)")
+    try:
+        cfg = Config.fromfile(str(path))
+    except SyntaxError as e:
+        raise ConfigError(f"{path} is not a valid mmengine config: {e.msg} (line {e.lineno})") from None
+    missing = [k for k in ("model", "train_dataloader", "train_cfg") if k not in cfg]
+    if missing:
+        raise ConfigError(f"{path} is not an mmseg training config: it has no {', '.join(missing)} "
+                          f"(the configs under configs/mmseg/ are)")
     if overrides:
-        cfg.merge_from_dict(overrides)
+        merge_overrides(cfg, overrides)
     return cfg
+
+
+def merge_overrides(cfg: Config, overrides: Dict) -> None:
+    """Merge ``key=value`` overrides (``--cfg-options``); one that does not fit the config's structure
+    (a value where the config has a section, or the reverse) is a ConfigError naming it."""
+    for key, value in overrides.items():
+        try:
+            cfg.merge_from_dict({key: value})
+        except (TypeError, KeyError) as e:  # mmengine's refusals of a merge; nothing else runs here
+            raise ConfigError(f"--cfg-options {key}={value!r} does not fit the config: {e}") from None
 
 
 def backbone_checkpoint(cfg: Config) -> Optional[str]:
@@ -65,7 +96,7 @@ def set_data(cfg: Config, data_root=None, classes=None, ignore_labels: Optional[
             ds.data_root = str(data_root)
         if classes is not None or ignore_labels is not None:
             if ds.type != "SegFolderDataset":
-                raise ValueError(f"--classes / --ignore-label apply to SegFolderDataset configs, not {ds.type}")
+                raise ConfigError(f"--classes / --ignore-label apply to SegFolderDataset configs, not {ds.type}")
             if classes is not None:
                 ds.classes = classes
             if ignore_labels is not None:
@@ -92,10 +123,15 @@ def set_iterations(cfg: Config, iters: int) -> None:
     scale = lambda v: max(1, round(v * iters / old))  # noqa: E731
     cfg.train_cfg.max_iters = iters
     cfg.train_cfg.val_interval = min(iters, scale(cfg.train_cfg.get("val_interval", old)))
-    for sched in cfg.get("param_scheduler") or []:
+    schedulers = cfg.get("param_scheduler") or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
+    for sched in schedulers:
         for key in ("begin", "end"):
             if key in sched:
                 sched[key] = min(iters, scale(sched[key])) if sched[key] else 0
+    # A phase scaled to no iteration (the poly decay after a warm-up that takes the only iteration)
+    # would never run, and mmengine refuses a scheduler whose end is not after its begin: dropped.
+    cfg.param_scheduler = [s for s in schedulers if s.get("begin", 0) < s.get("end", float("inf"))]
     ckpt = cfg.default_hooks.get("checkpoint")
     if ckpt and "interval" in ckpt:
         ckpt.interval = min(iters, scale(ckpt.interval))
@@ -106,11 +142,23 @@ def adapt_to_device(cfg: Config, cuda: bool) -> List[str]:
 
     On CPUs: SyncBN -> BN (SyncBN needs GPUs), AmpOptimWrapper -> OptimWrapper
     (mmengine's AMP needs a GPU), gloo instead of nccl and a DDP wrapper without
-    device ids for torchrun runs.
+    device ids for torchrun runs. The SyncBN a module takes from its class default
+    is not in the config: Feature2Pyramid's (the MAE recipe's neck) is named here,
+    and ``CPURunner`` reverts any other after the build.
     """
     if cuda:
         return []
     notes = []
+
+    def name_default_norms(node):
+        if isinstance(node, dict):
+            if node.get("type") in SYNC_BN_DEFAULTS and "norm_cfg" not in node:
+                node["norm_cfg"] = dict(type="SyncBN", requires_grad=True)  # the class default, named
+            for v in node.values():
+                name_default_norms(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                name_default_norms(v)
 
     def sync_to_bn(node):
         if isinstance(node, dict):
@@ -123,6 +171,7 @@ def adapt_to_device(cfg: Config, cuda: bool) -> List[str]:
             for v in node:
                 sync_to_bn(v)
 
+    name_default_norms(cfg.model)
     sync_to_bn(cfg.model)
     changes = [f"SyncBN -> BN ({len(notes)} norm configs)"] if notes else []
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
@@ -133,6 +182,80 @@ def adapt_to_device(cfg: Config, cuda: bool) -> List[str]:
     # mmengine's DDP wrapper passes device_ids=[LOCAL_RANK], which only GPU modules accept.
     cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     return changes
+
+
+def sync_bn_to_bn(model: nn.Module) -> nn.Module:
+    """``model`` with its SyncBatchNorm layers as BatchNorm (same parameters and statistics)."""
+    synced = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if not synced:
+        return model
+    from mmengine.model import revert_sync_batchnorm
+
+    print_log(f"no GPU: {synced} SyncBatchNorm layers (a class default) -> BatchNorm", logger="current")
+    return revert_sync_batchnorm(model)
+
+
+class CPURunner(Runner):
+    """mmengine's Runner for CPUs: the built model's SyncBatchNorm layers become BatchNorm before the
+    DDP wrapper (which refuses them on CPUs), whatever their config said or left to a class default."""
+
+    def build_model(self, model):
+        return sync_bn_to_bn(super().build_model(model))
+
+
+# ------------------------------------------------------------------ inputs
+def _dataset_dirs(ds: Dict):
+    """(image folder, label folder) a BaseSegDataset config reads (SegFolderDataset finds its own)."""
+    root, prefix = ds.get("data_root") or "", ds.get("data_prefix") or {}
+    return (Path(root, prefix["img_path"]) if "img_path" in prefix else None,
+            Path(root, prefix["seg_map_path"]) if "seg_map_path" in prefix else None)
+
+
+def check_data(cfg: Config, splits: Sequence[str] = ("train", "val", "test")) -> Dict[str, int]:
+    """Every dataset the run reads, checked as the Runner would find it, but before the Runner creates
+    the work dir: the root and its folders exist, the image list is not empty, and every image has its
+    label map (mmseg itself fails on a missing one only when loading it). Returns {split: images}."""
+    from mmseg.registry import DATASETS
+
+    counts, seen = {}, []
+    for split in splits:
+        loader = cfg.get(f"{split}_dataloader")
+        if not loader or loader.dataset in seen:  # test_dataloader is often val_dataloader
+            continue
+        seen.append(loader.dataset)
+        ds = copy.deepcopy(dict(loader.dataset))
+        what = f"the {split} split's {ds.get('type')}"
+        root = ds.get("data_root")
+        if root and not Path(root).is_dir():
+            raise InputNotFound(f"dataset root not found: {root} ({what}; --data-root DIR sets it)")
+        if ds.get("type") != "SegFolderDataset" and not ds.get("ann_file"):
+            img_dir, seg_dir = _dataset_dirs(ds)
+            for folder in (img_dir, seg_dir):
+                if folder is not None and not folder.is_dir():
+                    raise InputNotFound(
+                        f"{folder} not found: {what} reads images from {img_dir} and labels from {seg_dir} "
+                        f"(for ADE20K, --data-root is the ADEChallengeData2016 folder)")
+        dataset = DATASETS.build(dict(ds, pipeline=[], lazy_init=False, serialize_data=False))
+        if len(dataset) == 0:
+            raise DataError(f"no images (*{getattr(dataset, 'img_suffix', '')}) in "
+                            f"{dataset.data_prefix.get('img_path')} ({what})")
+        unlabelled = [Path(info["img_path"]).name for info in map(dataset.get_data_info, range(len(dataset)))
+                      if info.get("seg_map_path") and not Path(info["seg_map_path"]).is_file()]
+        if unlabelled:
+            raise DataError(f"{len(unlabelled)} of {len(dataset)} images of {what} have no label map in "
+                            f"{dataset.data_prefix.get('seg_map_path')} (first: {unlabelled[:3]}); every image "
+                            f"needs one")
+        counts[split] = len(dataset)
+    return counts
+
+
+def check_checkpoint(path, what: str) -> None:
+    """A checkpoint the run will load exists and reads as one (a CheckpointFormatError otherwise)."""
+    from transfer.segmentation.checkpoint import load_checkpoint_file
+
+    if not Path(path).is_file():
+        raise InputNotFound(f"checkpoint not found: {path} ({what})")
+    load_checkpoint_file(path)
 
 
 # ----------------------------------------------------------------- results
