@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import re
 import shutil
 import subprocess
@@ -567,8 +568,27 @@ def argv_of(case: Bad, world: Path):
     return [a.format(w=world) for a in case.argv]
 
 
+def all_loggers():
+    return [logging.getLogger()] + [x for x in logging.Logger.manager.loggerDict.values()
+                                    if isinstance(x, logging.Logger)]
+
+
+@pytest.fixture
+def isolated_logging(monkeypatch):
+    """In-process runs of several tools in one process: the log handlers a tool adds (detectron2's
+    setup_logger holds the stream of the test it ran in) are removed after its row, and a handler left
+    by an earlier test, whose captured stream is closed now, stays quiet instead of printing a traceback
+    of the logging module into this row's stderr."""
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    before = {id(x): list(x.handlers) for x in all_loggers()}
+    yield
+    for x in all_loggers():
+        for handler in [h for h in x.handlers if h not in before.get(id(x), [])]:
+            x.removeHandler(handler)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.tool}:{c.id}")
-def test_user_error_is_one_line_and_changes_nothing(case, world, capsys, monkeypatch):
+def test_user_error_is_one_line_and_changes_nothing(case, world, capsys, monkeypatch, isolated_logging):
     monkeypatch.chdir(world / "cwd")
     before = snapshot(world)
     with pytest.raises(SystemExit) as ended:
