@@ -20,13 +20,15 @@ And every tool ends the same way (:func:`run_tool`): a user error (``pretrain.er
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import UserError
 
-__all__ = ["USER_ERROR_EXIT", "add_run_args", "is_key_value", "positive_int", "resume_override",
+__all__ = ["USER_ERROR_EXIT", "add_run_args", "is_key_value", "non_negative_int", "positive_float", "positive_int",
+           "resume_override",
            "run_overrides", "run_tool"]
 
 USER_ERROR_EXIT = 2  # argparse's status for a bad command line; the same for every input a user can fix
@@ -55,6 +57,28 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for a count that may be 0 (0: off, or the config as it is)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for a rate or a temperature: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 

@@ -14,34 +14,11 @@ afresh when there is none); a folder with a finished run of the same settings is
 training again; --fresh discards what the folder holds.
 """
 import argparse
-import math
 import signal
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse ``type`` for --eval-every (0: at the end only)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse ``type`` for the learning rate."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
 def parse_args(argv=None):
-    from pretrain.cli import positive_int
+    from pretrain.cli import non_negative_int, positive_float, positive_int
     from transfer.backbone import add_backbone_args, check_backbone_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,18 +19,8 @@ TASK = "knn"
 log = logging.getLogger("knn_eval")
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
 def parse_args(argv=None):
-    from pretrain.cli import positive_int
+    from pretrain.cli import positive_float, positive_int
     from transfer.backbone import add_backbone_args, check_backbone_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,7 +19,6 @@ DINOv2's evaluation code do on a GPU); the features come out in fp32 either way.
 """
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -30,6 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pretrain.backbones import is_resnet_name, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
+from pretrain.cli import non_negative_int
 from pretrain.errors import ConfigError, InputNotFound
 from pretrain.precision import autocast_dtype, matmul_shapes, precision_name
 from pretrain.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -200,17 +200,6 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
         backbone = ResNetBackbone(net, arch or export.arch, report=report, **labels)
     backbone.mean, backbone.std = export.mean, export.std  # as it was trained (SimCLR v1: none)
     return backbone.freeze()
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse ``type`` for a count that may be 0 (data loading processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def add_backbone_args(p) -> None:

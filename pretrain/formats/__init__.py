@@ -12,14 +12,13 @@ evaluates, or the ``variant`` asked for. A new format is a new file here with a
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
 from ..backbones import BackboneExport, split_prefix
 from ..checkpoint import CheckpointFormatError
+from ..registry import Registry
 
 __all__ = ["CheckpointFormat", "register_format", "formats", "format_of", "file_tensors", "TRAINING_STATE",
            "RESNET_KEYS", "take_network", "training_state_note"]
@@ -63,25 +62,13 @@ class CheckpointFormat(abc.ABC):
         return variant
 
 
-_REGISTRY: Dict[str, Type[CheckpointFormat]] = {}
-_DISCOVERED = False
-
-
-def register_format(cls: Type[CheckpointFormat]) -> Type[CheckpointFormat]:
-    if getattr(cls, "name", None) in _REGISTRY:
-        raise ValueError(f"a checkpoint format named {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+_REGISTRY: Registry[CheckpointFormat] = Registry("checkpoint format", __name__)
+register_format = _REGISTRY.register
 
 
 def formats() -> Dict[str, Type[CheckpointFormat]]:
-    """Every registered format by name (importing each module of this package once)."""
-    global _DISCOVERED
-    if not _DISCOVERED:
-        _DISCOVERED = True
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-    return dict(_REGISTRY)
+    """Every registered checkpoint format by name (importing each module of this package once)."""
+    return _REGISTRY.all()
 
 
 def format_of(ckpt: Any, source: str = "") -> Optional[CheckpointFormat]:

@@ -11,8 +11,6 @@ first asked.
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn as nn
 
 from ..backbones import BackboneExport
 from ..checkpoint import unwrap_state_dict
+from ..registry import Registry
 
 __all__ = ["PretrainMethod", "register_method", "methods", "get_method", "method_of", "run_config", "trained_on",
            "fused_ok"]
@@ -101,25 +100,13 @@ class PretrainMethod(abc.ABC):
         """The backbone of a checkpoint in this layout (the project's or the authors')."""
 
 
-_REGISTRY: Dict[str, Type[PretrainMethod]] = {}
-_DISCOVERED = False
-
-
-def register_method(cls: Type[PretrainMethod]) -> Type[PretrainMethod]:
-    if getattr(cls, "name", None) in _REGISTRY:
-        raise ValueError(f"a pretraining method named {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+_REGISTRY: Registry[PretrainMethod] = Registry("pretraining method", __name__)
+register_method = _REGISTRY.register
 
 
 def methods() -> Dict[str, Type[PretrainMethod]]:
-    """Every registered method by name (importing each module of this package once)."""
-    global _DISCOVERED
-    if not _DISCOVERED:
-        _DISCOVERED = True
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-    return dict(_REGISTRY)
+    """Every registered pretraining method by name (importing each module of this package once)."""
+    return _REGISTRY.all()
 
 
 def get_method(name: str) -> PretrainMethod:
