@@ -68,7 +68,7 @@ def welch_word(pretrained, baseline):
 
 def test_quick_demo_runs_the_pipeline_through_the_ladder_with_seeds(demo):
     from transfer.detection import detectron2_available
-    from transfer.ladder import PRIMARY_METRIC
+    from transfer.ladder.rung import primary_metric
 
     out, proc = demo
     assert (out / "pretrain" / "mae" / "checkpoint-last.pth").is_file()
@@ -88,7 +88,7 @@ def test_quick_demo_runs_the_pipeline_through_the_ladder_with_seeds(demo):
                 if job["rung"] == rung:
                     role = job["subject"]["role"]
                     assert rec["pretrain"] == (label if role == "pretrained" else "random")
-                    values.setdefault(role, []).append(rec["metrics"][PRIMARY_METRIC[rec["task"]]])
+                    values.setdefault(role, []).append(rec["metrics"][primary_metric(rec["task"])])
             seeds = 1 if rung in ("segmentation", "detection") else 2  # QUICK's seeds
             assert len(values["pretrained"]) == len(values["baseline"]) == seeds, (method, rung)
             line = next(ln for ln in section.splitlines() if ln.startswith(f"- {rung}: "))

@@ -54,8 +54,11 @@ def big_files(tmp_path_factory):
     moco = moco_checkpoint(build_moco("resnet50", K=256, mlp=True), "resnet50", epoch=800)
     moco["state_dict"] = {k: v.half() for k, v in moco["state_dict"].items()}
     torch.save(moco, root / "moco_v2_800ep_pretrain.pth.tar")
-    for d in ("imagenet/train", "imagenet/val", "ade/images/validation", "coco/annotations"):
+    for d in ("imagenet/train", "imagenet/val", "ade/images/validation", "ade/annotations/validation",
+              "coco/annotations", "coco/train2017", "coco/val2017"):
         (root / d).mkdir(parents=True)
+    for split in ("train", "val"):  # the layout each rung's data check asks for (contents: a dry run reads none)
+        (root / "coco" / "annotations" / f"instances_{split}2017.json").write_text("{}")
     return root
 
 

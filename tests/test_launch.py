@@ -29,14 +29,17 @@ def tool(name):
 def ladder_job(rung, backbone="vit_base_patch16", folder="/tmp/ladder-job", extra=(), data=None, random=False):
     """The ladder's job of ``rung`` for a ``backbone`` checkpoint (``random``: its random baseline), its command as
     ``plan`` makes it."""
-    from transfer.ladder import RECIPES, CheckpointInfo, Job, Subject, _data_args, job_command
+    from pathlib import Path
+
+    from transfer.ladder import CheckpointInfo, Job, Subject
+    from transfer.ladder.rung import get_rung
 
     info = CheckpointInfo("/ckpt/model.pth", "0" * 64, "vit" if "vit" in backbone else "resnet", backbone,
                           f"mae_{backbone}" if "vit" in backbone else backbone, "mae")
     subject = Subject("baseline", None, "random") if random else Subject("pretrained", info.path)
-    recipe = RECIPES[backbone][rung]
-    data_args, task = _data_args(rung, data or "/data/none")
-    cmd = job_command(rung, recipe, subject, info, 0, str(folder), data_args, extra)
+    recipe = get_rung(rung).recipes[backbone]
+    data_args, task = get_rung(rung).data_args(Path(data or "/data/none"))
+    cmd = get_rung(rung).command(recipe, subject, info, 0, str(folder), data_args, extra)
     return Job(rung, subject, 0, str(folder), cmd, recipe.gpus, recipe.gpu_hours, task)
 
 

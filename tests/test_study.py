@@ -1,4 +1,4 @@
-"""Studies (transfer/study.py, tools/study.py): the shipped ones plan and price, a CPU one runs end to end."""
+"""Studies (transfer/ladder/study.py, tools/study.py): the shipped ones plan and price, a CPU one runs end to end."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_tool
 from transfer.published import STUDY_SERIES
-from transfer.study import STUDIES, Point, Study, point_label, shipped
+from transfer.ladder.study import STUDIES, Point, Study, point_label, shipped
 
 SHIPPED = shipped()
 

@@ -239,6 +239,8 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--detection", action="store_true",
                    help="add the Mask R-CNN rung to the full-size demo (about 5 more minutes; --quick always has it)")
+    p.add_argument("--data-only", action="store_true",
+                   help="write the datasets (<out>/data/: unlabelled, cls, seg, coco) and stop, e.g. for a study")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     size = QUICK if args.quick else FULL
@@ -256,6 +258,8 @@ def main(argv=None):
     stages = [("data", demo.stage_data), ("pretrain_mae", lambda: demo.stage_pretrain("mae")),
               ("pretrain_moco", lambda: demo.stage_pretrain("moco")), ("figures", demo.stage_figures),
               ("ladder_mae", lambda: demo.stage_ladder("mae")), ("ladder_moco", lambda: demo.stage_ladder("moco"))]
+    if args.data_only:
+        stages = stages[:1]
     t0 = time.time()
     for i, (name, fn) in enumerate(stages, 1):
         if demo.done(name):
@@ -266,6 +270,9 @@ def main(argv=None):
         fn()
         demo.mark(name)
         print(f"[{i}/{len(stages) + 1}] {name}: {time.time() - t:.0f}s", flush=True)
+    if args.data_only:
+        print(f"datasets written to {demo.data}")
+        return
     report = demo.stage_report()
     print(f"[{len(stages) + 1}/{len(stages) + 1}] report: {report}")
     print("\n".join(line for line in report.read_text().split("## Tables")[0].splitlines()

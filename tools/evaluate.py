@@ -42,12 +42,13 @@ def rung_count(text: str):
 
 
 def main(argv=None):
-    from transfer.ladder import RUNGS, SUITES
+    from transfer.ladder.rung import all_rungs, suites
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="any checkpoint the project reads (MAE, MoCo, timm, DeiT, torchvision)")
-    p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="quick = knn, linear, dense_probe")
-    p.add_argument("--rungs", help=f"comma-separated rungs instead of a suite ({', '.join(RUNGS)})")
+    p.add_argument("--suite", choices=sorted(suites()), default="quick",
+                   help="; ".join(f"{name}: {', '.join(rungs)}" for name, rungs in suites().items()))
+    p.add_argument("--rungs", help=f"comma-separated rungs instead of a suite ({', '.join(all_rungs())})")
     p.add_argument("--baseline", default="supervised",
                    help="supervised (the backbone's supervised ImageNet twin, found in --weights; the default) | "
                         "random | PATH of a checkpoint | none")
@@ -79,7 +80,7 @@ def main(argv=None):
     # Every input is checked before anything is written (a user error ends in one line: pretrain.cli.run_tool).
     if args.launcher == "slurm" and args.cluster is None and not (args.dry_run or args.report_only):
         ladder.require_slurm()  # submitit would run the jobs here instead
-    rungs = args.rungs.split(",") if args.rungs else list(SUITES[args.suite])
+    rungs = args.rungs.split(",") if args.rungs else list(suites()[args.suite])
     plan = ladder.plan(args.checkpoint, args.out, rungs, parse_data(args.data, args.data_file), args.seeds,
                        args.baseline, parse_rung_args(args.rung_args), dict(args.rung_seeds), args.allow_pickle,
                        args.weights)

@@ -10,7 +10,7 @@ when interrupted, skipped when finished), then its ladder (tools/evaluate.py's j
 A failed point is recorded as failed and the others go on; a rerun continues where the study stopped.
 Writes <out>/<study>/: plan.json, results.json, table.md, table.csv and figure_<rung>_<metric>.png (the
 paper's series beside the run's). --dry-run prints every point's jobs and the study's GPU-hours.
-Study files: configs/studies/*.yaml (transfer/study.py says what they hold). See docs/ladder.md.
+Study files: configs/studies/*.yaml (transfer/ladder/study.py says what they hold). See docs/ladder.md.
 """
 import argparse
 from pathlib import Path
@@ -32,7 +32,7 @@ def parse_args(argv=None):
 
 
 def study_path(name: str) -> Path:
-    from transfer.study import STUDIES, shipped
+    from transfer.ladder.study import STUDIES, shipped
 
     path = Path(name)
     if path.is_file():
@@ -45,7 +45,7 @@ def study_path(name: str) -> Path:
 def main(argv=None):
     args = parse_args(argv)
     from transfer.ladder import absolute, parse_data  # tools/evaluate.py's --data reading
-    from transfer.study import Study, plan_rows, run_study, write_report
+    from transfer.ladder.study import Study, plan_rows, run_study, write_report
 
     study = Study.load(study_path(args.study))
     data = parse_data(args.data, args.data_file)

@@ -46,6 +46,7 @@ class Published:
     recipe: Dict = field(default_factory=dict)
     source: str = ""
     weights: Optional[str] = None  # a key of WEIGHTS where it matters (supervised ResNet baselines)
+    checked: bool = True  # False: entered from the paper, not re-read against it here (the report says so)
 
 
 _FT = {"epochs": 100, "batch": 1024, "img_size": 224, "pretrain_epochs": 1600}
@@ -146,6 +147,13 @@ PUBLISHED: List[Published] = [
     Published("ade20k_seg", "resnet50", "supervised", {"mIoU": 42.05},
               {"iterations": 160000, "batch": 16, "crop_size": 512, **_SUP}, MMSEG_UPERNET + ", 160k",
               weights=RESNET_V1C),
+    # MoCo Table 6: COCO keypoint detection (rung keypoints)
+    # MoCo Table 6: LVIS v0.5 instance segmentation; ViTDet's LVIS rows (rung lvis)
+    # MoCo Table 6: Cityscapes instance segmentation (rung cityscapes_instance)
+    # MoCo Table 6: VOC and Cityscapes semantic segmentation (rungs voc_seg, cityscapes_seg)
+    # ViTDet's Cascade Mask R-CNN rows (rung cascade)
+    # MAE Table 6: iNaturalist and Places fine-tuning (rungs inat*, places*)
+    # MAE Table 3: robustness, ImageNet-A / -R / -Sketch / -C (rung robustness)
 ]
 
 # (task, backbone, pretrain) that shipped recipes produce and nobody published, with the reason.
@@ -170,7 +178,7 @@ def published_for(task: str, backbone: str, pretrain: str) -> List[Published]:
 @dataclass(frozen=True)
 class Series:
     """A paper's values across the points of one of its ablations (a study's reference series):
-    ``values`` maps a study point's label (``transfer.study.point_label``) to the paper's number, for the
+    ``values`` maps a study point's label (``transfer.ladder.study.point_label``) to the paper's number, for the
     ladder rung ``rung`` and its metric. ``checked``: re-read against the paper's table for this entry;
     False marks values entered from the paper that no one has re-checked here."""
     name: str

@@ -1,8 +1,9 @@
 """The evaluation ladder: from one checkpoint to seeded results of every rung, cheapest first.
 
 A *rung* is one protocol (weighted kNN, linear probe, frozen dense probe, fine-tuning,
-detectron2, mmseg UperNet) run by the project's own tool for it as its own process, so that
-every rung is the same code a user runs by hand. ``plan`` turns a checkpoint into *jobs*:
+detectron2, mmseg UperNet, ...) run by the project's own tool for it as its own process, so that
+every rung is the same code a user runs by hand. Each is declared in one file of
+``transfer/ladder/rungs/`` (``transfer.ladder.rung``: its tool, data, tasks, suites and recipes). ``plan`` turns a checkpoint into *jobs*:
 rung x subject (the checkpoint, and its baseline through the same protocol) x seed, each
 with its command, its output folder, the GPUs its recipe needs and an estimate of its cost.
 ``run_local`` runs them one after another (a finished job is skipped, an interrupted one
@@ -32,83 +33,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pretrain.errors import ConfigError, InputNotFound, UserError
+from transfer.ladder.rung import all_rungs, backbones, data_keys, get_rung, primary_metric
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-RUNGS = ("knn", "linear", "dense_probe", "finetune", "detection", "segmentation")
-SUITES = {"quick": RUNGS[:3], "standard": RUNGS[:4], "full": RUNGS}
-# The dataset each rung reads (``--data KEY=PATH``), and the task its results file names.
-DATA_OF = {"knn": "imagenet", "linear": "imagenet", "dense_probe": "ade20k", "finetune": "imagenet",
-           "detection": "coco", "segmentation": "ade20k"}
-PRIMARY_METRIC = {"knn": "top1", "imagenet_linear": "top1", "imagenet_finetune": "top1",
-                  "ade20k_seg": "mIoU", "semantic_seg": "mIoU", "ade20k_dense_probe": "mIoU", "dense_probe": "mIoU",
-                  "coco_instance_seg": "mask_AP",
-                  "coco_det": "box_AP", "voc_det": "AP"}
 SIGNIFICANCE = 0.05  # two-sided p of Welch's t-test below which a gap is called a difference
-
-
-# ----------------------------------------------------------------- recipes
-@dataclass(frozen=True)
-class RungRecipe:
-    """What a rung runs for one backbone: the tool, its config, the GPUs it was published with and
-    the cost estimate (GPU-hours on A100-class GPUs, see docs/ladder.md's cost table)."""
-    tool: str
-    config: Optional[str] = None
-    gpus: int = 1
-    gpu_hours: float = 0.0
-    args: Tuple[str, ...] = ()
-
-
-def _recipes(linear: str, finetune: Optional[str], detection: Optional[str],
-             segmentation: Optional[str], gpu_hours: Mapping[str, float], gpus: Mapping[str, int],
-             cpu: bool = False) -> Dict[str, RungRecipe]:
-    knn_args = ("--img-size", "64", "--batch", "64") if cpu else ()
-    # DINOv2's linear ADE20K probe: 40k x 16, evaluated at the end; short CPU runs need a larger lr.
-    probe = (("--iters", "300", "--batch", "8", "--crop", "64", "--lr", "1e-2") if cpu else
-             ("--iters", "40000", "--batch", "16", "--crop", "512", "--eval-every", "0"))
-    out = {"knn": RungRecipe("tools/knn_eval.py", None, 1, gpu_hours["knn"], knn_args),
-           "linear": RungRecipe("tools/train_cls.py", linear, gpus.get("linear", 1), gpu_hours["linear"]),
-           "dense_probe": RungRecipe("tools/dense_probe.py", None, 1, gpu_hours["dense_probe"], probe)}
-    if finetune:
-        out["finetune"] = RungRecipe("tools/train_cls.py", finetune, gpus.get("finetune", 1), gpu_hours["finetune"])
-    if detection:
-        out["detection"] = RungRecipe("tools/train_net.py", detection, gpus.get("detection", 1),
-                                      gpu_hours["detection"])
-    if segmentation:
-        out["segmentation"] = RungRecipe("tools/train_seg.py", segmentation, gpus.get("segmentation", 1),
-                                         gpu_hours["segmentation"])
-    return out
-
-
-C, D, M = "configs/classification/", "configs/detectron2/", "configs/mmseg/"
-# Per backbone: the shipped recipe of each rung. GPU counts are the recipes' own (their headers);
-# GPU-hours are estimates documented in docs/ladder.md (iterations x s/iter x GPUs, or images / throughput).
-RECIPES: Dict[str, Dict[str, RungRecipe]] = {
-    "vit_base_patch16": _recipes(
-        C + "mae_vit_base_linear.yaml", C + "mae_vit_base_finetune.yaml", D + "COCO/mask_rcnn_vitdet_b_100ep.py",
-        M + "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py",
-        {"knn": 0.2, "linear": 13, "dense_probe": 0.5, "finetune": 90, "detection": 1030, "segmentation": 125},
-        {"linear": 32, "finetune": 32, "detection": 64, "segmentation": 8}),
-    "vit_large_patch16": _recipes(
-        C + "mae_vit_large_linear.yaml", C + "mae_vit_large_finetune.yaml",
-        D + "COCO/mask_rcnn_vitdet_l_100ep.py", None,
-        {"knn": 0.6, "linear": 40, "dense_probe": 1.5, "finetune": 160, "detection": 2900},
-        {"linear": 32, "finetune": 32, "detection": 64}),
-    "resnet50": _recipes(
-        C + "moco_r50_linear.yaml", None, D + "COCO/mask_rcnn_R_50_C4_2x_moco.py",
-        M + "upernet_r50-moco_4xb4-80k_ade20k-512x512.py",
-        {"knn": 0.2, "linear": 18, "dense_probe": 0.4, "detection": 200, "segmentation": 36},
-        {"linear": 8, "detection": 8, "segmentation": 4}),
-    # CPU-sized twins (the demo's backbones; segmentation: the demo's UperNet settings for the synthetic
-    # scenes): minutes on a laptop, not comparable with published numbers.
-    "vit_pico_patch8": _recipes(
-        C + "mae_vit_pico_linear_cpu.yaml", C + "mae_vit_pico_finetune_cpu.yaml",
-        D + "tiny/mask_rcnn_vitdet_pico.py", "configs/demo/seg_vit.py",
-        {"knn": 0, "linear": 0, "dense_probe": 0, "finetune": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
-    "resnet18": _recipes(
-        C + "moco_r18_linear_cpu.yaml", None, D + "tiny/mask_rcnn_R_18_C4.py", "configs/demo/seg_r18.py",
-        {"knn": 0, "linear": 0, "dense_probe": 0, "detection": 0, "segmentation": 0}, {}, cpu=True),
-}
 
 
 # --------------------------------------------------------------- datasets
@@ -287,60 +216,17 @@ def _subjects(info: CheckpointInfo, baseline: str, weights=None) -> List[Subject
     return subjects
 
 
-def _data_args(rung: str, root: str) -> Tuple[List[str], str]:
-    """The tool's dataset arguments for ``rung`` on the folder ``root``, and the task it writes."""
-    root_path = Path(root)
-    if rung == "knn":
-        return ["--train", str(root_path / "train"), "--val", str(root_path / "val")], "knn"
-    if rung in ("linear", "finetune"):
-        return [f"data.path={root}"], "imagenet_linear" if rung == "linear" else "imagenet_finetune"
-    ade = (root_path / "images" / "validation").is_dir()  # ADE20K layout, else the project's folder layout
-    if rung == "dense_probe":
-        return (["--data-root", root, "--dataset", "ade20k" if ade else "folder"],
-                "ade20k_dense_probe" if ade else "dense_probe")
-    if rung == "segmentation":
-        return ["--data-root", root], "ade20k_seg" if ade else "semantic_seg"
-    if rung == "detection":
-        ann = root_path / "annotations"
-        return (["--train-json", str(ann / "instances_train2017.json"),
-                 "--test-json", str(ann / "instances_val2017.json")], "coco_instance_seg")
-    raise ValueError(rung)
-
-
-def job_command(rung: str, recipe: RungRecipe, subject: Subject, info: CheckpointInfo, seed: int, folder: str,
-                data_args: List[str], extra: Sequence[str] = ()) -> List[str]:
-    """The tool's command line for one job (``extra``: the user's ``--rung-args`` for this rung)."""
-    ckpt = subject.checkpoint
-    label = list(subject.label and ["--pretrain", subject.label] or [])
-    if rung in ("knn", "dense_probe"):
-        init = [ckpt] if ckpt else ["--random-init", info.arch]
-        return [recipe.tool, *init, *data_args, "--out", folder, "--seed", str(seed), *label, *recipe.args, *extra]
-    if rung in ("linear", "finetune"):
-        init = (["--checkpoint", ckpt, "model.arch=auto"] if ckpt
-                else [f"model.arch={info.arch}", "model.pretrain=random"])
-        return [recipe.tool, recipe.config, *init, *data_args, f"train.output_dir={folder}", f"train.seed={seed}",
-                "data.synthetic=false", *recipe.args, *extra]
-    if rung == "detection":
-        init = ["--checkpoint", ckpt] if ckpt else ["--random-init"]
-        return [recipe.tool, "--config-file", recipe.config, *init, *data_args, "--output-dir", folder, *label,
-                *recipe.args, *extra, f"train.seed={seed}"]
-    if rung == "segmentation":
-        init = ["--checkpoint", ckpt] if ckpt else ["--random-init"]
-        return [recipe.tool, recipe.config, *init, *data_args, "--output-dir", folder, *label, *recipe.args, *extra,
-                "--cfg-options", f"randomness.seed={seed}"]
-    raise ValueError(rung)
-
-
 def check_inputs(rungs: Sequence[str], data: Mapping[str, str], rung_args: Optional[Mapping] = None,
                  rung_seeds: Optional[Mapping[str, int]] = None) -> None:
     """The rung names (``--rungs``, ``--rung-args``, ``--rung-seeds``) and dataset keys (``--data``) a user gave:
     a misspelt one would otherwise be skipped or ignored without a word."""
+    known = all_rungs()
     for flag, names in (("--rungs", rungs), ("--rung-args", rung_args or {}), ("--rung-seeds", rung_seeds or {})):
-        unknown = [r for r in names if r not in RUNGS]
+        unknown = [r for r in names if r not in known]
         if unknown:
             raise ConfigError(f"{flag}: unknown rung(s) {', '.join(map(repr, unknown))}; expected some of "
-                              f"{', '.join(RUNGS)}")
-    keys = sorted(set(DATA_OF.values()))
+                              f"{', '.join(known)}")
+    keys = data_keys()
     unknown = [k for k in data if k not in keys]
     if unknown:
         raise ConfigError(f"--data: unknown dataset key(s) {', '.join(map(repr, unknown))}; expected KEY=PATH with "
@@ -360,33 +246,34 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
 
     check_inputs(rungs, data, rung_args, rung_seeds)  # before reading the checkpoint: a typo fails at once
     info = inspect_checkpoint(checkpoint, allow_pickle)
-    recipes = RECIPES.get(info.backbone)
-    if recipes is None:
+    known = all_rungs()
+    if not any(info.backbone in r.recipes for r in known.values()):
         raise CheckpointFormatError(f"{checkpoint}: a {info.backbone} backbone, which the ladder has no recipes for "
-                                    f"(known backbones: {', '.join(sorted(RECIPES))}); evaluate it with the "
+                                    f"(known backbones: {', '.join(backbones())}); evaluate it with the "
                                     "rungs' tools directly (docs/ladder.md)")
     folder = checkpoint_folder(out_root, info)
     p = Plan(info, baseline, seeds, str(folder))
     subjects = _subjects(info, baseline, weights)
-    for rung in RUNGS:
-        if rung not in rungs:
+    for rung in known.values():
+        if rung.name not in rungs:
             continue
-        if rung not in recipes:
-            p.skipped.append(f"{rung}: no shipped recipe for {info.backbone}")
+        recipe = rung.recipes.get(info.backbone)
+        if recipe is None:
+            p.skipped.append(f"{rung.name}: no shipped recipe for {info.backbone}")
             continue
-        root = data.get(DATA_OF[rung])
+        root = data.get(rung.data)
         if not root or not Path(root).exists():
-            p.skipped.append(f"{rung}: no {DATA_OF[rung]} data (--data {DATA_OF[rung]}=PATH)"
+            p.skipped.append(f"{rung.name}: no {rung.data} data (--data {rung.data}=PATH)"
                              + (f"; {root} does not exist" if root else ""))
             continue
-        recipe = recipes[rung]
-        data_args, task = _data_args(rung, root)
+        rung.check_data(Path(root))
+        data_args, task = rung.data_args(Path(root))
         for subject in subjects:
-            for seed in range((rung_seeds or {}).get(rung, seeds)):
-                job_folder = str(folder / rung / subject.role / f"seed{seed}")
-                cmd = job_command(rung, recipe, subject, info, seed, job_folder, data_args,
-                                  (rung_args or {}).get(rung, ()))
-                p.jobs.append(Job(rung, subject, seed, job_folder, cmd, recipe.gpus, recipe.gpu_hours, task))
+            for seed in range((rung_seeds or {}).get(rung.name, seeds)):
+                job_folder = str(folder / rung.name / subject.role / f"seed{seed}")
+                cmd = rung.command(recipe, subject, info, seed, job_folder, data_args,
+                                   (rung_args or {}).get(rung.name, ()))
+                p.jobs.append(Job(rung.name, subject, seed, job_folder, cmd, recipe.gpus, recipe.gpu_hours, task))
     return p
 
 
@@ -412,8 +299,6 @@ def check_records(p: Plan) -> None:
                 raise ResultsError(f"{e}; delete it to run job {job.key} again") from None
 
 
-RESUME_FLAG = {"tools/train_cls.py": "--resume", "tools/train_net.py": "--resume", "tools/train_seg.py": "--resume",
-               "tools/dense_probe.py": "--resume"}
 GPUS_PER_NODE = 8  # the recipes' nodes; a recipe of more GPUs spans ceil(GPUs / 8) nodes
 # Multi-node rendezvous ports: PORT_BASE + job id mod PORT_SPAN, so that two jobs whose first nodes share a host
 # (SLURM packing) do not collide; below Linux's ephemeral range (32768-60999), whose ports the OS hands out.
@@ -464,40 +349,8 @@ def job_launch(job: Job, nodes: int = 1) -> Launch:
     launch = Launch(recipe_gpus, nodes, per_node)
     if not launch.differs:
         return launch
-    tool = job.command[0]
-    if tool == "tools/train_cls.py":
-        accum = _config_accum_iter(job.command) * (recipe_gpus // launch.gpus)
-        return dataclasses.replace(launch, args=(f"train.accum_iter={accum}",),
-                                   rule=f"batch kept by gradient accumulation: train.accum_iter={accum}")
-    if tool == "tools/train_net.py":
-        return dataclasses.replace(
-            launch, args=("--reference-world-size", str(recipe_gpus)),
-            rule=f"detectron2's reference world size {recipe_gpus}: batch and lr x{launch.gpus}/{recipe_gpus}, "
-                 f"iterations and periods x{recipe_gpus}/{launch.gpus}")
-    if tool == "tools/train_seg.py":
-        base = _seg_batch_per_gpu(job.command[1]) * recipe_gpus
-        return dataclasses.replace(
-            launch, args=("auto_scale_lr.enable=True", f"auto_scale_lr.base_batch_size={base}"),
-            rule=f"mmseg's auto_scale_lr: lr x{launch.gpus}/{recipe_gpus} (the recipe's batch {base}), "
-                 "iterations unchanged")
-    return dataclasses.replace(launch, rule="none: the tool has no accumulation or scaling rule")
-
-
-def _config_accum_iter(command: Sequence[str]) -> int:
-    """``train.accum_iter`` of a ``tools/train_cls.py`` command: its config with the command's overrides."""
-    from pretrain.cli import is_key_value
-    from transfer.classification.config import load_cls_config
-
-    return int(load_cls_config(command[1], [a for a in command[2:] if is_key_value(a)]).train.accum_iter)
-
-
-def _seg_batch_per_gpu(config: str) -> int:
-    """The per-GPU batch of an mmseg config (its ``train_dataloader.batch_size``), read without importing the
-    config's modules (the models: the ladder needs one number)."""
-    from mmengine.config import Config
-
-    path = config if Path(config).is_absolute() else str(REPO / config)
-    return int(Config.fromfile(path, import_custom_modules=False).train_dataloader.batch_size)
+    args, rule = get_rung(job.rung).keep_batch(job.command, recipe_gpus, launch.gpus)
+    return dataclasses.replace(launch, args=tuple(args), rule=rule)
 
 
 def launch_command(job: Job, resume: bool, python: str = sys.executable, nodes: int = 1, node_rank: int = 0,
@@ -508,24 +361,13 @@ def launch_command(job: Job, resume: bool, python: str = sys.executable, nodes: 
     job that started before. One node: torchrun's ``--standalone`` and detectron2's ``auto`` URL rendezvous on
     a free port; several: on ``master:port`` (default: ``job_port`` of ``SLURM_JOB_ID``)."""
     launch = launch or job_launch(job, nodes)
-    cmd = list(job.command)
-    flag = RESUME_FLAG.get(cmd[0])
-    if resume and flag:
-        # After a positional config (train_cls, train_seg), whose path an optional-argument --resume would take.
-        cmd.insert(2 if cmd[0] in ("tools/train_cls.py", "tools/train_seg.py") else 1, flag)
-    if cmd[0] == "tools/train_net.py":
-        cmd[1:1] = launch.args  # options, before the config overrides that end its command line
-    elif cmd[0] == "tools/train_seg.py" and launch.args:
-        # Items of the --cfg-options that ends its command line (job_command's randomness.seed).
-        cmd += ([] if "--cfg-options" in cmd else ["--cfg-options"]) + list(launch.args)
-    else:  # config overrides (train_cls)
-        cmd += launch.args
+    rung = get_rung(job.rung)
+    cmd = rung.with_launch_args(rung.resumed(job.command) if resume else job.command, launch.args)
     if nodes > 1 and port is None:
         port = job_port(os.environ.get("SLURM_JOB_ID", 0))
-    if cmd[0] == "tools/train_net.py":
-        return [python, *cmd[:1], "--num-gpus", str(launch.per_node), "--num-machines", str(nodes),
-                "--machine-rank", str(node_rank), *(["--dist-url", f"tcp://{master}:{port}"] if nodes > 1 else []),
-                *cmd[1:]]
+    own = rung.own_launcher(cmd, launch.per_node, nodes, node_rank, f"tcp://{master}:{port}" if nodes > 1 else None)
+    if own is not None:
+        return [python, *own]
     if nodes > 1:
         return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
                 "--nproc_per_node", str(launch.per_node), "--master_addr", master, "--master_port", str(port), *cmd]
@@ -616,7 +458,7 @@ def run_local(p: Plan, echo: Callable[[str], None] = print, env: Optional[Mappin
 def result_line(job: Job) -> str:
     from transfer.results import read_results
 
-    metric = PRIMARY_METRIC.get(job.task, "")
+    metric = primary_metric(job.task) or ""
     value = read_results(job.results)["metrics"].get(metric)
     return f"{metric} {value:.2f}" if value is not None else f"{metric} missing"
 
@@ -824,7 +666,7 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
             status = f"failed: {len(a.failed)} of {len(a.failed) + a.n} seeds (log: {a.failed[0]})"
         if a.n == 0 and not a.failed:
             status = "not run yet"
-        metrics = dict(a.mean) or {PRIMARY_METRIC.get(a.task, "mIoU"): None}
+        metrics = dict(a.mean) or {primary_metric(a.task) or "mIoU": None}
         rows.append(Row(a.task, a.backbone, a.pretrain if a.n else (a.pretrain if a.pretrain != "?" else a.role),
                         "run", metrics, a.recipe, str(Path(p.folder) / a.rung / a.role), f"{a.rung}, {a.role}",
                         None, dict(a.std), a.n, status, a.launch))
@@ -835,11 +677,11 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
              f"{p.seeds} seed(s) each; a difference is one with Welch's t-test p < {SIGNIFICANCE} on the "
              "rung's primary metric (docs/ladder.md).", ""]
     by = {(a.rung, a.role): a for a in aggregates}
-    for rung in RUNGS:
+    for rung in all_rungs():
         pre, base = by.get((rung, "pretrained")), by.get((rung, "baseline"))
         if pre is None:
             continue
-        metric = PRIMARY_METRIC.get(pre.task, "")
+        metric = primary_metric(pre.task) or ""
         if base is None:
             lines.append(f"- {rung}: {metric} {_mean_std(pre, metric)} (no baseline)")
             continue

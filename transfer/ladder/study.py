@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from pretrain.errors import ConfigError, InputNotFound
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "configs" / "studies"
 
 # Pretraining throughput per GPU (images / s through every view, A100-class, bf16) for the dry run's
@@ -100,15 +100,15 @@ class Study:
         return study
 
     def check(self, where: str) -> None:
-        from transfer import ladder
+        from transfer.ladder.rung import all_rungs
 
         if bool(self.sweep) == bool(self.points):
             raise ConfigError(f"{where}: give either sweep (key: [values]) or points (a list of key: value maps)")
         if not self.base_path().is_file():
             raise InputNotFound(f"{where}: base config not found: {self.base}")
-        unknown = sorted(set(self.rungs) - set(ladder.RUNGS))
+        unknown = sorted(set(self.rungs) - set(all_rungs()))
         if unknown:
-            raise ConfigError(f"{where}: unknown rungs {unknown}; expected some of {', '.join(ladder.RUNGS)}")
+            raise ConfigError(f"{where}: unknown rungs {unknown}; expected some of {', '.join(all_rungs())}")
         if self.seeds < 1:
             raise ConfigError(f"{where}: seeds must be >= 1, got {self.seeds}")
         labels = [p.label for p in self.grid()]
@@ -260,7 +260,7 @@ def point_record(point: Point, p, folder: Path) -> Dict:
 def plan_rows(study: Study, out: Path, data: Mapping[str, str]) -> Dict:
     """What the study will run, and its cost: per point the pretraining command and GPU-hours, and the
     ladder's jobs from the rungs' shipped recipes for the point's backbone."""
-    from transfer import ladder
+    from transfer.ladder.rung import all_rungs
 
     rows, total, pretrainings = [], 0.0, set()
     stand_in = {study.pretrain_data: data.get(study.pretrain_data, f"<{study.pretrain_data}>")} if (
@@ -268,7 +268,8 @@ def plan_rows(study: Study, out: Path, data: Mapping[str, str]) -> Dict:
     for point in study.grid():
         cfg = study.config(point, pretrain_folder(out, point), {**data, **stand_in})
         pre = pretrain_gpu_hours(cfg)
-        recipes = ladder.RECIPES.get(backbone_of(cfg), {})
+        recipes = {name: r.recipes[backbone_of(cfg)] for name, r in all_rungs().items()
+                   if backbone_of(cfg) in r.recipes}
         subjects = 1 if study.baseline == "none" else 2
         jobs = [(rung, recipes[rung].gpu_hours * subjects * study.seeds) for rung in study.rungs if rung in recipes]
         shared = pretrain_folder(out, point) in pretrainings  # counted with the first point that needs it
@@ -336,13 +337,13 @@ def metric_values(record: Dict, rung: str, metric: str, role: str = "pretrained"
 
 def report_metrics(results: Dict) -> List[tuple]:
     """(rung, metric) pairs with a value at some point: each rung's primary metric."""
-    from transfer import ladder
+    from transfer.ladder.rung import primary_metric
 
     pairs = []
     for record in results["points"]:
         for rung, roles in (record.get("rungs") or {}).items():
             task = roles.get("pretrained", {}).get("task")
-            metric = ladder.PRIMARY_METRIC.get(task)
+            metric = primary_metric(task)
             if metric and (rung, metric) not in pairs:
                 pairs.append((rung, metric))
     return pairs
