@@ -29,6 +29,9 @@ setup(
         "seg": ["mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
         # detectron2 is on no registry: pip install --no-build-isolation
         #   'git+https://github.com/facebookresearch/detectron2.git'
+        # LVIS's and Cityscapes' own evaluations, for detectron2 (tools/setup_env.sh installs them --no-deps:
+        # cityscapesscripts' viewer / download dependencies are not used)
+        "d2-datasets": ["lvis==0.5.3", "cityscapesscripts==2.3.0", "pyquaternion==0.9.9"],
         "test": ["pytest"],
         # data.backend=dali: decoding and crops on the GPU (CUDA 12).
         "dali": ["nvidia-dali-cuda120==2.4.0"],

@@ -11,13 +11,14 @@ shapes), what was left out, and where it came from (``Provenance``: method, resu
 data). ``read_backbone`` makes one of any file users hold. A pretraining method knows its own
 checkpoint layout (the project's files and the authors'), so a file in one is read by asking the
 method (``pretrain.methods``); files of no method (timm, DeiT, torchvision, a bare encoder) are read
-here, and the published files of other families (DINO, DINOv2, iBOT, I-JEPA, the SSL ResNet-50s) by
+here, and the published files of other families (DINO, DINOv2, iBOT, I-JEPA, CLIP, the SSL ResNet-50s) by
 their format's reader (``pretrain.formats``). ``BackboneExport.save`` writes a folder a user can publish:
 ``model.safetensors`` and a timm ``config.json``, which ``timm.create_model("local-dir:FOLDER",
 pretrained=True)`` loads.
 
 The canonical ViT is timm's ``VisionTransformer`` with the options timm has for the published
-families (``VIT_OPTIONS``): LayerScale, register tokens, no class token (average pooling), SwiGLU.
+families (``VIT_OPTIONS``): LayerScale, register tokens, no class token (average pooling), SwiGLU,
+CLIP's norm before the blocks, QuickGELU and LayerNorm eps.
 A shape names an option only when it differs from the plain ViT, so a plain ViT's shape is as before.
 """
 from __future__ import annotations
@@ -67,11 +68,13 @@ CLASSIFIER_KEYS = ("head.", "fc_norm.", "head_dist.", "dist_token")
 # timm VisionTransformer options of the published families, with the plain ViT's values (MAE, DeiT, DINO):
 # LayerScale (init_values; the trained gammas replace the initial value), register tokens, position table
 # without the prefix tokens' rows (DINOv2 with registers), no class token with the final norm per token
-# before average pooling (I-JEPA), the MLP ("swiglu": timm's SwiGLUPacked with SiLU, DINOv2 ViT-g). A ViT's
+# before average pooling (I-JEPA), the MLP ("swiglu": timm's SwiGLUPacked with SiLU, DINOv2 ViT-g), a norm
+# before the blocks (CLIP's ln_pre; the patch embedding then has no bias), the MLP's activation (a timm name:
+# "quick_gelu" for OpenAI's CLIP) and the LayerNorms' eps (CLIP's are torch's default, 1e-5). A ViT's
 # shape holds an option only when it differs from this value.
 VIT_OPTIONS: Dict[str, Any] = {"class_token": True, "reg_tokens": 0, "no_embed_class": False, "init_values": None,
                                "global_pool": "token", "fc_norm": None, "mlp_layer": "mlp",
-                               "dynamic_img_size": False}
+                               "dynamic_img_size": False, "pre_norm": False, "act_layer": "gelu", "norm_eps": 1e-6}
 # The input normalisation of a backbone trained on unnormalised [0, 1] pixels (SimCLR v1's converted weights).
 NO_NORMALIZATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -109,7 +112,7 @@ def vit_shape(state_dict: Mapping[str, torch.Tensor], num_heads: Optional[int] =
              "img_size": int(round(grid ** 0.5)) * patch_size}
     options = {"class_token": class_token, "reg_tokens": reg_tokens, "no_embed_class": no_embed_class,
                "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
-               "mlp_layer": "swiglu" if fc1 == 2 * fc2 else "mlp"}
+               "mlp_layer": "swiglu" if fc1 == 2 * fc2 else "mlp", "pre_norm": "norm_pre.weight" in state_dict}
     if not class_token:  # the final norm per token, then the mean of the tokens (I-JEPA's evaluation)
         options.update(global_pool="avg", fc_norm=False)
     return shape | {k: v for k, v in options.items() if v != VIT_OPTIONS[k]}
@@ -159,7 +162,8 @@ class BackboneExport:
     notes: List[str] = field(default_factory=list)  # what was adapted on the way
     provenance: Provenance = field(default_factory=Provenance)
     # The input normalisation it was trained with, of RGB in [0, 1]: ImageNet's for every family read
-    # here but SimCLR v1's converted ResNets (NO_NORMALIZATION: mean 0, std 1, the pixels as they are).
+    # here but CLIP's (its own, pretrain.formats.clip) and SimCLR v1's converted ResNets (NO_NORMALIZATION:
+    # mean 0, std 1, the pixels as they are).
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
 
@@ -174,30 +178,48 @@ class BackboneExport:
     def vit_kwargs(self) -> Dict[str, Any]:
         """timm ``VisionTransformer`` keyword arguments for this ViT's options (the shape's other keys are
         the caller's: it may want another image size or a head): what ``timm_config`` writes, with the
-        MLP as a class."""
+        MLP and the norm as classes."""
+        from functools import partial
+
         from timm.layers import SwiGLUPacked
 
-        kwargs = {k: v for k, v in self.vit_options().items() if k != "mlp_layer"}
+        kwargs = {k: v for k, v in self.vit_options().items() if k not in ("mlp_layer", "norm_eps")
+                  and not (k == "act_layer" and v == VIT_OPTIONS[k])}  # timm's default: torch's nn.GELU
+        kwargs["norm_layer"] = partial(torch.nn.LayerNorm, eps=self.vit_options()["norm_eps"])
         if self.shape.get("mlp_layer", "mlp") == "swiglu":
             kwargs.update(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
         return kwargs
 
     def timm_config(self) -> Dict:
         """timm's ``config.json`` for this backbone (``architecture``, ``model_args``, ``pretrained_cfg``)."""
-        if self.family == "vit":
+        if self.family == "vit" and self.shape.get("beit"):  # BEiT (pretrain.formats.beit): timm's Beit
+            from .formats.beit import beit_model_args  # the formats import this module
+
+            architecture, model_args = "beit_base_patch16_224", beit_model_args(self.shape)
+            input_size, interpolation, crop_pct = [3, self.shape["img_size"], self.shape["img_size"]], "bicubic", 0.9
+        elif self.family == "vit":
             s = self.shape
             preset = VIT_ARCHS.get(self.arch)
             architecture = preset.timm_name if preset and preset.timm_name and preset.num_heads == s["num_heads"] \
                 else "vit_base_patch16_224"  # any ViT builder: model_args give the whole shape
             if s.get("mlp_layer", "mlp") == "swiglu":  # a class, not JSON: the one timm builder that sets it
                 architecture = "vit_giant_patch14_dinov2"  # (SwiGLUPacked, SiLU); model_args give the rest
+            # The norm is a class too: a CLIP builder sets LayerNorm with eps 1e-5 (its pre_norm is overridden below).
+            eps = self.vit_options()["norm_eps"]
+            if eps != VIT_OPTIONS["norm_eps"]:
+                if eps != 1e-5 or architecture == "vit_giant_patch14_dinov2":
+                    raise ValueError(f"no timm builder sets LayerNorm eps {eps} (with a {s.get('mlp_layer')} MLP)")
+                architecture = "vit_base_patch16_clip_224"
             model_args = {"img_size": s["img_size"], "patch_size": s["patch_size"], "embed_dim": s["embed_dim"],
                           "depth": s["depth"], "num_heads": s["num_heads"], "mlp_ratio": s["mlp_ratio"],
                           "num_classes": 0}
             # The options that differ from the plain ViT's; a timm builder's own (the giant's LayerScale,
             # 518 px table) are overridden by their plain value.
-            model_args |= {k: v for k, v in self.vit_options().items() if k != "mlp_layer"
-                           and (k in s or architecture == "vit_giant_patch14_dinov2")}
+            # (Classes: the MLP, the norm; the SwiGLU's activation is the builder's SiLU.)
+            skip = ("mlp_layer", "norm_eps", "act_layer") if architecture == "vit_giant_patch14_dinov2" \
+                else ("mlp_layer", "norm_eps")
+            model_args |= {k: v for k, v in self.vit_options().items() if k not in skip
+                           and (k in s or architecture in ("vit_giant_patch14_dinov2", "vit_base_patch16_clip_224"))}
             input_size, interpolation, crop_pct = [3, s["img_size"], s["img_size"]], "bicubic", 0.875
         else:
             architecture, model_args = self.arch, {"num_classes": 0}

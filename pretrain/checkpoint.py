@@ -3,7 +3,8 @@
 * ``load_file`` reads ``.safetensors``, torch files (``.pth``, ``.pth.tar``,
   ``.pt``, ``.bin``) with ``weights_only=True``, and detectron2 ``.pkl`` files
   with an unpickler that only rebuilds numpy arrays: no pickled code runs unless
-  the caller passes ``allow_pickle=True`` for a file it trusts.
+  the caller passes ``allow_pickle=True`` for a file it trusts; TorchScript archives
+  (OpenAI's CLIP) by ``pretrain.torchscript``, which rebuilds only modules and tensors.
 * ``unwrap_state_dict`` finds the state dict inside the usual wrappers
   (``model``, ``state_dict``, DDP's ``module.``).
 * ``describe_state_dict`` names what a state dict is, for error messages that
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import DiskFull, UserError
+from .torchscript import is_torchscript_archive, read_torchscript
 
 __all__ = [
     "CheckpointFormatError",
@@ -101,6 +103,14 @@ def load_file(path, allow_pickle: bool = False) -> Any:
             raise CheckpointFormatError(
                 f"could not read checkpoint {path}: not a torch (.pth), safetensors or pickle file "
                 f"(it starts with {magic!r})")
+        if magic == b"PK\x03\x04" and is_torchscript_archive(path):  # OpenAI's CLIP releases
+            try:
+                return read_torchscript(path, allow_pickle)
+            except pickle.UnpicklingError as e:
+                raise CheckpointFormatError(
+                    f"{path}: a TorchScript archive holding more than modules and tensors ({e}); open it only "
+                    f"if you trust its source, with allow_pickle=True (--allow-pickle on the command line)."
+                ) from e
         try:
             # The MAE / DeiT code stores its argparse.Namespace beside the weights: a plain
             # attribute container, safe to rebuild.
@@ -204,6 +214,15 @@ def write_text_atomic(path, text: str) -> Path:
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
+
+    return _replace_atomic(Path(path), write)
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """``Path.write_bytes`` through a temp file + rename (a chart a report links to)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
 
     return _replace_atomic(Path(path), write)
 

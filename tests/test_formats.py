@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytest
@@ -319,8 +320,14 @@ CASES: Dict[str, Dict[str, Callable[[], Case]]] = {
 }
 
 
+# Formats whose released files are built in a test module of their own (a TorchScript archive, the authors'
+# CLIP forward): tests/test_formats_clip.py.
+CASES_ELSEWHERE = {"clip": "test_formats_clip.py", "openclip": "test_formats_clip.py"}
+
+
 def test_every_registered_format_has_a_file_built_in_its_released_layout():
-    assert set(formats()) == set(CASES)
+    assert set(formats()) == set(CASES) | set(CASES_ELSEWHERE)
+    assert all((Path(__file__).parent / module).is_file() for module in CASES_ELSEWHERE.values())
 
 
 @pytest.mark.parametrize("family,case_name", [(f, c) for f, cases in CASES.items() for c in cases])
@@ -459,3 +466,284 @@ def test_backbone_only_releases_are_told_apart_by_their_name_only():
     assert read_backbone(net, path="resnet50.pth").label == "unknown"
     with pytest.raises(CheckpointFormatError, match="fits several checkpoint formats.*swav.*byol"):
         read_backbone(net, path="swav_vs_byol.pth")
+
+
+# ------------------------------------------------------------------ BEiT v1 / v2, data2vec (pretrain.formats.beit)
+# The authors' networks, re-derived from microsoft/unilm beit/modeling_finetune.py + modeling_pretrain.py (BEiT
+# v2's beit2/modeling_pretrain.py adds cls_pt_layers; data2vec_vision's modeling_cyclical.py has lm_head D -> D):
+# the attention's q / v biases (a zero key bias), relative position bias per block and / or shared by the blocks,
+# LayerScale gamma_1 / gamma_2; and the fine-tuning's reading of a pretrained file (run_class_finetuning.py: the
+# shared table copied into every block, the pretraining's tensors left out).
+def beit_relative_position_index(window: int) -> torch.Tensor:
+    distances = (2 * window - 1) ** 2 + 3
+    coords = torch.stack(torch.meshgrid([torch.arange(window), torch.arange(window)], indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += window - 1
+    rel[:, :, 1] += window - 1
+    rel[:, :, 0] *= 2 * window - 1
+    index = torch.zeros((window * window + 1,) * 2, dtype=rel.dtype)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, 0:] = distances - 3
+    index[0:, 0] = distances - 2
+    index[0, 0] = distances - 1
+    return index
+
+
+class BeitRelativePositionBias(nn.Module):
+    def __init__(self, window: int, heads: int):
+        super().__init__()
+        self.window = window
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2 + 3, heads))
+        self.register_buffer("relative_position_index", beit_relative_position_index(window))
+
+    def forward(self) -> torch.Tensor:
+        n = self.window ** 2 + 1
+        return self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+
+class BeitAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: Optional[int]):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
+        self.rel = BeitRelativePositionBias(window, heads) if window else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, rel_pos_bias=None):
+        B, N, _ = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        q, k, v = nn.functional.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        if self.rel is not None:
+            attn = attn + self.rel().unsqueeze(0)
+        if rel_pos_bias is not None:
+            attn = attn + rel_pos_bias
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, -1))
+
+
+class BeitBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: Optional[int], layer_scale: bool):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = BeitAttention(dim, heads, window)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        if layer_scale:
+            self.gamma_1, self.gamma_2 = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x, rel_pos_bias=None):
+        g1, g2 = (self.gamma_1, self.gamma_2) if self.gamma_1 is not None else (1.0, 1.0)
+        x = x + g1 * self.attn(self.norm1(x), rel_pos_bias)
+        return x + g2 * self.mlp(self.norm2(x))
+
+
+class BeitViT(nn.Module):
+    """The authors' ViT: ``pretraining`` adds the pretraining's tensors (mask_token, lm_head of ``vocab`` outputs,
+    BEiT v2's ``cls_pt_layers``); the fine-tuning model (use_mean_pooling=False) has neither."""
+
+    def __init__(self, shared: bool, per_block: bool, abs_pos: bool, pretraining: bool, vocab: int = 50,
+                 cls_pt_layers: int = 0, layer_scale: bool = True, dim: int = 64, depth: int = 2, heads: int = 4,
+                 patch: int = 8, img: int = 32):
+        super().__init__()
+        window = img // patch
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, window ** 2 + 1, dim)) if abs_pos else None
+        self.rel_pos_bias = BeitRelativePositionBias(window, heads) if shared else None
+        self.blocks = nn.ModuleList(BeitBlock(dim, heads, window if per_block else None, layer_scale)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        if pretraining:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.lm_head = nn.Linear(dim, vocab)
+            if cls_pt_layers:
+                self.cls_pt_layers = nn.ModuleList(BeitBlock(dim, heads, None, layer_scale)
+                                                   for _ in range(cls_pt_layers))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """forward_features without masking: every token after the final norm."""
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        for blk in self.blocks:
+            x = blk(x, rel_pos_bias)
+        return self.norm(x)
+
+    def state_dict_authors(self) -> Dict[str, torch.Tensor]:
+        """Its state dict under the authors' names (the relative position modules are the attention's own)."""
+        return {k.replace("attn.rel.", "attn."): v for k, v in self.state_dict().items()}
+
+
+def beit_finetuning_model(pretrained: Dict[str, torch.Tensor], **shape) -> BeitViT:
+    """run_class_finetuning.py's reading of a pretrained file into the fine-tuning model (rel_pos_bias per block)."""
+    sd = dict(pretrained)
+    model = BeitViT(shared=False, per_block=True, abs_pos="pos_embed" in sd, pretraining=False, **shape)
+    if "rel_pos_bias.relative_position_bias_table" in sd:
+        shared = sd.pop("rel_pos_bias.relative_position_bias_table")
+        for i in range(len(model.blocks)):
+            # (the authors overwrite a block's own table; a file with both adds both in pretraining: see below)
+            own = sd.get(f"blocks.{i}.attn.relative_position_bias_table")
+            sd[f"blocks.{i}.attn.relative_position_bias_table"] = shared.clone() if own is None else own + shared
+    sd = {k.replace("attn.relative_position", "attn.rel.relative_position"): v for k, v in sd.items()
+          if not k.startswith(("mask_token", "lm_head.", "cls_pt_layers.", "rel_pos_bias."))}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.endswith("relative_position_index") for k in missing), (missing, unexpected)
+    return model.eval()
+
+
+class BeitReference(nn.Module):
+    """The authors' features as the generic check reads them: tokens after the norm, the class token."""
+
+    def __init__(self, net: BeitViT):
+        super().__init__()
+        self.net = net
+
+    def forward_features(self, x):
+        return self.net.tokens(x)
+
+    def forward_head(self, x, pre_logits=True):
+        return x[:, 0]
+
+
+def beit_case(label: str, filename: str, shared=True, per_block=False, abs_pos=False, cls_pt_layers=0,
+              wrap="model", extra: Optional[dict] = None, mean_std=None, epochs=None) -> Case:
+    vocab = 64 if label == "data2vec" else 50  # data2vec regresses features: lm_head is width to width
+    net = randomize(BeitViT(shared, per_block, abs_pos, pretraining=True, vocab=vocab, cls_pt_layers=cls_pt_layers), 3)
+    sd = net.state_dict_authors()
+    ckpt = {wrap: sd} | (extra or {})
+    reference = beit_finetuning_model(sd)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the fine-tuning model's reading is the pretraining forward (a pretrained file's features)
+        assert torch.allclose(reference.tokens(x), net.tokens(x), atol=1e-5)
+    pretraining_only = ("mask_token", "lm_head.", "cls_pt_layers.")
+    backbone = [f"{wrap}.{k}" for k in sd
+                if not k.startswith(pretraining_only) and not k.endswith("relative_position_index")]
+    mean, std = mean_std or (IMAGENET_MEAN, IMAGENET_STD)
+    checks = [lambda e: e.shape["beit"] and e.shape["num_heads"] == 4 and e.shape["img_size"] == 32,
+              lambda e: e.shape["abs_pos_emb"] == abs_pos and e.shape["rel_pos_bias"],
+              lambda e: (e.mean, e.std) == (mean, std), lambda e: e.provenance.epochs == epochs,
+              lambda e: all(f"blocks.{i}.attn.relative_position_bias_table" in e.state_dict for i in range(2))]
+    return Case(ckpt, filename, BeitReference(reference), backbone, label=label, checks=checks)
+
+
+BEIT_CASES: Dict[str, Callable[[], Case]] = {
+    # beit_base_patch16_224_pt22k.pth: {'model': ...}, shared relative position bias, no position table, (0.5, 0.5, 0.5)
+    "beit-pt22k": lambda: beit_case("beit", "beit_base_patch16_224_pt22k.pth", mean_std=((0.5,) * 3, (0.5,) * 3)),
+    # run_beit_pretraining.py's checkpoint on ImageNet-1k: the run's arguments say the normalisation
+    "beit-training": lambda: beit_case(
+        "beit", "checkpoint-799.pth", per_block=True, shared=False, abs_pos=True, epochs=800,
+        extra={"optimizer": {"state": {}}, "epoch": 799, "scaler": {},
+               "args": argparse.Namespace(imagenet_default_mean_and_std=True, data_path="/data/in1k")}),
+    "beit_v2-pt1k": lambda: beit_case("beit_v2", "beitv2_base_patch16_224_pt1k.pth", wrap="module"),
+    "beit_v2-training": lambda: beit_case(
+        "beit_v2", "checkpoint-299.pth", cls_pt_layers=1, epochs=300,
+        extra={"epoch": 299, "args": argparse.Namespace(tokenizer_model="vqkd_encoder_base_decoder_3x768x12_clip",
+                                                        imagenet_default_mean_and_std=True)}),
+    # data2vec_vision's checkpoint-799.pth (run_cyclical.py); here also with a per-block table besides the shared one
+    "data2vec": lambda: beit_case("data2vec", "checkpoint-799.pth", per_block=True, epochs=800,
+                                  extra={"epoch": 799, "optimizer": {"state": {}}}),
+}
+CASES |= {label: {name: build for name, build in BEIT_CASES.items() if name.split("-")[0] == label}
+          for label in ("beit", "beit_v2", "data2vec")}
+
+
+@pytest.mark.parametrize("case_name", list(BEIT_CASES))
+def test_beit_layout_reads_with_the_authors_features(tmp_path, case_name):
+    """Every tensor in the export or dropped (the shared table counted once, in every block), timm's Beit rebuilt
+    from the exported folder and the frozen backbone both give the authors' fine-tuning model's features."""
+    from transfer.backbone import load_frozen_backbone
+
+    case = BEIT_CASES[case_name]()
+    path = tmp_path / case.filename
+    torch.save(case.ckpt, path)
+    export = read_backbone(path)
+    assert export.label == case.label
+    assert sorted(export.dropped) == sorted(set(flat(case.ckpt)) - set(case.backbone))
+    shared = [k for k in case.backbone if k.endswith("rel_pos_bias.relative_position_bias_table")]
+    assert set(export.state_dict) >= {k.split(".", 1)[1] for k in case.backbone if k not in shared}
+    for check in case.checks:
+        assert check(export), export
+
+    net = timm.create_model(f"local-dir:{export.save(tmp_path / 'export')}", pretrained=True).eval()
+    assert type(net).__name__ == "Beit"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        theirs = case.reference.forward_features(x)
+        ours = net.forward_features(x)
+        assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+        assert torch.allclose(net.forward_head(ours, pre_logits=True), theirs[:, 0], atol=1e-5)
+
+    backbone = load_frozen_backbone(path)
+    assert (tuple(backbone.mean), tuple(backbone.std)) == (export.mean, export.std)
+    assert backbone.pretrain == case.label and backbone.name == export.arch
+    assert torch.allclose(backbone.global_features(x), theirs[:, 0], atol=1e-5)
+    dense = theirs[:, 1:].transpose(1, 2).reshape(2, 64, 4, 4)
+    assert torch.allclose(backbone.dense_features(x), dense, atol=1e-5)
+    assert backbone.dense_features(torch.randn(1, 3, 48, 40)).shape == (1, 64, 6, 5)  # tables resampled per size
+
+
+def test_beit_export_folder_reads_back_as_a_beit(tmp_path):
+    case = BEIT_CASES["beit-pt22k"]()
+    export = read_backbone(case.ckpt, path=case.filename)
+    again = read_backbone(export.save(tmp_path / "beit"))
+    assert again.shape == export.shape and (again.mean, again.std) == (export.mean, export.std)
+    assert json.loads((tmp_path / "beit" / "config.json").read_text())["model_args"]["global_pool"] == "token"
+
+
+def test_beit_layouts_are_told_apart_and_other_formats_keep_theirs():
+    """BEiT's file is not DINOv2's (both have mask_token and cls_token); BEiT v1 / v2 / data2vec exclusive."""
+    from pretrain.formats import format_of
+
+    for name, build in BEIT_CASES.items():
+        case = build()
+        assert format_of(case.ckpt, case.filename).name == case.label, name
+        with pytest.raises(CheckpointFormatError, match="hold one network"):
+            read_backbone(case.ckpt, path=case.filename, variant="teacher")
+    # a BEiT v1 file named like a v2 release is read as v2 (the released backbones differ by name only)
+    assert format_of(BEIT_CASES["beit-pt22k"]().ckpt, "beitv2_large_patch16_224_pt1k.pth").name == "beit_v2"
+    assert format_of(dinov2_backbone().ckpt, "dinov2_vits14_pretrain.pth").name == "dinov2"
+
+
+@pytest.mark.slow
+def test_knn_eval_reads_a_beit_file_end_to_end(tmp_path):
+    """tools/knn_eval.py on BEiT's released layout: the frozen backbone is timm's Beit, labelled beit, at another
+    input size than its pretraining grid (64 px: the relative position tables resampled)."""
+    import subprocess
+    import sys
+
+    from transfer.classification.data import write_synthetic_folder
+
+    case = BEIT_CASES["beit-pt22k"]()
+    torch.save(case.ckpt, tmp_path / case.filename)
+    data = write_synthetic_folder(tmp_path / "cls", per_class=4, size=64)
+    out = tmp_path / "knn"
+    cmd = [sys.executable, "tools/knn_eval.py", str(tmp_path / case.filename), "--train", str(data / "train"),
+           "--val", str(data / "val"), "--out", str(out), "--img-size", "64", "--batch", "8", "--num-workers", "0",
+           "--device", "cpu", "--k", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "results.json").read_text())
+    assert record["pretrain"] == "beit", record
+
+
+def test_plain_vit_protocols_refuse_a_beit_instead_of_losing_its_tensors():
+    """Fine-tuning's timm ViT and detectron2's ViT have no relative position bias, q / v biases or LayerScale
+    slots: a BEiT export stops there with one line (mmseg's report lists them as mismatched)."""
+    from transfer.classification.vit import build_vit_classifier, load_vit_backbone, vit_arch
+    from transfer.detection.convert import vit_to_detectron2
+    from transfer.segmentation.convert import convert
+
+    case = BEIT_CASES["beit-training"]()
+    export = read_backbone(case.ckpt, path=case.filename)
+    with pytest.raises(CheckpointFormatError, match="is a BEiT ViT.*detectron2's ViT does not take"):
+        vit_to_detectron2(export)
+    with pytest.raises(CheckpointFormatError, match="is a BEiT ViT.*VisionTransformer classifier does not take"):
+        load_vit_backbone(build_vit_classifier(vit_arch("auto", export), 10, img_size=32), export)
+    report = convert(case.ckpt)
+    assert not report.ok and any("q_bias" in k for k in report.mismatched)

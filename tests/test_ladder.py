@@ -63,6 +63,8 @@ def big_files(tmp_path_factory):
 
 
 def test_dry_run_prints_the_full_ladder_with_gpu_hours(big_files, tmp_path):
+    from transfer.ladder.rung import get_rung
+
     data = [f"imagenet={big_files / 'imagenet'}", f"ade20k={big_files / 'ade'}", f"coco={big_files / 'coco'}"]
     out = tmp_path / "ladder"
     # The default baseline is the supervised twin, found in the weights folder (torch.hub's unless --weights).
@@ -72,9 +74,10 @@ def test_dry_run_prints_the_full_ladder_with_gpu_hours(big_files, tmp_path):
     deit.write_bytes(b"")
     vit = run_tool("tools/evaluate.py", big_files / "mae_pretrain_vit_base.pth", "--suite", "full", "--dry-run",
                    "--out", out, "--data", *data, "--rung-seeds", "finetune=1", "detection=1", "segmentation=1",
-                   env={"TORCH_HOME": str(tmp_path)}).stdout
+                   "cascade=1", env={"TORCH_HOME": str(tmp_path)}).stdout
     baseline = [ln for ln in vit.splitlines() if " baseline " in ln]
-    assert len(baseline) == 6 and all(str(deit) in ln for ln in baseline)
+    # Every rung with a ViT-B recipe whose data is given: the six first rungs and Cascade (COCO).
+    assert len(baseline) == 7 and all(str(deit) in ln for ln in baseline)
     assert "vit vit_base_patch16, pretraining mae" in vit
     for rung, config in (("linear", "mae_vit_base_linear.yaml"), ("finetune", "mae_vit_base_finetune.yaml"),
                          ("detection", "mask_rcnn_vitdet_b_100ep.py"),
@@ -83,7 +86,8 @@ def test_dry_run_prints_the_full_ladder_with_gpu_hours(big_files, tmp_path):
         assert config in line
     assert "tools/knn_eval.py" in vit and f"tools/dense_probe.py {deit}" in vit
     total = float(vit.split("jobs, about ")[1].split(" GPU-hours")[0])
-    assert total == pytest.approx(2 * (3 * (0.2 + 13 + 0.5) + 90 + 1030 + 125), abs=0.1)  # docs/ladder.md's table
+    cascade = get_rung("cascade").recipes["vit_base_patch16"].gpu_hours
+    assert total == pytest.approx(2 * (3 * (0.2 + 13 + 0.5) + 90 + 1030 + 125 + cascade), abs=0.1)  # the cost table
     assert not out.exists()  # a dry run writes nothing
     r50 = run_tool("tools/evaluate.py", big_files / "moco_v2_800ep_pretrain.pth.tar", "--suite", "full",
                    "--dry-run", "--out", out, "--data", *data[:2], "--baseline", "random").stdout

@@ -89,7 +89,8 @@ def test_detectron2_recipes_find_their_published_rows(config):
     row = check_label(config, recipe.task, backbone, meta["pretrain"], summary)
     if "vitdet_h" in config:  # the model's patch embedding is 16: the label is the pretrained ViT-H/14's
         assert backbone_label(model) == "vit_huge_patch16"
-        assert backbone == "vit_huge_patch14" and row is not None and row.metrics["box_AP"] == 56.7
+        assert backbone == "vit_huge_patch14" and row is not None
+        assert row.metrics["box_AP"] == (58.7 if "cascade" in config else 56.7)  # ViTDet's Cascade / Mask R-CNN rows
 
 
 @pytest.mark.parametrize("config", [str(p.relative_to(REPO)) for p in shipped("mmseg", "*.py")])
@@ -127,9 +128,12 @@ def test_classification_recipes_find_their_published_rows(config):
     ckpt, name = authors_file(reference)
     with torch.device("meta"):
         _, backbone = proto.build_model(cfg, 1000)
-    # The label, and the evaluation's length and image size (the batch depends on the launch).
-    check_label(config, proto.task, backbone, read_backbone(ckpt, path=name).label,
-                {"epochs": cfg.train.epochs, "img_size": cfg.data.img_size}, keys=("epochs", "img_size"))
+    # The label, and the evaluation's length and image size (the batch depends on the launch). A transfer dataset
+    # names its task (data.task); MAE's Table 6 publishes no epochs (Sec. A.5 adjusted them per dataset): the size.
+    task = cfg.data.task or proto.task
+    check_label(config, task, backbone, read_backbone(ckpt, path=name).label,
+                {"epochs": cfg.train.epochs, "img_size": cfg.data.img_size},
+                keys=("epochs", "img_size") if task == proto.task else ("img_size",))
 
 
 def test_published_rows_have_sources_and_unique_recipes():

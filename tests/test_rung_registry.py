@@ -16,7 +16,8 @@ RECIPES = [(name, backbone) for name, rung in RUNGS.items() for backbone in rung
 
 
 def test_the_first_rungs_are_registered_in_the_ladders_order():
-    assert list(RUNGS)[:6] == ["knn", "linear", "dense_probe", "finetune", "detection", "segmentation"]
+    first = ["knn", "linear", "dense_probe", "finetune", "detection", "segmentation"]
+    assert [name for name in RUNGS if name in first] == first and list(RUNGS)[:4] == first[:4]
     assert suites()["quick"] == ["knn", "linear", "dense_probe"]
     assert suites()["standard"] == ["knn", "linear", "dense_probe", "finetune"]
     assert suites()["full"] == list(RUNGS)
@@ -31,8 +32,12 @@ def test_a_rung_declares_everything_the_ladder_asks(name):
     assert set(rung.suites) <= set(SUITES), f"suites {set(rung.suites) - set(SUITES)} are not in rung.SUITES"
     assert rung.recipes, "a rung with no recipe runs for no backbone"
     assert len({r.order for r in RUNGS.values()}) == len(RUNGS), "two rungs at one place in the ladder"
-    # A task is one rung's: its primary metric is that rung's.
+    # A task is one rung's: its primary metric is that rung's, among the metrics its results must have.
+    from transfer.results import TASKS
+
     for task, metric in rung.metrics.items():
+        assert task in TASKS and metric in TASKS[task], f"add {task}: [{metric}, ...] to transfer.results.TASKS"
+        assert set(rung.columns(task)) <= set(TASKS[task])
         assert primary_metric(task) == metric
         assert sum(task in r.metrics for r in RUNGS.values()) == 1, task
 
@@ -124,3 +129,65 @@ def test_docs_cost_table_is_the_registrys():
     """docs/ladder.md's cost table is ``transfer.ladder.rung.cost_table()``: a recipe added or repriced shows there
     (regenerate: python -c 'from transfer.ladder.rung import cost_table; print(cost_table())')."""
     assert cost_table() in (REPO / "docs" / "ladder.md").read_text()
+
+
+# ------------------------------------------------------------------ the papers' tables
+def test_a_paper_table_is_laid_out_with_its_published_rows():
+    """The ladder report's section for MAE's transfer tables: a column per rung and metric the paper shows, the
+    run's checkpoint and baseline as rows (mean ± std), and the published rows of the same backbone beside them."""
+    from transfer import ladder
+    from transfer.published import PUBLISHED
+
+    info = ladder.CheckpointInfo("/c.pth", "0" * 64, "vit", "vit_base_patch16", "mae_vit_base_patch16", "mae")
+    p = ladder.Plan(info, "supervised", 2, "/out")
+
+    def agg(rung, role, task, pretrain, **values):
+        mean = {k: sum(v) / len(v) for k, v in values.items()}
+        std = {k: (sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) ** 0.5 for k, v in values.items()}
+        return ladder.Aggregate(rung, role, task, "vit_base_patch16", pretrain, mean, std, 2, values, {})
+
+    aggregates = [agg("detection", "pretrained", "coco_instance_seg", "mae", box_AP=[50.0, 52.0], mask_AP=[44.0, 46.0]),
+                  agg("detection", "baseline", "coco_instance_seg", "supervised", box_AP=[47.0, 49.0],
+                      mask_AP=[41.0, 43.0]),
+                  agg("segmentation", "pretrained", "ade20k_seg", "mae", mIoU=[47.0, 49.0]),
+                  agg("knn", "pretrained", "knn", "mae", top1=[60.0, 62.0])]
+    lines = ladder.paper_tables(p, aggregates)
+    table = "\n".join(lines)
+    assert lines[1].startswith("## MAE (He et al. 2021) transfer") and "MoCo (He et al. 2019)" not in table
+    header = next(line for line in lines if line.startswith("|  |"))
+    assert header == "|  | detection box_AP | detection mask_AP | segmentation mIoU |"  # knn is in no paper table
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert rows["this run: pretrained (mae)"].endswith("| 51.00 ± 1.41 | 45.00 ± 1.41 | 48.00 ± 1.41 |")
+    assert rows["this run: baseline (supervised)"].endswith("| 48.00 ± 1.41 | 42.00 ± 1.41 | — |")
+    mae = [r for r in PUBLISHED if r.backbone == "vit_base_patch16" and r.pretrain == "mae"]
+    box = next(r.metrics["box_AP"] for r in mae if r.task == "coco_instance_seg")
+    miou = next(r.metrics["mIoU"] for r in mae if r.task == "ade20k_seg")
+    published = next(v for k, v in rows.items() if k.startswith("published: mae"))
+    assert f"| {box:g} |" in published and published.endswith(f"| {miou:g} |")
+
+
+def test_the_paper_suites_dry_run(tmp_path, capsys, monkeypatch):
+    """``--suite mae_transfer --dry-run`` plans exactly its rungs (those whose data is given; the rest named)."""
+    import importlib.util
+
+    from transfer import ladder
+
+    infos = {"vit_base_patch16": ladder.CheckpointInfo(str(tmp_path / "m.pth"), "0" * 64, "vit", "vit_base_patch16",
+                                                       "mae_vit_base_patch16", "mae"),
+             "resnet50": ladder.CheckpointInfo(str(tmp_path / "m.pth"), "0" * 64, "resnet", "resnet50", "resnet50",
+                                               "moco_v1")}
+    (tmp_path / "m.pth").write_bytes(b"")
+    for rung in RUNGS.values():
+        write_layout(rung, tmp_path / rung.data)
+    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for suite, backbone in (("mae_transfer", "vit_base_patch16"), ("moco_table6", "resnet50")):
+        monkeypatch.setattr(ladder, "inspect_checkpoint", lambda path, allow_pickle=False: infos[backbone])
+        tool.main([str(tmp_path / "m.pth"), "--suite", suite, "--dry-run", "--seeds", "1", "--baseline", "random",
+                   "--out", str(tmp_path / "out"), "--data", *(f"{k}={tmp_path / k}" for k in {r.data for r in RUNGS.values()})])
+        out = capsys.readouterr().out
+        planned = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in RUNGS}
+        skipped = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("skipped ")}
+        assert planned | skipped == set(suites()[suite]) and planned, (suite, out)
+        assert all(RUNGS[r].recipes.get(backbone) is None for r in skipped)

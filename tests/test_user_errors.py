@@ -306,6 +306,17 @@ CASES += [
     Bad("det-several-machines-without-dist-url", "train_net", (*DET_DATA, "--num-machines", "2"), "--dist-url"),
     Bad("det-reference-world-size-negative", "train_net", (*DET_DATA, "--reference-world-size", "-1"),
         "expected an integer >= 0, got -1"),
+    # Datasets in their own formats (transfer.detection.formats): LVIS jsons, Cityscapes folders
+    Bad("det-train-dataset-and-json", "train_net",
+        (*DET_DATA, "--train-dataset", "lvis:{w}/det/annotations/instances_train.json"),
+        "--train-dataset and --train-json"),
+    Bad("det-lvis-json-missing", "train_net",
+        (*DET, "--train-dataset", "lvis:{w}/det/nope.json", "--test-json", DET_VAL), "LVIS annotation file not found"),
+    Bad("det-lvis-not-lvis", "train_net",
+        (*DET, "--train-dataset", "lvis:{w}/det/not_coco.json:{w}/det", "--test-json", DET_VAL),
+        "not_coco.json is not an LVIS annotation file"),
+    Bad("det-cityscapes-folder-missing", "train_net", (*DET, "--train-dataset", "cityscapes:{w}/nope:train",
+                                                      "--test-json", DET_VAL), "Cityscapes folder not found"),
 ]
 
 # ---------------------------------------------------------------- convert_checkpoint
@@ -478,6 +489,7 @@ def studies(w: Path) -> None:
     (folder / "bad_rung.yaml").write_text(base + "sweep: {model.mask_ratio: [0.5]}\nrungs: [knn, dance]\n")
     (folder / "bad_key.yaml").write_text(base + "sweep: {model.mask_ratoi: [0.5, 0.75]}\n")
     (folder / "needs_data.yaml").write_text(base + "pretrain_data: imagenet\nsweep: {model.mask_ratio: [0.5]}\n")
+    (folder / "tiny.yaml").write_text(base + "sweep: {model.mask_ratio: [0.5]}\nrungs: [knn]\n")
 
 
 CASES += [
@@ -487,6 +499,59 @@ CASES += [
     Bad("study-swept-key-unknown", "study", ("{w}/studies/bad_key.yaml", "--out", "{w}/out/study"), "mask_ratoi"),
     Bad("study-pretrain-data-not-given", "study", ("{w}/studies/needs_data.yaml", "--out", "{w}/out/study"),
         "--data imagenet=PATH"),
+    Bad("study-slurm-without-sbatch", "study", ("{w}/studies/tiny.yaml", "--launcher", "slurm", "--out", "{w}/out/study"),
+        "sbatch not found on PATH"),
+    Bad("study-report-before-any-run", "study", ("{w}/studies/tiny.yaml", "--report-only", "--out", "{w}/out/study"),
+        "no study run here to report on"),
+]
+
+# ---------------------------------------------------------------- robustness_eval
+@world_part
+def robustness_inputs(w: Path) -> None:
+    """robustness/: a 2-class ViT-pico classifier (the MAE authors' layout: weights only) and variant folders."""
+    import torch
+
+    from transfer.classification.vit import build_vit_classifier, vit_arch
+
+    folder, wnids = w / "robustness", ["n01440764", "n01443537", "n01484850"]
+    model = build_vit_classifier(vit_arch("vit_pico_patch8"), 2, 32, global_pool="avg")
+    folder.mkdir()
+    torch.save({"model": model.state_dict()}, folder / "classifier.pth")
+    for name, sketch, extra in (("good", 2, ()), ("three_classes", 3, ()), ("a_only", 0, ("imagenet-a/n01440764",)),
+                                ("c_partial", 2, ("imagenet-c/fog/1/n01440764",)),
+                                ("unknown_wnid", 2, ("imagenet-a/n09999999",))):
+        for wnid in wnids[:sketch]:
+            write_jpegs(folder / name / "imagenet-sketch" / wnid, 1)
+        for sub in extra:
+            write_jpegs(folder / name / sub, 1)
+
+
+def robustness_argv(data, *extra, checkpoint="{w}/robustness/classifier.pth"):
+    return (checkpoint, "--data-root", f"{{w}}/robustness/{data}", "--out", "{w}/out/robustness", "--num-workers",
+            "0", *extra)
+
+
+CASES += [
+    Bad("robustness-classifier-missing", "robustness_eval",
+        robustness_argv("good", checkpoint="{w}/robustness/finetune/seed0/checkpoint-last.pth"),
+        "classifier not found: "),
+    Bad("robustness-not-a-checkpoint", "robustness_eval",
+        robustness_argv("good", checkpoint="{w}/ckpt/not_a_checkpoint.pth"), "not_a_checkpoint.pth"),
+    Bad("robustness-a-pretraining-checkpoint", "robustness_eval",
+        robustness_argv("good", checkpoint="{w}/ckpt/moco_r18.pth.tar"), "no classifier head in it"),
+    Bad("robustness-data-root-missing", "robustness_eval", robustness_argv("nope"), "--data-root"),
+    Bad("robustness-no-variant", "robustness_eval", robustness_argv("../data/cls"), "no ImageNet variant in it"),
+    Bad("robustness-no-class-list", "robustness_eval", robustness_argv("a_only"), "no class list"),
+    Bad("robustness-classes-missing", "robustness_eval", robustness_argv("a_only", "--classes", "{w}/nope.txt"),
+        "nope.txt: no such file or folder"),
+    Bad("robustness-outputs-not-the-classes", "robustness_eval", robustness_argv("three_classes"),
+        "has 2 outputs but"),
+    Bad("robustness-imagenet-c-incomplete", "robustness_eval", robustness_argv("c_partial"),
+        "ImageNet-C's mCE needs all 15 corruptions x 5 severities"),
+    Bad("robustness-unknown-wnid", "robustness_eval", robustness_argv("unknown_wnid"),
+        "n09999999 are not among the classifier's 2"),
+    Bad("robustness-batch-zero", "robustness_eval", robustness_argv("good", "--batch", "0"),
+        "argument --batch: expected a positive integer, got 0"),
 ]
 
 

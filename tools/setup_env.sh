@@ -103,6 +103,10 @@ if [[ -n "$D2_SOURCE" ]]; then
   # Its other needs come from the registry, pinned (requirements-detectron2.txt); the pins of
   # requirements.txt hold (omegaconf, iopath, fvcore are versions detectron2 accepts).
   "${PIP[@]}" install -q -r "$ROOT/requirements-detectron2.txt" -c "$ROOT/requirements.txt"
+  # LVIS's and Cityscapes' own evaluations (the lvis and cityscapes_instance rungs), without their declared
+  # dependencies: what the evaluations import is installed already (numpy, matplotlib, opencv, pillow), and
+  # cityscapesscripts would add the 'typing' backport and its viewer / download tools' packages.
+  "${PIP[@]}" install -q --no-deps lvis==0.5.3 cityscapesscripts==2.3.0 pyquaternion==0.9.9
   if [[ -n "$D2_WHEEL" ]]; then
     "${PIP[@]}" install -q --no-deps --force-reinstall "$D2_WHEEL"
   elif ! have detectron2 0.6; then
@@ -123,6 +127,7 @@ EOF
 if [[ -n "$D2_SOURCE" ]]; then
   "$VENV/bin/python" - <<'EOF'
 import detectron2, detectron2._C  # the compiled ops: fail here if built against another torch
+import lvis, cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling  # LVIS's, Cityscapes' evaluations
 from detectron2.modeling.backbone import ViT  # noqa: F401
 print(f"[setup_env] detectron2 {detectron2.__version__} with its compiled ops")
 EOF

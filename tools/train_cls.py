@@ -16,8 +16,10 @@ RandAugment, mixup / cutmix), moco_linear (frozen ResNet, fc, SGD lr 30). Overri
 ``section.key=value``; --checkpoint sets model.checkpoint (the pretrained weights), --output-dir
 train.output_dir, --max-iters train.max_iters (the flags every training tool shares: pretrain.cli).
 Writes top-1 / top-5 to <train.output_dir>/results.json (--eval-only beside a training run's: to
-results_eval.json, leaving the run's record). SIGTERM / Ctrl-C stop at the next step with a checkpoint
-that --resume continues; --resume without --checkpoint takes it from the run's saved config.yaml.
+results_eval.json, leaving the run's record), under the protocol's ImageNet task or data.task for another
+dataset (inat2018_finetune: configs/classification/mae_vit_*_finetune_inat2018.yaml). SIGTERM / Ctrl-C
+stop at the next step with a checkpoint that --resume continues; --resume without --checkpoint takes it
+from the run's saved config.yaml.
 """
 import argparse
 import signal

@@ -20,7 +20,8 @@ The recipes are LazyConfigs (configs/detectron2/); yacs files run too, for the M
 recipes users hold (their Res5ROIHeadsExtraNorm head is registered here). Config overrides follow the
 options: ``key=value`` for LazyConfigs (``train.max_iter=1000``), ``KEY VALUE`` pairs for yacs configs
 (``SOLVER.MAX_ITER 1000``); a dataset name there may be a registered one or a COCO json path
-(``annotations.json[:image_folder]``). --output-dir, --max-iters, --resume and --eval-only are the
+(``annotations.json[:image_folder]``), an LVIS json (``lvis:JSON[:IMAGE_ROOT]``) or a Cityscapes folder
+(``cityscapes:ROOT:SPLIT``), as --train-dataset / --test-dataset name them. --output-dir, --max-iters, --resume and --eval-only are the
 flags every training tool shares (pretrain.cli); --max-iter still works. The initial checkpoint may be
 any checkpoint ``tools/convert_checkpoint.py --to detectron2`` reads (MAE, MoCo, timm, DeiT,
 torchvision) or a detectron2 file; it is converted in memory and placed strictly. Pickled files
@@ -75,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--train-images", help="its image folder (default: found from the COCO layout)")
     p.add_argument("--test-json", help="evaluation set: a COCO-format json (registered by path)")
     p.add_argument("--test-images", help="its image folder (default: found from the COCO layout)")
+    p.add_argument("--train-dataset", help="training set by name instead: a registered one, lvis:JSON[:IMAGE_ROOT] "
+                                           "or cityscapes:ROOT:SPLIT (transfer.detection.formats)")
+    p.add_argument("--test-dataset", help="evaluation set by name instead (as --train-dataset)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: the config's, CPU when no GPU)")
     p.add_argument("--pretrain", default=None, help="label for the results file (default: read off the checkpoint; "
                                                     "'random' without one)")
@@ -98,8 +102,8 @@ def parse_args(argv=None):
                 f"(0 .. {args.num_machines - 1})")
     if args.num_machines > 1 and args.dist_url == "auto":
         p.error(f"--num-machines {args.num_machines} needs --dist-url tcp://HOST:PORT of the rank-0 machine")
-    args.train_datasets = dataset_spec(p, args.train_json, args.train_images, "train")
-    args.test_datasets = dataset_spec(p, args.test_json, args.test_images, "test")
+    args.train_datasets = dataset_spec(p, args.train_json, args.train_images, "train", args.train_dataset)
+    args.test_datasets = dataset_spec(p, args.test_json, args.test_images, "test", args.test_dataset)
     return args
 
 
@@ -119,9 +123,13 @@ def check_devices(args):
                           f"processes when GPUs are visible; hide them (CUDA_VISIBLE_DEVICES=) for CPU processes")
 
 
-def dataset_spec(parser, json_file, images, flag):
+def dataset_spec(parser, json_file, images, flag, named=None):
     if images and not json_file:
         parser.error(f"--{flag}-images needs --{flag}-json")
+    if named:
+        if json_file:
+            parser.error(f"--{flag}-dataset and --{flag}-json both name the {flag} set: pass one")
+        return [named]
     return None if not json_file else [f"{json_file}:{images}" if images else str(json_file)]
 
 

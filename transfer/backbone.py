@@ -13,12 +13,17 @@ pretrained statistics, also when a parent module calls ``train()``) and no gradi
   the final norm, on the patch grid, the position table interpolated (bicubic) to the input's grid;
   ResNet: the res5 map (stride 32).
 
+A BEiT export (``pretrain.formats.beit``) is built as timm's ``Beit`` (``BEiTBackbone``: its relative position
+tables resampled to other grids), the other ViTs as timm's ``VisionTransformer``.
+
 Inputs are RGB in [0, 1] normalised with ``mean`` / ``std``: the checkpoint's (``BackboneExport.mean``:
-ImageNet's for every supported pretraining but SimCLR v1's, which has none). The forward runs in fp32, or under bf16 autocast after ``set_precision`` (what DINO's and
+ImageNet's for every supported pretraining but CLIP's (its own), SimCLR v1's (none) and BEiT v1's ImageNet-22k
+releases (0.5). The forward runs in fp32, or under bf16 autocast after ``set_precision`` (what DINO's and
 DINOv2's evaluation code do on a GPU); the features come out in fp32 either way.
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -37,7 +42,7 @@ from transfer.classification.resnet import build_resnet_classifier, load_resnet_
 from transfer.classification.vit import load_vit_backbone, vit_arch
 from transfer.convert import ConversionReport
 
-__all__ = ["FrozenBackbone", "ViTBackbone", "ResNetBackbone", "load_frozen_backbone"]
+__all__ = ["FrozenBackbone", "ViTBackbone", "BEiTBackbone", "ResNetBackbone", "load_frozen_backbone"]
 
 
 class FrozenBackbone(nn.Module):
@@ -127,6 +132,40 @@ class ViTBackbone(FrozenBackbone):
         return tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)  # tokens are row-major
 
 
+class BEiTBackbone(ViTBackbone):
+    """BEiT's ViT (timm's ``Beit``, ``pretrain.formats.beit``): its relative position tables are of the
+    pretraining grid; another input size runs a copy with the tables (and any position table) resampled
+    from the trained ones by timm's ``set_input_size``, made once per size."""
+
+    def __init__(self, vit: nn.Module, name: str, **kwargs):
+        super().__init__(vit, name, **kwargs)
+        self.resized = nn.ModuleDict()  # "HxW" -> the copy for that input size
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} input is not a multiple of the patch size {self.stride}")
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if size == tuple(self.vit.patch_embed.img_size):
+            return self.vit.forward_features(x)
+        key = f"{size[0]}x{size[1]}"
+        if key not in self.resized:
+            vit = copy.deepcopy(self.vit)
+            vit.set_input_size(img_size=size)
+            self.resized[key] = vit.eval()
+        return self.resized[key].forward_features(x)
+
+
+def build_beit(export) -> nn.Module:
+    """timm's ``Beit`` of a BEiT export's shape, loaded with its weights (every tensor, strictly)."""
+    from timm.models.beit import Beit
+
+    from pretrain.formats.beit import beit_model_args
+
+    vit = Beit(**beit_model_args(export.shape))
+    vit.load_state_dict(export.state_dict, strict=True)
+    return vit
+
+
 class ResNetBackbone(FrozenBackbone):
     family = "resnet"
 
@@ -151,12 +190,12 @@ def build_vit(arch: dict, img_size: int = 224, options: Optional[dict] = None) -
     """The encoder ``transfer.classification.vit.build_vit_classifier`` builds, without a head, its
     position table resampled to each input's grid (``dynamic_img_size``) so any size multiple of the
     patch runs; ``options``: a pretrained export's (``BackboneExport.vit_kwargs``: LayerScale, registers,
-    no class token, SwiGLU)."""
-    kwargs = {"global_pool": "token", **(options or {}), "dynamic_img_size": True}
+    no class token, SwiGLU, CLIP's norm before the blocks, QuickGELU and LayerNorm eps)."""
+    kwargs = {"global_pool": "token", "norm_layer": partial(nn.LayerNorm, eps=1e-6), **(options or {}),
+              "dynamic_img_size": True}
     return VisionTransformer(
         img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
-        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=0, **kwargs,
+        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True, num_classes=0, **kwargs,
     )
 
 
@@ -189,7 +228,13 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
         family = {"vit": "ViT", "resnet": "ResNet"}[export.family]
         raise CheckpointFormatError(f"{path} holds a {family} ({export.arch}, {export.provenance.layout}), not a {arch}")
     labels = dict(pretrain=export.label, pretrain_epochs=export.provenance.epochs)
-    if export.family == "vit":
+    if export.family == "vit" and export.shape.get("beit"):  # BEiT (pretrain.formats.beit): timm's Beit
+        vit = build_beit(export)
+        report = ConversionReport(path, export.provenance.layout, "timm Beit (global_pool=token)",
+                                  converted=len(export.state_dict), dropped=list(export.dropped),
+                                  notes=list(export.notes))
+        backbone = BEiTBackbone(vit, export.arch, report=report, **labels)
+    elif export.family == "vit":
         info = vit_arch(arch or "auto", export)
         vit = build_vit(info, img_size=export.shape["img_size"], options=export.vit_kwargs())  # the table as trained
         report = load_vit_backbone(vit, export, name=path)

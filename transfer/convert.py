@@ -120,7 +120,8 @@ def to_timm(source, output=None, allow_pickle: bool = False, patch_size=None, **
     s = export.shape
     with torch.device("meta"):
         vit = VisionTransformer(img_size=s["img_size"], patch_size=s["patch_size"], embed_dim=s["embed_dim"],
-                                depth=s["depth"], num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], num_classes=0)
+                                depth=s["depth"], num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], num_classes=0,
+                                **export.vit_kwargs())  # LayerScale, registers, CLIP's norm before the blocks, ...
     design, bad = compare_keys(export.state_dict, vit.state_dict(), lambda k: False)
     report = ConversionReport(export.provenance.source, export.provenance.layout,
                               f"timm VisionTransformer ({export.arch}, {s['num_heads']} heads, num_classes=0)",

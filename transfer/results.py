@@ -50,15 +50,35 @@ TASKS: Dict[str, List[str]] = {
     # top1 / top5: the final epoch's; top1_best: the best epoch's (what the MAE and MoCo authors report)
     "imagenet_linear": ["top1", "top5", "top1_best"],
     "imagenet_finetune": ["top1", "top5", "top1_best"],
+    # MAE's Table 6 transfer: fine-tuning on iNaturalist and Places (tools/train_cls.py, data.task)
+    "inat2017_finetune": ["top1", "top5", "top1_best"],
+    "inat2018_finetune": ["top1", "top5", "top1_best"],
+    "inat2019_finetune": ["top1", "top5", "top1_best"],
+    "places205_finetune": ["top1", "top5", "top1_best"],
+    "places365_finetune": ["top1", "top5", "top1_best"],
     "knn": ["top1", "top5"],  # weighted k-NN on frozen features of a labelled folder (the ladder's first rung)
     "coco_det": ["box_AP", "box_AP50", "box_AP75"],
     "coco_instance_seg": ["box_AP", "mask_AP", "box_AP50", "box_AP75", "mask_AP50", "mask_AP75"],
+    # LVIS's federated AP (v0.5: MoCo's Table 6; v1: ViTDet's), APr / APc / APf: rare, common, frequent categories
+    "lvis_v0.5_instance_seg": ["mask_AP", "mask_AP50", "mask_AP75", "box_AP", "mask_APr", "mask_APc", "mask_APf"],
+    "lvis_v1_instance_seg": ["box_AP", "mask_AP", "mask_AP50", "mask_AP75", "mask_APr", "mask_APc", "mask_APf"],
+    "cityscapes_instance_seg": ["mask_AP", "mask_AP50"],  # cityscapesscripts' instance-level AP on val
+    # Keypoint R-CNN on COCO person keypoints: OKS AP (MoCo's Table 6), and its person boxes
+    "coco_keypoints": ["keypoint_AP", "keypoint_AP50", "keypoint_AP75", "box_AP"],
+    # Cascade Mask R-CNN (ViTDet's Cascade rows): not comparable with Mask R-CNN's, a table of its own
+    "coco_instance_seg_cascade": ["box_AP", "mask_AP", "box_AP50", "box_AP75", "mask_AP50", "mask_AP75"],
     "voc_det": ["AP50", "AP", "AP75"],
     "ade20k_seg": ["mIoU", "mAcc", "aAcc"],
     "semantic_seg": ["mIoU", "mAcc", "aAcc"],  # any other folder of images + label PNGs
+    # MoCo's Table 6 FCN: PASCAL VOC 2012 (21 classes) and Cityscapes (19 classes), each dataset's own classes
+    "voc_seg": ["mIoU", "mAcc", "aAcc"],
+    "cityscapes_seg": ["mIoU", "mAcc", "aAcc"],
     # The frozen dense probe (BN + 1x1 conv on frozen patch features): not UperNet's numbers, its own tables.
     "ade20k_dense_probe": ["mIoU", "mAcc", "aAcc"],
     "dense_probe": ["mIoU", "mAcc", "aAcc"],
+    # A fine-tuned classifier on ImageNet-A / -R (top-1 over their 200 classes), -Sketch and -C (in_c_mce: the mean
+    # corruption error, AlexNet = 100, LOWER is better; in_c_top1: the mean top-1 of its 75 sets): transfer.robustness
+    "imagenet_robustness": ["in_a_top1", "in_r_top1", "sketch_top1", "in_c_mce", "in_c_top1"],
 }
 RESULTS_FILE = "results.json"
 # An evaluation-only run in a folder that holds a training run's results.json records itself here instead,

@@ -1,7 +1,7 @@
 """Published checkpoint formats of other families: one file each in this package, registered by name.
 
 The project's pretraining methods read their own files (``pretrain.methods``); the files the field
-publishes for the backbones it compares against (DINO, DINOv2, iBOT, I-JEPA, the SSL ResNet-50s) are
+publishes for the backbones it compares against (DINO, DINOv2, iBOT, I-JEPA, CLIP, the SSL ResNet-50s) are
 read here. A format (``CheckpointFormat``) says whether a loaded file is in its layout (``claims``)
 and makes the file's backbone a ``pretrain.backbones.BackboneExport`` (``export``), every tensor of
 the file's networks either in the export or named in its ``dropped`` list. A file holding several

@@ -46,7 +46,8 @@ class DINOv2Format(CheckpointFormat):
         for variant, prefixes in (("teacher", ("model.teacher.backbone.", "teacher.backbone.")),
                                   ("student", ("model.student.backbone.",)),
                                   ("", ("model.", "state_dict.", ""))):
-            if any(p + "mask_token" in keys and p + "cls_token" in keys for p in prefixes):
+            if any(p + "mask_token" in keys and p + "cls_token" in keys and p + "lm_head.weight" not in keys
+                   for p in prefixes):  # (BEiT's and data2vec's have a masked-image-modelling head: formats.beit)
                 found[variant] = prefixes
         return found
 

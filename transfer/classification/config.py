@@ -22,6 +22,7 @@ from pretrain.config import (
     ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_backend, validate_data_source,
     validate_run,
 )
+from transfer.results import TASKS
 
 __all__ = ["PROTOCOL_SCHEMAS", "load_cls_config", "ConfigError", "to_yaml"]
 
@@ -83,6 +84,9 @@ class ClsDataConfig:
     mixup_switch_prob: float = 0.5
     mixup_mode: str = "batch"
     smoothing: float = 0.0  # label smoothing
+    # The task results.json names (transfer.results.TASKS): None = the protocol's ImageNet task (imagenet_linear,
+    # imagenet_finetune); a transfer dataset names its own (inat2018_finetune, places365_finetune, ...).
+    task: Optional[str] = None
 
 
 @dataclass
@@ -186,5 +190,8 @@ def _validate(cfg, path):
         fail("model.grad_checkpointing is for the ViT protocols; moco_linear's frozen ResNet keeps no activations")
     if cfg.protocol.startswith("mae_") and m.arch.startswith(("resnet", "resnext", "wide_")):
         fail(f"{cfg.protocol} trains a ViT; model.arch must name one (e.g. vit_base_patch16), got {m.arch!r}")
+    if d.task is not None and "top1" not in TASKS.get(d.task, ()):
+        fail(f"data.task must be a classification task of transfer.results.TASKS, one that reports top1 "
+             f"({', '.join(t for t, m in TASKS.items() if 'top1' in m)}), got {d.task!r}")
     validate_backend(d, fail)
     validate_data_source(d, fail, "/data/imagenet holding train/ and val/; or data.train and data.val")

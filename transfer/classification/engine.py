@@ -354,7 +354,7 @@ class ClassificationTrainer(TrainerBase):
         best = {} if self.eval_only else self.best_eval
         file_name = EVAL_RESULTS_FILE if self.eval_only and holds_training_record(self.out) else RESULTS_FILE
         path = write_results(
-            self.out, task=self.protocol.task, backbone=self.backbone, pretrain=self.pretrain,
+            self.out, task=self.cfg.data.task or self.protocol.task, backbone=self.backbone, pretrain=self.pretrain,
             metrics={"top1": res["top1"], "top5": res["top5"], "top1_best": best.get("top1")},
             best_epoch=best.get("epoch"), recipe=self.recipe(),
             checkpoint=self.pretrained_checkpoint, tool="tools/train_cls.py", config=to_yaml(self.cfg),

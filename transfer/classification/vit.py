@@ -27,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
+from pretrain.formats.beit import refuse_beit
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport
 
@@ -108,6 +109,7 @@ def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = Fa
     if export.family != "vit":
         raise CheckpointFormatError(
             f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT), found {export.provenance.layout} ({export.arch})")
+    refuse_beit(export, "timm's VisionTransformer classifier")
     sd, notes = dict(export.state_dict), list(export.notes)
     if sd["pos_embed"].shape != model.pos_embed.shape:
         old = tuple(sd["pos_embed"].shape)

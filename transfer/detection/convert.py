@@ -39,6 +39,7 @@ import torch
 
 from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError, save_atomic
+from pretrain.formats.beit import refuse_beit
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport, compare_keys
 
@@ -123,6 +124,7 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     export = source if isinstance(source, BackboneExport) else read_backbone(dict(source))
     if export.family != "vit":
         raise CheckpointFormatError(f"expected a ViT checkpoint, found {export.provenance.layout} ({export.arch})")
+    refuse_beit(export, "detectron2's ViT")
     info = dict(export.shape)
     notes: List[str] = list(export.notes)
     sd = export.state_dict

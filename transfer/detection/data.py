@@ -13,7 +13,8 @@ Path names are registered on first use as detectron2's
 ``register_coco_instances`` does (crowd regions and category-id gaps are handled as
 for COCO itself; the evaluator maps contiguous ids back), their json checked when
 it is read: a file that is not COCO json, or whose images are not in the folder,
-is a ``DataError`` naming it. ``check_files`` checks that the files of a dataset
+is a ``DataError`` naming it; a person-keypoint json gets detectron2's COCO
+keypoint metadata (``set_keypoint_metadata``). ``check_files`` checks that the files of a dataset
 detectron2 registers itself (``coco_2017_train`` under ``$DETECTRON2_DATASETS``)
 are there, before anything reads them.
 """
@@ -35,12 +36,12 @@ __all__ = ["resolve_dataset", "resolve_datasets", "register_coco_folder", "find_
 
 
 def find_image_root(json_file: Union[str, Path]) -> Path:
-    """The image folder of a COCO json: ``root/<split>/`` for ``root/annotations/instances_<split>.json``, else
-    the json's own folder."""
+    """The image folder of a COCO json: ``root/<split>/`` for ``root/annotations/instances_<split>.json`` (or
+    ``person_keypoints_<split>.json``), else the json's own folder."""
     json_file = Path(json_file)
-    split = json_file.stem.split("_", 1)[-1]
-    candidates = [json_file.parent.parent / split, json_file.parent / split, json_file.parent / "images",
-                  json_file.parent]
+    splits = dict.fromkeys((json_file.stem.split("_", 1)[-1], json_file.stem.rsplit("_", 1)[-1]))
+    candidates = [folder / split for split in splits for folder in (json_file.parent.parent, json_file.parent)]
+    candidates += [json_file.parent / "images", json_file.parent]
     for folder in candidates:
         if folder.is_dir() and folder != json_file.parent:
             return folder
@@ -79,7 +80,29 @@ def load_coco_checked(json_file: Path, image_root: Path, name: str) -> List[dict
     if not os.path.isfile(dicts[0]["file_name"]):
         raise DataError(f"{dicts[0]['file_name']} not found: the images of {json_file} are not in {image_root}; "
                         f"name their folder with --train-images / --test-images, or 'annotations.json:image_folder'")
+    set_keypoint_metadata(dicts, json_file, name)
     return dicts
+
+
+def set_keypoint_metadata(dicts: List[dict], json_file: Path, name: str) -> None:
+    """A person-keypoint json (``person_keypoints_*.json``) gets the metadata of detectron2's own COCO keypoint
+    sets: the 17 keypoints' names, their left-right flip map (for flipped training images) and connections (for
+    drawing), as ``keypoints_coco_2017_*`` has. Other keypoint layouts are refused: the keypoint recipes, their
+    flip indices and the OKS sigmas of the evaluation are COCO's 17 person keypoints."""
+    counts = {len(a["keypoints"]) // 3 for d in dicts for a in d.get("annotations", ()) if "keypoints" in a}
+    if not counts:
+        return
+    from detectron2.data.datasets.builtin_meta import (
+        COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES, KEYPOINT_CONNECTION_RULES,
+    )
+
+    if counts != {len(COCO_PERSON_KEYPOINT_NAMES)}:
+        raise DataError(f"{json_file} has {sorted(counts)} keypoints per object; the keypoint recipes are COCO's "
+                        f"{len(COCO_PERSON_KEYPOINT_NAMES)} person keypoints (person_keypoints_*.json)")
+    meta = MetadataCatalog.get(name)
+    if meta.get("keypoint_names", None) is None:
+        meta.set(keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP,
+                 keypoint_connection_rules=KEYPOINT_CONNECTION_RULES)
 
 
 def check_files(name: str, flag: str) -> None:
@@ -87,7 +110,7 @@ def check_files(name: str, flag: str) -> None:
     are registered under ``$DETECTRON2_DATASETS`` (default ``./datasets``) whether they are there or not, and
     pycocotools would fail on the first read. ``flag``: the options that name another set (``train``, ``test``)."""
     meta = MetadataCatalog.get(name)
-    for key in ("json_file", "image_root", "dirname"):
+    for key in ("json_file", "image_root", "dirname", "image_dir", "gt_dir"):  # COCO / LVIS, VOC, Cityscapes
         path = meta.get(key, None)
         if path and not os.path.exists(path):
             root = os.environ.get("DETECTRON2_DATASETS", "datasets")
@@ -103,14 +126,20 @@ def _split_spec(spec: str) -> Tuple[str, Optional[str]]:
 
 
 def resolve_dataset(spec: str) -> str:
-    """A registered dataset name for ``spec`` (a known name, ``x.json`` or ``x.json:images``)."""
+    """A registered dataset name for ``spec`` (a known name, ``x.json`` or ``x.json:images``; ``lvis:...`` and
+    ``cityscapes:...``: ``transfer.detection.formats``)."""
     if spec in DatasetCatalog.list():
         return spec
+    if spec.startswith(("lvis:", "cityscapes:")):  # datasets in their own formats (transfer.detection.formats)
+        from .formats import register_format
+
+        return register_format(spec)
     json_file, images = _split_spec(spec)
     if json_file.endswith(".json"):
         return register_coco_folder(json_file, images, name=spec)
     raise ConfigError(f"dataset {spec!r} is neither registered in detectron2 (e.g. coco_2017_train, voc_2007_test) "
-                      f"nor a path to a COCO-format json ('annotations.json' or 'annotations.json:image_folder')")
+                      f"nor a path to a COCO-format json ('annotations.json' or 'annotations.json:image_folder'), "
+                      f"an LVIS one ('lvis:JSON[:IMAGE_ROOT]') or a Cityscapes folder ('cityscapes:ROOT:SPLIT')")
 
 
 def resolve_datasets(specs: Union[str, Iterable[str]]) -> Tuple[str, ...]:

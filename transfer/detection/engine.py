@@ -207,19 +207,48 @@ class Recipe:
 
     @property
     def task(self) -> str:
-        """The results task its evaluation writes: ``voc_det``, ``coco_instance_seg`` or ``coco_det``."""
+        """The results task its evaluation writes: ``voc_det``, else ``coco_task``'s (``coco_instance_seg``,
+        ``coco_det``, ``coco_keypoints``; a Cascade R-CNN's ``..._cascade``); an LVIS or Cityscapes evaluator's
+        (``format_task``)."""
         if self.lazy:
             target = self.cfg.dataloader.evaluator._target_
             voc = "PascalVOC" in (target if isinstance(target, str) else target.__name__)
+            own = self.format_task(target)
+            if own:
+                return own
         else:
             meta = MetadataCatalog.get(self.test_datasets[0])
             voc = meta.get("evaluator_type", None) == "pascal_voc" or meta.get("year", None) in (2007, 2012)
-        return "voc_det" if voc else "coco_instance_seg" if "segm" in self.coco_tasks else "coco_det"
+        return "voc_det" if voc else coco_task(self.coco_tasks, self.cascade)
+
+    def format_task(self, evaluator) -> Optional[str]:
+        """The task of an LVIS or Cityscapes evaluator (``transfer.detection.formats.format_record``'s), else None."""
+        from detectron2.evaluation import CityscapesInstanceEvaluator, LVISEvaluator
+
+        from .formats import lvis_version
+
+        target = locate(evaluator) if isinstance(evaluator, str) else evaluator
+        if isinstance(target, type) and issubclass(target, LVISEvaluator):
+            json_file = MetadataCatalog.get(self.test_datasets[0]).get("json_file", self.test_datasets[0])
+            return f"lvis_{lvis_version(json_file)}_instance_seg"
+        if isinstance(target, type) and issubclass(target, CityscapesInstanceEvaluator):
+            return "cityscapes_instance_seg"
+        return None
 
     @property
     def coco_tasks(self) -> Tuple[str, ...]:
         mask_on = self.cfg.model.roi_heads.get("mask_head") is not None if self.lazy else self.cfg.MODEL.MASK_ON
-        return ("bbox", "segm") if mask_on else ("bbox",)
+        keypoint_on = (self.cfg.model.roi_heads.get("keypoint_head") is not None if self.lazy
+                       else self.cfg.MODEL.KEYPOINT_ON)
+        return ("bbox",) + (("segm",) if mask_on else ()) + (("keypoints",) if keypoint_on else ())
+
+    @property
+    def cascade(self) -> bool:
+        """A Cascade R-CNN (ViTDet's Cascade Mask R-CNN): its results are a task of their own."""
+        if self.lazy:
+            target = self.cfg.model.roi_heads._target_
+            return "Cascade" in (target if isinstance(target, str) else target.__name__)
+        return "Cascade" in self.cfg.MODEL.ROI_HEADS.NAME
 
     def settings(self) -> Dict[str, Any]:
         """The loop's settings, whatever the config kind."""
@@ -360,19 +389,34 @@ def _finite(x) -> Optional[float]:
     return x if x == x and abs(x) != float("inf") else None
 
 
-def results_record(evaluator, results: Dict[str, Dict[str, float]]) -> Tuple[str, Dict[str, Optional[float]]]:
-    """(task, metrics) of ``transfer.results`` for one evaluator's output."""
+def coco_task(iou_types: Sequence[str], cascade: bool = False) -> str:
+    """The results task of a COCO evaluation of ``iou_types``: person keypoints (``coco_keypoints``, OKS AP),
+    instance segmentation or boxes; a Cascade R-CNN's boxes and masks are a task of their own (the ladder's
+    cascade rung, ViTDet's Cascade rows), not comparable with Mask R-CNN's."""
+    if "keypoints" in iou_types:
+        return "coco_keypoints"
+    return ("coco_instance_seg" if "segm" in iou_types else "coco_det") + ("_cascade" if cascade else "")
+
+
+def results_record(evaluator, results: Dict[str, Dict[str, float]], cascade: bool = False
+                   ) -> Tuple[str, Dict[str, Optional[float]]]:
+    """(task, metrics) of ``transfer.results`` for one evaluator's output (``cascade``: a Cascade R-CNN's)."""
+    from .formats import format_record
+
+    own = format_record(evaluator, results)  # LVIS (federated) and Cityscapes: tasks of their own
+    if own is not None:
+        return own
     if isinstance(evaluator, PascalVOCDetectionEvaluator):
         box = results["bbox"]
         return "voc_det", {k: _finite(box[k]) for k in ("AP50", "AP", "AP75")}
     metrics = {}
-    for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
+    for iou_type, prefix in (("bbox", "box"), ("segm", "mask"), ("keypoints", "keypoint")):
         for name, value in results.get(iou_type, {}).items():
             if name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                 metrics[f"{prefix}_{name}"] = _finite(value)
     if not metrics:
         raise ValueError(f"no COCO box or mask AP in the evaluation results: {sorted(results)}")
-    return ("coco_instance_seg" if "segm" in results else "coco_det"), metrics
+    return coco_task(tuple(results), cascade), metrics
 
 
 # ----------------------------------------------------------------------- loop
@@ -411,7 +455,7 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
         if not comm.is_main_process():
             continue
         print_csv_format(results)
-        task, metrics = results_record(evaluator, results)
+        task, metrics = results_record(evaluator, results, cascade=recipe.cascade)
         folder = output_dir if len(tests) == 1 else os.path.join(output_dir, "eval", name.replace("/", "_"))
         file_name = EVAL_RESULTS_FILE if eval_only and holds_training_record(folder) else RESULTS_FILE
         path = write_results(folder, task=task, backbone=backbone_label(model, pretrained),

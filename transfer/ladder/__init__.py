@@ -690,11 +690,53 @@ def write_ladder_report(p: Plan, out_dir=None) -> Path:
         lines.append(f"- {rung}: {metric} {_mean_std(pre, metric)} vs {_mean_std(base, metric)}: "
                      f"**{word}** ({why}){failed}")
     lines += ["", f"Skipped: {'; '.join(p.skipped)}" if p.skipped else ""]
+    lines += paper_tables(p, aggregates)
     if curves:
         lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
     # One write of the whole report.md, verdicts included: a rerun that fails leaves the earlier one whole.
     return write_report(rows, out, baseline=base_label, title=f"Evaluation ladder: {Path(p.checkpoint.path).name}",
                         appendix=lines + [""])
+
+
+def paper_tables(p: Plan, aggregates: Sequence[Aggregate]) -> List[str]:
+    """A section per paper table (``rung.PAPER_TABLES``) of which some rung ran, laid out as the paper: a column
+    per rung and metric it shows, a row for the checkpoint, its baseline, and each pretraining the papers
+    published for this backbone (``transfer.published``; * marks values not re-checked against the paper)."""
+    from transfer.ladder.rung import PAPER_TABLES, SUITES, suites
+    from transfer.published import PUBLISHED
+
+    by = {(a.rung, a.role): a for a in aggregates}
+    rungs = all_rungs()
+    lines: List[str] = []
+    for table in PAPER_TABLES:
+        ran = [by[(name, "pretrained")] for name in suites()[table] if (name, "pretrained") in by]
+        if not ran:
+            continue
+        columns = [(a, metric) for a in ran for metric in rungs[a.rung].columns(a.task)]
+        header = ["", *(f"{a.rung} {metric}" for a, metric in columns)]
+        rows = []
+        for role in ("pretrained", "baseline"):
+            if any((a.rung, role) in by for a in ran):
+                label = next(by[(a.rung, role)].pretrain for a in ran if (a.rung, role) in by)
+                rows.append([f"this run: {role} ({label})", *(_cell(by.get((a.rung, role)), m) for a, m in columns)])
+        published: Dict[str, List[str]] = {}
+        for i, (a, metric) in enumerate(columns):
+            for row in PUBLISHED:
+                if (row.task, row.backbone) == (a.task, p.checkpoint.backbone) and metric in row.metrics:
+                    epochs = row.recipe.get("pretrain_epochs")
+                    name = row.pretrain + (f", {epochs} ep" if epochs else "")
+                    cells = published.setdefault(name, ["—"] * len(columns))
+                    cells[i] = f"{row.metrics[metric]:g}" + ("" if row.checked else "*")
+        rows += [[f"published: {pretrain}", *cells] for pretrain, cells in published.items()]
+        lines += ["", f"## {SUITES[table]}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if any(c.endswith("*") for row in rows for c in row):
+            lines += ["", "\\* entered from the paper, not re-checked against it here (transfer/published.py)."]
+    return lines
+
+
+def _cell(a: Optional[Aggregate], metric: str) -> str:
+    return "—" if a is None or not a.values.get(metric) else f"{a.mean[metric]:.2f} ± {a.std[metric]:.2f}"
 
 
 def _mean_std(a: Aggregate, metric: str) -> str:

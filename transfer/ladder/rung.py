@@ -32,6 +32,9 @@ SUITES: Dict[str, str] = {
     "mae_transfer": "MAE (He et al. 2021) transfer: COCO (Table 4), ADE20K (Table 5), iNaturalist and Places "
                     "(Table 6), robustness (Table 3)",
 }
+# The suites that are a paper's table: the ladder's report lays each out as the paper does (rows: the checkpoint,
+# its baseline, the published rows; columns: each rung's ``table_metrics``).
+PAPER_TABLES = ("moco_table6", "mae_transfer")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Rung:
     # What the --data folder must hold, relative to it: "name/" a folder, else a file; "a|b": either.
     layout: Tuple[str, ...] = ()
     layout_hint: str = ""  # the dataset's layout in words, for the error
+    table_metrics: Tuple[str, ...] = ()  # the metrics a paper's table shows for it (default: the primary one)
 
     # ---------------------------------------------------------------- data
     def check_data(self, root: Path) -> None:
@@ -112,6 +116,10 @@ class Rung:
     # ---------------------------------------------------------------- results
     def primary_metric(self, task: str) -> str:
         return self.metrics[task]
+
+    def columns(self, task: str) -> Tuple[str, ...]:
+        """The metrics of ``task`` a paper's table shows, in its order."""
+        return self.table_metrics or (self.metrics[task],)
 
     def __repr__(self) -> str:
         return f"<rung {self.name}>"

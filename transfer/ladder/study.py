@@ -6,6 +6,9 @@ rungs, seeds and baseline, and the paper's series to draw beside it (``transfer.
 Per point, ``run_point``: the pretraining (``tools/pretrain_net.py`` as its own process: resumed when
 interrupted, skipped when finished), then the ladder on its final checkpoint (``transfer.ladder``'s own
 plan, jobs, seeds and verdicts). A point that fails is recorded as failed and the others go on.
+``submit_study`` does the same through SLURM: each pretraining a job (requeued on preemption), each point's
+ladder a job that starts after it (``afterok``) and submits the ladder's own jobs (``transfer.ladder.run_slurm``).
+``collect`` reads every point's record back from its folders (the report after SLURM jobs, ``--report-only``).
 
 Output ``<out>/<name>/``: ``plan.json`` (points, commands, GPU-hours), ``pretrain/<its keys>/`` (shared by
 the points whose only differences are their rungs' keys) and ``points/<label>/ladder/``, ``results.json`` (per point: status, per rung the mean, std and n of each
@@ -19,6 +22,7 @@ import csv
 import io
 import itertools
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,8 @@ PRETRAIN_IMAGES_PER_GPU_S = {
     "resnet50": 320.0, "vit_base": 140.0, "vit_small": 300.0,
 }
 IMAGENET_TRAIN_IMAGES = 1_281_167
+# The rung of a paper's series about the pretraining itself (MAE Table 2: its hours and speed-up), not a ladder rung.
+PRETRAIN = "pretrain"
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class Study:
         unknown = [s for s in self.series if s not in STUDY_SERIES]
         if unknown:
             raise ConfigError(f"{where}: series {unknown} are not in transfer.published.STUDY_SERIES")
+        elsewhere = [s for s in self.series if STUDY_SERIES[s].rung not in (*self.rungs, PRETRAIN)]
+        if elsewhere:
+            raise ConfigError(f"{where}: series {elsewhere} are of rungs the study does not run")
         for p in self.grid():  # every point's config must load: a typo fails before any run
             self.config(p)
 
@@ -171,6 +180,19 @@ def shipped() -> List[str]:
 def pretrain_folder(out: Path, point: Point) -> Path:
     """One pretraining per distinct set of pretraining keys (``base``: the study's config as it is)."""
     return out / "pretrain" / (point_label(point.pretraining) or "base")
+
+
+def pretrain_failure(folder: Path) -> Path:
+    """The record of a pretraining that ended without its final checkpoint (as a ladder job's ``failed.json``):
+    the report tells such a point from one that has not run yet, or is still running."""
+    return folder / "failed.json"
+
+
+def record_pretrain_failure(folder: Path, rc: int) -> None:
+    from pretrain.checkpoint import write_text_atomic
+
+    write_text_atomic(pretrain_failure(folder), json.dumps(
+        {"returncode": rc, "log": str(folder / "output.txt"), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}))
 
 
 def pretrain_command(study: Study, point: Point, out: Path, data: Mapping[str, str], python: str = sys.executable
@@ -226,11 +248,13 @@ def run_point(study: Study, point: Point, out: Path, data: Mapping[str, str], ec
         folder.mkdir(parents=True, exist_ok=True)
         echo(f"[{point.label}] pretraining ({'resuming' if any(folder.glob('*.pth*')) else 'starting'}) ...")
         start = time.time()
+        pretrain_failure(folder).unlink(missing_ok=True)
         with open(folder / "output.txt", "a") as log:
             rc = subprocess.call(pretrain_command(study, point, out, data), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                  env=ladder.job_env(env))
         checkpoint = finished_checkpoint(study, point, out, data)
         if rc != 0 or checkpoint is None:
+            record_pretrain_failure(folder, rc)
             echo(f"[{point.label}] pretraining FAILED (exit {rc}; log {folder / 'output.txt'})")
             return {"label": point.label, "overrides": point.overrides, "status": "failed",
                     "log": str(folder / "output.txt")}
@@ -245,15 +269,60 @@ def run_point(study: Study, point: Point, out: Path, data: Mapping[str, str], ec
 
 
 def point_record(point: Point, p, folder: Path) -> Dict:
+    """The point's record from its folders: per rung and subject the seeds' summary, and its status: done,
+    failed (a ladder job failed), or unfinished (ladder jobs not run yet, or still running under SLURM)."""
     from transfer import ladder
 
     rungs = {}
     for a in ladder.summarise(p):
         rungs.setdefault(a.rung, {})[a.role] = {"mean": a.mean, "std": a.std, "n": a.n, "task": a.task,
                                                 "failed": a.failed}
-    failed = any(r.get("failed") for roles in rungs.values() for r in roles.values())
-    return {"label": point.label, "overrides": point.overrides, "status": "failed" if failed else "done",
-            "ladder": p.folder, "rungs": rungs, "pretrain": pretrain_speed(folder)}
+    states = {ladder.job_state(job) for job in p.jobs}
+    status = "failed" if "failed" in states else "done" if states <= {"done"} else "unfinished"
+    return {"label": point.label, "overrides": point.overrides, "status": status, "ladder": p.folder,
+            "rungs": rungs, "skipped": list(p.skipped), "pretrain": pretrain_speed(folder)}
+
+
+def point_from_disk(study: Study, point: Point, out: Path, data: Mapping[str, str], weights=None) -> Dict:
+    """A point's record from what its jobs left on disk, wherever they ran: its pretraining folder, and its
+    ladder re-planned from the finished checkpoint (the same folder the ladder's jobs wrote: it is keyed by
+    the checkpoint's content), summarised. Writes nothing."""
+    folder = pretrain_folder(out, point)
+    checkpoint = finished_checkpoint(study, point, out, data)
+    if checkpoint is None:
+        failed = pretrain_failure(folder).is_file()
+        return {"label": point.label, "overrides": point.overrides,
+                "status": "failed" if failed else "unfinished" if folder.is_dir() else "not started",
+                "log": str(folder / "output.txt"), "pretrain": pretrain_speed(folder)}
+    return point_record(point, ladder_plan(study, checkpoint, out, point, data, weights), folder)
+
+
+def collect(study: Study, out: Path, data: Mapping[str, str], weights=None) -> Dict:
+    """Every point's record from disk (``point_from_disk``): the study's results however its jobs ran."""
+    records = []
+    for point in study.grid():
+        try:
+            records.append(point_from_disk(study, point, out, data, weights))
+        except Exception as e:  # noqa: BLE001  (one point's unreadable folder does not hide the others)
+            records.append({"label": point.label, "overrides": point.overrides, "status": "failed",
+                            "error": f"{type(e).__name__}: {e}"})
+    return {"study": study.name, "paper": study.paper, "points": records}
+
+
+def report_from_disk(study: Study, out: Path, data: Mapping[str, str], weights=None) -> Dict:
+    """``--report-only`` and the report after SLURM jobs: ``collect``, then results.json and the report. The
+    datasets and weights default to those of the plan the study was run with (``plan.json``): the ladder's
+    jobs are found by re-planning, and a rung planned without its data would have none."""
+    from pretrain.checkpoint import write_text_atomic
+
+    plan = out / "plan.json"
+    if not plan.is_file():
+        raise InputNotFound(f"{plan}: no study run here to report on; run the study first (or give its --out)")
+    ran = json.loads(plan.read_text())
+    results = collect(study, out, {**ran.get("data", {}), **data}, weights or ran.get("weights"))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_report(study, out, results)
+    return results
 
 
 # ---------------------------------------------------------------- the whole study
@@ -311,8 +380,7 @@ def run_study(study: Study, out: Path, data: Mapping[str, str], echo: Callable[[
 
     if study.pretrain_data and study.pretrain_data not in data:  # before anything is written
         raise ConfigError(f"study {study.name} pretrains on --data {study.pretrain_data}=PATH, which was not given")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "plan.json", json.dumps(plan_rows(study, out, data), indent=2))
+    write_plan(study, out, data, weights)
     records = []
     for point in study.grid():
         try:
@@ -325,6 +393,183 @@ def run_study(study: Study, out: Path, data: Mapping[str, str], echo: Callable[[
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     write_report(study, out, results)
     return results
+
+
+def write_plan(study: Study, out: Path, data: Mapping[str, str], weights=None) -> Path:
+    """``plan.json``: what ``plan_rows`` prices, and the datasets and weights the report re-plans the ladders with."""
+    from pretrain.checkpoint import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(out / "plan.json", json.dumps({**plan_rows(study, out, data), "weights": weights},
+                                                           indent=2))
+
+
+# ---------------------------------------------------------------- SLURM
+def pretrain_launch(command: Sequence[str], nodes: int, gpus_per_node: int, node_rank: int = 0,
+                    master: str = "127.0.0.1", port: Optional[int] = None) -> List[str]:
+    """``python tools/pretrain_net.py ...`` on the GPUs this node has (at most ``gpus_per_node``): through
+    torchrun when there are several processes, rendezvous on ``master:port`` across nodes (as
+    tools/submit_slurm.py's script); one process without GPUs (submitit's local executor, in the tests)."""
+    from transfer import ladder
+
+    python, *tool = command
+    per_node = max(1, min(gpus_per_node, ladder._cuda_devices()))
+    if nodes > 1:
+        return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
+                "--nproc_per_node", str(per_node), "--master_addr", master, "--master_port", str(port), *tool]
+    if per_node > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(per_node), *tool]
+    return list(command)
+
+
+class PretrainJob:
+    """A submitit callable: one point's pretraining (``pretrain_command``, always ``--resume``: a requeued job
+    continues from its newest checkpoint). ``checkpoint`` makes submitit requeue it on preemption or timeout;
+    SLURM's SIGTERM reaches the trainer, which stops at the next step with a checkpoint."""
+
+    def __init__(self, command: Sequence[str], folder: Path, nodes: int, gpus_per_node: int):
+        self.command, self.folder, self.nodes, self.gpus_per_node = list(command), Path(folder), nodes, gpus_per_node
+
+    def __call__(self) -> None:
+        import submitit
+
+        from transfer import ladder
+
+        env = submitit.JobEnvironment()
+        master = env.hostnames[0] if env.hostnames else "127.0.0.1"
+        cmd = pretrain_launch(self.command, self.nodes, self.gpus_per_node, env.node, master,
+                              ladder.job_port(env.job_id))
+        if env.node == 0:
+            pretrain_failure(self.folder).unlink(missing_ok=True)
+        log = self.folder / ("output.txt" if env.node == 0 else f"output.node{env.node}.txt")
+        with open(log, "a") as f:
+            f.write(f"\n$ {' '.join(cmd)}\n")
+            f.flush()
+            rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ladder.job_env())
+        if rc != 0:  # afterok: the point's ladder job never starts
+            if env.node == 0:
+                record_pretrain_failure(self.folder, rc)
+            raise RuntimeError(f"pretraining failed with exit {rc} on node {env.node}; log: {log}")
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(PretrainJob(self.command, self.folder, self.nodes,
+                                                              self.gpus_per_node))
+
+
+class PointLadderJob:
+    """A submitit callable, started after the point's pretraining succeeded (``afterok``): plans the point's
+    ladder from the final checkpoint (``ladder_plan``: the folder and jobs a local run and the report use) and
+    submits its jobs with the ladder's own ``run_slurm`` (GPUs, requeue, skipping what finished). A CPU job of
+    a few minutes (it hashes the checkpoint); the compute node must reach ``sbatch``, as on most clusters."""
+
+    def __init__(self, study: Study, point: Point, out: Path, data: Mapping[str, str], weights=None,
+                 partition: Optional[str] = None, cluster: Optional[str] = None):
+        self.study, self.point, self.out, self.data = study, point, Path(out), dict(data)
+        self.weights, self.partition, self.cluster = weights, partition, cluster
+
+    def __call__(self) -> List[str]:
+        from transfer import ladder
+
+        checkpoint = finished_checkpoint(self.study, self.point, self.out, self.data)
+        if checkpoint is None:
+            raise RuntimeError(f"{self.point.label}: its pretraining has no final checkpoint in "
+                               f"{pretrain_folder(self.out, self.point)}")
+        p = ladder_plan(self.study, checkpoint, self.out, self.point, self.data, self.weights)
+        jobs = ladder.run_slurm(p, partition=self.partition, cluster=self.cluster)
+        if self.cluster == "local":  # the local executor's jobs are this process's children: wait for them
+            for job in jobs:
+                job.exception()
+        return [job.job_id for job in jobs]
+
+
+def still_queued(folder: Path) -> Optional[str]:
+    """The SLURM job id recorded for this pretraining (``slurm_job``) when ``squeue`` still lists it (queued,
+    running, or requeued): its pretraining and the ladders after it are in SLURM's hands already."""
+    record = folder / "slurm_job"
+    squeue = shutil.which("squeue")
+    if not record.is_file() or squeue is None:
+        return None
+    job_id = record.read_text().strip()
+    listed = subprocess.run([squeue, "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    return job_id if listed.returncode == 0 and listed.stdout.strip() else None
+
+
+def executor(folder: Path, cluster: str, name: str, timeout_min: int, max_requeues: int, nodes: int = 1,
+             gpus_per_node: int = 0, partition: Optional[str] = None, after: Optional[str] = None):
+    """A submitit executor for one study job; ``after``: a job id this one waits for (``afterok``: it never
+    starts if that one fails). SLURM's parameters only where there is SLURM (the local executor has none)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=max_requeues)
+    params: Dict[str, Any] = dict(name=name, timeout_min=timeout_min, nodes=nodes, tasks_per_node=1)
+    if cluster != "local":
+        params.update(slurm_partition=partition, slurm_additional_parameters={
+            "requeue": True, **({"dependency": f"afterok:{after}"} if after else {})})
+        if gpus_per_node:
+            params.update(gpus_per_node=gpus_per_node, cpus_per_task=10 * gpus_per_node)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def submit_study(study: Study, out: Path, data: Mapping[str, str], partition: Optional[str] = None,
+                 nodes: int = 1, gpus_per_node: int = 8, cluster: Optional[str] = None, weights=None,
+                 timeout_min: int = 4320, max_requeues: int = 3, echo: Callable[[str], None] = print) -> List:
+    """Submit the study to SLURM: each unfinished pretraining once (points that share one share its job), and
+    each point's ladder after it (``PointLadderJob``, ``afterok``); a point whose pretraining finished has
+    its ladder submitted now, from here (``run_slurm``: its finished jobs skipped). ``cluster``: submitit's
+    (``local`` runs the jobs here, for tests; by default SLURM, or ``NoSlurm`` before anything is written).
+    Returns the submitted submitit jobs (the ladder's own, for finished points, included)."""
+    from pretrain.checkpoint import write_text_atomic
+    from transfer import ladder
+
+    if cluster is None:  # never submitit's silent fallback to running the jobs here
+        ladder.require_slurm()
+        cluster = "slurm"
+    if study.pretrain_data and study.pretrain_data not in data:  # before anything is written
+        raise ConfigError(f"study {study.name} pretrains on --data {study.pretrain_data}=PATH, which was not given")
+    write_plan(study, out, data, weights)
+    submitit_folder = out / "submitit"
+    # pretraining folder -> its job; None: finished earlier; "queued": SLURM has it, and the ladders after it
+    pretrainings: Dict[Path, Any] = {}
+    submitted = []
+    for point in study.grid():  # every pretraining first: they run side by side
+        folder = pretrain_folder(out, point)
+        if folder not in pretrainings:
+            if finished_checkpoint(study, point, out, data) is not None:
+                echo(f"[{point.label}] pretraining done earlier, skipped")
+                pretrainings[folder] = None
+            elif cluster != "local" and (queued := still_queued(folder)):
+                echo(f"[{point.label}] pretraining still queued or running as {queued}, with its ladder after it: "
+                     "not submitted again")
+                pretrainings[folder] = "queued"
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                job = executor(submitit_folder, cluster, f"pretrain-{study.name}-{folder.name}", timeout_min,
+                               max_requeues, nodes, gpus_per_node, partition).submit(
+                    PretrainJob(pretrain_command(study, point, out, data), folder, nodes, gpus_per_node))
+                echo(f"[{point.label}] pretraining submitted as {job.job_id} ({nodes} node(s) x {gpus_per_node} GPUs)")
+                write_text_atomic(folder / "slurm_job", str(job.job_id))
+                pretrainings[folder] = job
+                submitted.append(job)
+    for point in study.grid():
+        pre = pretrainings[pretrain_folder(out, point)]
+        if pre == "queued":
+            continue
+        if pre is None:  # its checkpoint is here: the ladder's jobs go now
+            p = ladder_plan(study, finished_checkpoint(study, point, out, data), out, point, data, weights)
+            submitted += ladder.run_slurm(p, partition=partition, cluster=cluster, max_requeues=max_requeues,
+                                          echo=lambda line: echo(f"[{point.label}] {line}"))
+            continue
+        if cluster == "local":  # the local executor has no dependencies: wait here for the pretraining
+            pre.exception()
+        job = executor(submitit_folder, cluster, f"ladder-{study.name}-{point.label}", 60, max_requeues,
+                       partition=partition, after=pre.job_id).submit(
+            PointLadderJob(study, point, out, data, weights, partition, cluster))
+        echo(f"[{point.label}] ladder submitted as {job.job_id}, after {pre.job_id} (afterok)")
+        submitted.append(job)
+    return submitted
 
 
 # ---------------------------------------------------------------- report
@@ -363,6 +608,8 @@ def write_report(study: Study, out: Path, results: Optional[Dict] = None) -> Lis
     records = results["points"]
     reference = next((r for r in records if r["label"] == study.reference), None)
     ref_speed = ((reference or {}).get("pretrain") or {}).get("images_per_s")
+    speedups = {r["label"]: (r.get("pretrain") or {}).get("images_per_s") / ref_speed for r in records
+                if ref_speed and (r.get("pretrain") or {}).get("images_per_s")}
     pairs = report_metrics(results)
     header = ["point", "status"] + [f"{rung} {metric}" for rung, metric in pairs] + [
         f"paper: {s.name}" for s in series] + ["pretrain images/s", "wall-clock h", "speed-up"]
@@ -378,7 +625,7 @@ def write_report(study: Study, out: Path, results: Optional[Dict] = None) -> Lis
         speed = (r.get("pretrain") or {}).get("images_per_s")
         wall = (r.get("pretrain") or {}).get("wall_clock_s")
         row += ["-" if speed is None else f"{speed:.1f}", "-" if wall is None else f"{wall / 3600:.3f}",
-                "-" if not (speed and ref_speed) else f"{speed / ref_speed:.2f}x"]
+                "-" if r["label"] not in speedups else f"{speedups[r['label']]:.2f}x"]
         rows.append(row)
     md = [f"# {study.name}: {study.paper}".rstrip(": "), "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -394,10 +641,17 @@ def write_report(study: Study, out: Path, results: Optional[Dict] = None) -> Lis
     for rung, metric in pairs:
         written.append(draw_figure(study, records, rung, metric, [s for s in series if s.rung == rung],
                                    out / f"figure_{rung}_{metric}.png"))
+    if speedups:  # Table 2 as a figure: the measured speed-ups beside the paper's
+        written.append(draw_figure(study, records, PRETRAIN, "speedup",
+                                   [s for s in series if (s.rung, s.metric) == (PRETRAIN, "speedup")],
+                                   out / f"figure_{PRETRAIN}_speedup.png",
+                                   value=lambda r: (speedups[r["label"]], 0.0, 1) if r["label"] in speedups else None))
     return written
 
 
-def draw_figure(study: Study, records: Sequence[Dict], rung: str, metric: str, series: Sequence, path: Path) -> Path:
+def draw_figure(study: Study, records: Sequence[Dict], rung: str, metric: str, series: Sequence, path: Path,
+                value: Optional[Callable[[Dict], Optional[tuple]]] = None) -> Path:
+    """x: the points; y: ``value(record)`` (mean, std, n), by default the rung's metric over its seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -408,11 +662,13 @@ def draw_figure(study: Study, records: Sequence[Dict], rung: str, metric: str, s
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     position = {r["label"]: (x if numeric else i) for i, (r, x) in enumerate(zip(records, xs))}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    done = [(position[r["label"]], metric_values(r, rung, metric)) for r in records]
+    over_seeds = value is None
+    value = value or (lambda r: metric_values(r, rung, metric))
+    done = [(position[r["label"]], value(r)) for r in records]
     done = [(x, v) for x, v in done if v is not None]
     if done:
         ax.errorbar([x for x, _ in done], [v[0] for _, v in done], yerr=[v[1] for _, v in done], marker="o",
-                    capsize=3, label=f"this run ({rung}, mean ± std over seeds)")
+                    capsize=3, label=f"this run ({rung}" + (", mean ± std over seeds)" if over_seeds else ")"))
     failed = [position[r["label"]] for r in records if r["status"] == "failed"]
     for x in failed:
         ax.axvline(x, color="red", alpha=0.3, linestyle=":")

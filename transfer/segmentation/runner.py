@@ -129,6 +129,8 @@ def set_iterations(cfg: Config, iters: int) -> None:
         for key in ("begin", "end"):
             if key in sched:
                 sched[key] = min(iters, scale(sched[key])) if sched[key] else 0
+        if "milestones" in sched:  # a step schedule (MoCo's FCN recipes): its steps at the same fractions
+            sched["milestones"] = [min(iters, scale(m)) for m in sched["milestones"]]
     # A phase scaled to no iteration (the poly decay after a warm-up that takes the only iteration)
     # would never run, and mmengine refuses a scheduler whose end is not after its begin: dropped.
     cfg.param_scheduler = [s for s in schedulers if s.get("begin", 0) < s.get("end", float("inf"))]

@@ -9,7 +9,9 @@ class Detection(DetectionRung):
     name = "detection"
     order = 50
     data = "coco"
+    suites = ("mae_transfer",)  # MAE Table 4
     metrics = {"coco_instance_seg": "mask_AP"}
+    table_metrics = ("box_AP", "mask_AP")
     recipes = {
         "vit_base_patch16": Recipe(D + "COCO/mask_rcnn_vitdet_b_100ep.py", 64, 1030,
                                    "ViTDet-B, 184,375 iterations x 64, 0.314 s/iter on 64 GPUs (ViTDet's report)"),

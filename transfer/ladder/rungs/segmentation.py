@@ -9,6 +9,7 @@ class Segmentation(SegmentationRung):
     name = "segmentation"
     order = 60
     data = "ade20k"
+    suites = ("mae_transfer",)  # MAE Table 5
     metrics = {"ade20k_seg": "mIoU", "semantic_seg": "mIoU"}
     recipes = {
         "vit_base_patch16": Recipe(M + "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py", 8, 125,

@@ -1,0 +1,14 @@
+"""ViTDet-L Cascade Mask R-CNN from MAE: the Cascade ViTDet-B recipe with ViT-L/16, global blocks 5, 11, 17, 23,
+drop path 0.4, lr decay 0.8 (Li et al. 2022)."""
+from functools import partial
+
+from .cascade_mask_rcnn_vitdet_b_100ep import (  # noqa: F401
+    MAE, dataloader, get_vit_lr_decay_rate, lr_multiplier, model, optimizer, train,
+)
+
+train.init_checkpoint = MAE.format("large")
+model.backbone.net.update(
+    embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.4,
+    window_block_indexes=[i for i in range(24) if i not in (5, 11, 17, 23)],
+)
+optimizer.params.lr_factor_func = partial(get_vit_lr_decay_rate, num_layers=24, lr_decay_rate=0.8)

@@ -1,0 +1,5 @@
+"""The supervised counterpart of ViTDet-B on LVIS: the same recipe from DeiT-B (ImageNet-1k supervised)."""
+from ..common.constants import DEIT_B
+from .mask_rcnn_vitdet_b_100ep import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+train.init_checkpoint = DEIT_B

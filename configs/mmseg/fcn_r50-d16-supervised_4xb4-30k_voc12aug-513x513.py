@@ -1,0 +1,7 @@
+# The supervised counterpart of fcn_r50-d16-moco_4xb4-30k_voc12aug-513x513.py: the same recipe, only the
+# checkpoint differs (torchvision's ImageNet ResNet-50, IMAGENET1K_V1).
+_base_ = ["./fcn_r50-d16-moco_4xb4-30k_voc12aug-513x513.py"]
+
+model = dict(backbone=dict(init_cfg=dict(checkpoint="pretrained/resnet50-0676ba61.pth")))
+
+sslkit_results = dict(pretrain="supervised")
