@@ -136,3 +136,12 @@ def test_runs_nobody_published_say_so(tmp_path):
     table = build_table("ade20k_seg", load_runs([tmp_path]) + published_rows(["ade20k_seg"]), "supervised")
     run = next(c for c in table.comparisons if c.row.origin == "run")
     assert run.published is None and any(n.startswith("none published: ") for n in run.notes)
+
+
+def test_a_published_value_not_rechecked_says_so():
+    from transfer.published import Published
+
+    rows = published_rows(published=[Published("voc_seg", "resnet50", "moco_v1", {"mIoU": 1.0}, source="A, Table 6",
+                                                checked=False),
+                                      Published("voc_seg", "resnet50", "supervised", {"mIoU": 2.0}, source="B")])
+    assert [r.source for r in rows] == ["A, Table 6 (entered from the paper, not re-checked here)", "B"]

@@ -86,8 +86,10 @@ def load_runs(paths: Iterable) -> List[Row]:
 
 
 def published_rows(tasks: Optional[Sequence[str]] = None, published: Sequence[Published] = PUBLISHED) -> List[Row]:
-    return [Row(p.task, p.backbone, p.pretrain, "published", dict(p.metrics), dict(p.recipe), p.source,
-                "published", p.weights) for p in published if tasks is None or p.task in tasks]
+    """The published numbers as rows; a value not re-read against its paper here says so in its source."""
+    return [Row(p.task, p.backbone, p.pretrain, "published", dict(p.metrics), dict(p.recipe),
+                p.source + ("" if p.checked else " (entered from the paper, not re-checked here)"), "published",
+                p.weights) for p in published if tasks is None or p.task in tasks]
 
 
 def differences(row: Row, other: Row, keys: Sequence[str]) -> List[str]:
