@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from . import distributed as du
 from .data import ImageFolderDataset
 from .errors import DataError
-from .transforms import eval_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ToFloatNormalized, eval_transform
 
 
 @torch.no_grad()
@@ -73,10 +73,13 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks) -> torch.Tensor:
     return torch.stack([top[:, :k].any(dim=1).sum() for k in ks])
 
 
-def labelled_folders(train_dir, val_dir, img_size: int = 224) -> Tuple[ImageFolderDataset, ImageFolderDataset]:
-    """The kNN's training and validation sets (resized and centre-cropped to ``img_size``), checked: labelled
-    folders (``<dir>/<class>/*``) with the same classes, each with a readable image (else a DataError)."""
+def labelled_folders(train_dir, val_dir, img_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD
+                     ) -> Tuple[ImageFolderDataset, ImageFolderDataset]:
+    """The kNN's training and validation sets (resized and centre-cropped to ``img_size``, normalised with
+    ``mean`` / ``std``: the backbone's), checked: labelled folders (``<dir>/<class>/*``) with the same classes,
+    each with a readable image (else a DataError)."""
     tf = eval_transform(img_size)
+    tf.device_transform = ToFloatNormalized(mean, std)
     train, val = ImageFolderDataset(train_dir, tf), ImageFolderDataset(val_dir, tf)
     if not train.classes:
         raise DataError(f"{train_dir} has no class folders: the kNN needs labelled <dir>/<class>/* images")
@@ -100,10 +103,13 @@ def knn_evaluate(
     k: int = 200,
     temperature: float = 0.07,
     num_workers: int = 0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> Dict[str, float]:
     """Top-1 / top-5 (%) of the weighted k-NN classifier from ``train_dir`` to ``val_dir`` (top-5 with at
-    least 5 classes). Every process of a process group takes part and gets the result."""
-    train, val = labelled_folders(train_dir, val_dir, img_size)
+    least 5 classes), the images normalised with ``mean`` / ``std`` (the backbone's input normalisation). Every
+    process of a process group takes part and gets the result."""
+    train, val = labelled_folders(train_dir, val_dir, img_size, mean, std)
     if min(len(train), len(val)) < du.get_world_size():
         raise DataError(f"the kNN monitor needs at least one train and one val image per process "
                         f"({len(train)} / {len(val)} for {du.get_world_size()}): add images, or run fewer processes")

@@ -741,7 +741,7 @@ def test_plain_vit_protocols_refuse_a_beit_instead_of_losing_its_tensors():
 
     case = BEIT_CASES["beit-training"]()
     export = read_backbone(case.ckpt, path=case.filename)
-    with pytest.raises(CheckpointFormatError, match="is a BEiT ViT.*detectron2's ViT does not take"):
+    with pytest.raises(CheckpointFormatError, match="is a BEiT ViT.*ViTDet.*does not take"):
         vit_to_detectron2(export)
     with pytest.raises(CheckpointFormatError, match="is a BEiT ViT.*VisionTransformer classifier does not take"):
         load_vit_backbone(build_vit_classifier(vit_arch("auto", export), 10, img_size=32), export)

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.skipif(importlib.util.find_spec("mmseg") is None,
 
 # The ADE20K UperNet configs (MoCo's Table 6 FCN configs, fcn_*: tests/test_moco_semantic_seg.py).
 FULL = sorted((REPO / "configs" / "mmseg").glob("upernet_*.py"))
-TINY = sorted((REPO / "configs" / "mmseg" / "tiny").glob("upernet_*.py"))
+# (MAETimmViT's config builds the network its checkpoint describes: tests/test_mmseg_hosts.py builds it.)
+TINY = sorted(p for p in (REPO / "configs" / "mmseg" / "tiny").glob("upernet_*.py") if "timm-vit" not in p.name)
 MAE_B = REPO / "configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py"
 
 

@@ -88,7 +88,7 @@ def test_dry_run_prints_the_recipes_command_and_gpu_hours(name, backbone, tmp_pa
     family = "vit" if backbone.startswith("vit") else "resnet"
     info = ladder.CheckpointInfo(str(tmp_path / "model.pth"), "0" * 64, family, backbone,
                                  f"mae_{backbone}" if family == "vit" else backbone, "mae")
-    monkeypatch.setattr(ladder, "inspect_checkpoint", lambda path, allow_pickle=False: info)
+    monkeypatch.setattr(ladder, "inspect_checkpoint", lambda path, allow_pickle=False, variant=None: info)
     (tmp_path / "model.pth").write_bytes(b"")
     write_layout(rung, tmp_path / "data")
     spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
@@ -183,7 +183,7 @@ def test_the_paper_suites_dry_run(tmp_path, capsys, monkeypatch):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     for suite, backbone in (("mae_transfer", "vit_base_patch16"), ("moco_table6", "resnet50")):
-        monkeypatch.setattr(ladder, "inspect_checkpoint", lambda path, allow_pickle=False: infos[backbone])
+        monkeypatch.setattr(ladder, "inspect_checkpoint", lambda path, allow_pickle=False, variant=None: infos[backbone])
         tool.main([str(tmp_path / "m.pth"), "--suite", suite, "--dry-run", "--seeds", "1", "--baseline", "random",
                    "--out", str(tmp_path / "out"), "--data", *(f"{k}={tmp_path / k}" for k in {r.data for r in RUNGS.values()})])
         out = capsys.readouterr().out

@@ -148,7 +148,7 @@ def test_knn_tool_writes_results_and_beats_chance(tmp_path):
         "knn", "resnet18", "random", None, 3)
     assert rec["recipe"] == {"k": 20, "temperature": 0.07, "img_size": 32, "train_images": 16 * CLASSES,
                              "val_images": 6 * CLASSES, "seed": 3, "precision": "fp32",
-                             "compile": False}
+                             "compile": False, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert rec["metrics"]["top5"] is None  # 4 classes: no top-5
     assert rec["metrics"]["top1"] > 100 / CLASSES + 40, rec["metrics"]
     assert "top1" in proc.stderr

@@ -114,9 +114,25 @@ CASES += [
     Bad("cls-config-missing", "train_cls", ("{w}/configs/nope.yaml",), "nope.yaml"),
     Bad("cls-override-bad-value", "train_cls", (*CLS, "train.epochs=ten"), "ten"),
     Bad("cls-override-unknown-key", "train_cls", (*CLS, "model.nope=1"), "nope"),
+    Bad("cls-variant-the-file-lacks", "train_cls",
+        ("{w}/configs/cls.yaml", "--protocol", "mae_linear", "model.arch=auto", "--checkpoint",
+         "{w}/ckpt/dino_checkpoint.pth", "--variant", "context"), "has no variant 'context'"),
+    Bad("cls-variant-of-a-file-without-variants", "train_cls",
+        (*CLS, "--checkpoint", "{w}/ckpt/moco_r18.pth.tar", "--variant", "student"), "leave the variant out"),
+    Bad("cls-variant-without-a-checkpoint", "train_cls", (*CLS, "--variant", "student"),
+        "picks a network of model.checkpoint"),
 ]
 
 # ---------------------------------------------------------------- knn_eval
+@world_part
+def variant_checkpoint(w: Path) -> None:
+    """ckpt/dino_checkpoint.pth: a tiny DINO training checkpoint (teacher and student: --variant's rows)."""
+    import torch
+    from test_formats import dino_full
+
+    torch.save(dino_full("teacher").ckpt, w / "ckpt" / "dino_checkpoint.pth")
+
+
 KNN = ("--train", "{w}/data/cls/train", "--val", "{w}/data/cls/val", "--out", "{w}/out/knn", "--img-size", "32",
        "--num-workers", "0")
 CASES += [
@@ -139,6 +155,12 @@ CASES += [
     Bad("knn-num-workers-negative", "knn_eval", ("--random-init", "resnet18", *KNN, "--num-workers", "-1"),
         "expected a non-negative integer, got -1"),
     Bad("knn-random-init-unknown", "knn_eval", ("--random-init", "resnet7", *KNN), "resnet7"),
+    Bad("knn-variant-the-file-lacks", "knn_eval", ("{w}/ckpt/dino_checkpoint.pth", *KNN, "--variant", "context"),
+        "has no variant 'context'"),
+    Bad("knn-variant-of-a-file-without-variants", "knn_eval",
+        ("{w}/ckpt/moco_r18.pth.tar", *KNN, "--variant", "student"), "leave the variant out"),
+    Bad("knn-variant-without-a-checkpoint", "knn_eval", ("--random-init", "resnet18", *KNN, "--variant", "student"),
+        "picks a network of a checkpoint"),
 ]
 
 # ---------------------------------------------------------------- mae_visualize
@@ -183,6 +205,11 @@ CASES += [
     Bad("probe-eval-every-negative", "dense_probe", probe_argv("{w}/seg/ade", "--eval-every", "-1"),
         "expected a non-negative integer, got -1"),
     Bad("probe-lr-zero", "dense_probe", probe_argv("{w}/seg/ade", "--lr", "0"), "expected a positive number"),
+    Bad("probe-variant-the-file-lacks", "dense_probe",
+        probe_argv("{w}/seg/ade", "--variant", "context", checkpoint="{w}/ckpt/dino_checkpoint.pth"),
+        "has no variant 'context'"),
+    Bad("probe-variant-of-a-file-without-variants", "dense_probe", probe_argv("{w}/seg/ade", "--variant", "student"),
+        "leave the variant out"),
 ]
 
 # ---------------------------------------------------------------- train_seg (mmseg)
@@ -247,6 +274,9 @@ CASES += [
         seg_argv(SEG_ADE, "{w}/seg/ade", "--cfg-options", "train_cfg.max_iters.x=1"), "does not fit the config"),
     Bad("seg-ignore-label-out-of-range", "train_seg", seg_argv(SEG_FOLDER, "{w}/seg/folder", "--ignore-label", "300"),
         "expected a label value 0..255, got 300"),
+    Bad("seg-timm-vit-without-checkpoint", "train_seg",
+        seg_argv(str(REPO / "configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py"), "{w}/seg/ade", "--random-init"),
+        "builds the network of its backbone checkpoint (MAETimmViT): give --checkpoint PATH"),
 ]
 
 # ---------------------------------------------------------------- train_net (detectron2)
@@ -398,6 +428,10 @@ CASES += [
         ladder_args("--baseline", "supervised", "--weights", "{w}/ladder/weights"), "resnet18-f37072fd.pth"),
     Bad("evaluate-malformed-finished-record", "evaluate", ladder_args("--out", "{w}/ladder/runs"),
         "not valid JSON"),
+    Bad("evaluate-variant-the-file-lacks", "evaluate",
+        ladder_args("--variant", "context", checkpoint="{w}/ckpt/dino_checkpoint.pth"), "has no variant 'context'"),
+    Bad("evaluate-variant-of-a-file-without-variants", "evaluate", ladder_args("--variant", "student"),
+        "leave the variant out"),
 ]
 
 # ---------------------------------------------------------------- report

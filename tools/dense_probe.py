@@ -59,7 +59,7 @@ def main(argv=None):
         data_root=args.data_root, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init,
         dataset=args.dataset, classes=args.classes, iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr,
         seed=args.seed, eval_every=args.eval_every, num_workers=args.num_workers, pretrain=args.pretrain,
-        allow_pickle=args.allow_pickle, device=args.device, stop_after=args.stop_after, precision=args.precision,
+        allow_pickle=args.allow_pickle, variant=args.variant, device=args.device, stop_after=args.stop_after, precision=args.precision,
         compile=args.compile)
     probe = DenseProbe(cfg, resume=args.resume, fresh=args.fresh)
     probe.check()  # the output folder's run, the data, the checkpoint: a user error here leaves no file

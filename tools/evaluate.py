@@ -75,6 +75,9 @@ def main(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, GPUs, GPU-hours); run nothing")
     p.add_argument("--report-only", action="store_true", help="summarise what finished; run nothing")
     p.add_argument("--allow-pickle", action="store_true", help="trust the checkpoint's pickled objects")
+    p.add_argument("--variant", help="which network of a checkpoint that holds several: DINO / iBOT / DINOv2 teacher "
+                                     "(default) or student, I-JEPA target (default) or context; passed to each rung's "
+                                     "tool that takes it (the others are skipped), results in <name>-VARIANT-<sha>/")
     args = p.parse_args(argv)
 
     from transfer import ladder
@@ -91,7 +94,8 @@ def main(argv=None):
     rungs = args.rungs.split(",") if args.rungs else list(suites()[args.suite])
     data, rung_args = parse_data(args.data, args.data_file), parse_rung_args(args.rung_args)
     plans = [ladder.plan(checkpoint, args.out, rungs, data, args.seeds, args.baseline, rung_args,
-                         dict(args.rung_seeds), args.allow_pickle, args.weights) for checkpoint in args.checkpoints]
+                         dict(args.rung_seeds), args.allow_pickle, args.weights, args.variant)
+             for checkpoint in args.checkpoints]
     shared = share_baselines(plans)  # checkpoints of one backbone: one baseline job each, run once
     for plan in plans:
         ladder.check_records(plan)  # the finished jobs' results, which the run and the report read

@@ -45,7 +45,7 @@ def load_backbone(args):
     from transfer.backbone import load_frozen_backbone
 
     torch.manual_seed(args.seed)
-    return load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle)
+    return load_frozen_backbone(args.checkpoint, args.random_init, args.allow_pickle, args.variant)
 
 
 def knn_eval(args, backbone=None, folders=None):
@@ -69,12 +69,15 @@ def knn_eval(args, backbone=None, folders=None):
              args.pretrain or backbone.pretrain, args.k, args.temperature, args.img_size, counts["train"],
              counts["val"], device, precision)
     accuracy = knn_evaluate(backbone.global_features, args.train, args.val, args.img_size, args.batch, device,
-                            k=args.k, temperature=args.temperature, num_workers=args.num_workers)
+                            k=args.k, temperature=args.temperature, num_workers=args.num_workers,
+                            mean=backbone.mean, std=backbone.std)  # as the backbone was trained (CLIP's, ...)
     recipe = {"k": args.k, "temperature": args.temperature, "img_size": args.img_size,
               "train_images": counts["train"], "val_images": counts["val"], "seed": args.seed, "precision": precision,
-              "compile": compiled}
+              "compile": compiled, "mean": list(backbone.mean), "std": list(backbone.std)}
     if backbone.pretrain_epochs:
         recipe["pretrain_epochs"] = backbone.pretrain_epochs
+    if args.variant:
+        recipe["variant"] = args.variant  # which network of the checkpoint
     path = write_results(args.out, task=TASK, backbone=backbone.name, pretrain=args.pretrain or backbone.pretrain,
                          metrics={"top1": accuracy["top1"], "top5": accuracy.get("top5")},  # no top-5 under 5 classes
                          recipe=recipe, checkpoint=args.checkpoint, tool="tools/knn_eval.py", seed=args.seed,

@@ -34,6 +34,8 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--protocol", choices=sorted(PROTOCOL_SCHEMAS), help="protocol (default: the config's)")
     p.add_argument("--checkpoint", help="pretrained backbone weights (sets model.checkpoint)")
+    p.add_argument("--variant", help="which network of a checkpoint that holds several: DINO / iBOT / DINOv2 teacher "
+                                     "(default) or student, I-JEPA target (default) or context (sets model.variant)")
     add_run_args(p, output_dir="checkpoints, logs and results.json (sets train.output_dir)",
                  max_iters="stop after N optimizer steps, with a checkpoint --resume continues (sets train.max_iters)",
                  resume="continue a run: auto = the newest checkpoint in the output folder, or PATH; "
@@ -46,7 +48,8 @@ def main(argv=None):
         args.config = None
     args.resume, taken = resume_override(args.resume)
     overrides = [*args.overrides, *taken, *run_overrides(args)] + (
-        [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+        [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else []) + (
+        [f"model.variant={args.variant}"] if args.variant else [])
     cfg = load_cls_config(args.config, overrides, protocol=args.protocol)  # a ConfigError is the user's: run_tool
     if args.print_config:
         print(to_yaml(cfg))

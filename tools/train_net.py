@@ -139,7 +139,8 @@ def load_recipe(args):
 
     return Recipe.load(args.config_file, args.opts, init_checkpoint="" if args.random_init else args.checkpoint,
                        output_dir=args.output_dir, max_iter=args.max_iters, train_datasets=args.train_datasets,
-                       test_datasets=args.test_datasets, device=args.device, eval_only=args.eval_only)
+                       test_datasets=args.test_datasets, device=args.device, eval_only=args.eval_only,
+                       allow_pickle=args.allow_pickle)
 
 
 def finished_run(args, output_dir: str):

@@ -73,8 +73,8 @@ def parse_args(argv=None):
 
 def build_config(args):
     from transfer.segmentation.runner import (
-        adapt_to_device, load_seg_config, match_num_classes, merge_overrides, set_backbone_checkpoint, set_data,
-        set_iterations,
+        adapt_to_device, load_seg_config, match_input_normalisation, match_num_classes, merge_overrides,
+        set_backbone_checkpoint, set_data, set_iterations,
     )
     import torch
 
@@ -84,6 +84,11 @@ def build_config(args):
         set_backbone_checkpoint(cfg, args.checkpoint)
     elif args.random_init:
         set_backbone_checkpoint(cfg, None)
+    normalisation = match_input_normalisation(cfg)  # before the overrides: an explicit mean / std wins
+    if normalisation:
+        from mmengine.logging import print_log
+
+        print_log(normalisation, logger="current")
     classes = args.classes
     if classes and not Path(classes).is_file():
         classes = [c.strip() for c in classes.split(",") if c.strip()]
@@ -100,8 +105,12 @@ def build_config(args):
 def check_inputs(args, cfg):
     """What the run reads, checked before the Runner creates the work dir and its logs: the data of every
     split it uses, the checkpoint it starts from (the backbone's, or the segmentor to resume / evaluate)."""
+    from pretrain.errors import ConfigError
     from transfer.segmentation.runner import backbone_checkpoint, check_checkpoint, check_data
 
+    if cfg.model.backbone.get("type") == "MAETimmViT" and not backbone_checkpoint(cfg):  # its shape is the file's
+        raise ConfigError(f"{args.config} builds the network of its backbone checkpoint (MAETimmViT): give "
+                          f"--checkpoint PATH (the pretrained file: a DINOv2, CLIP, BEiT, ... ViT)")
     check_data(cfg, ("test",) if args.eval_only else ("train", "val", "test"))
     if cfg.load_from:
         check_checkpoint(cfg.load_from, "--resume" if args.resume else "the config's load_from")

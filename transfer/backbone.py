@@ -203,12 +203,16 @@ def _family(arch: str) -> str:
     return "resnet" if is_resnet_name(arch) else "vit"
 
 
-def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pickle: bool = False) -> FrozenBackbone:
+def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pickle: bool = False,
+                         variant: Optional[str] = None) -> FrozenBackbone:
     """A frozen backbone from ``checkpoint`` (a path; its architecture is read off the weights, or
     checked against ``arch`` when given), or a random initialisation of ``arch`` when no checkpoint:
     a ViT preset (``mae_vit_pico_patch8``, ``vit_base_patch16``, ...) or a torchvision ResNet
-    (``resnet18``, ``resnet50``, ...)."""
+    (``resnet18``, ``resnet50``, ...). ``variant``: which network of a file that holds several (``read_backbone``'s)."""
     if checkpoint is None:
+        if variant is not None:
+            raise ConfigError(f"--variant {variant} picks a network of a checkpoint, and there is none: give the "
+                              "checkpoint, or leave the variant out")
         if not arch:
             raise ConfigError("no checkpoint and no architecture: give a checkpoint, or the architecture to "
                              "initialise at random (e.g. resnet50, vit_base_patch16, mae_vit_pico_patch8)")
@@ -223,7 +227,7 @@ def load_frozen_backbone(checkpoint=None, arch: Optional[str] = None, allow_pick
     path = str(checkpoint)
     if not Path(path).exists():
         raise InputNotFound(f"checkpoint not found: {path}: give an existing checkpoint file")
-    export = read_backbone(path, allow_pickle)
+    export = read_backbone(path, allow_pickle, variant=variant)
     if arch and _family(arch) != export.family:
         family = {"vit": "ViT", "resnet": "ResNet"}[export.family]
         raise CheckpointFormatError(f"{path} holds a {family} ({export.arch}, {export.provenance.layout}), not a {arch}")
@@ -264,6 +268,8 @@ def add_backbone_args(p) -> None:
                         "bf16, on a CPU where it measures faster, else fp32 (recorded in results.json)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone's forward (compiled at the first batch; recorded in results.json)")
+    p.add_argument("--variant", help="which network of a checkpoint that holds several: DINO / iBOT / DINOv2 "
+                                     "teacher (default) or student, I-JEPA target (default) or context")
     p.add_argument("--allow-pickle", action="store_true", help="open a checkpoint that holds pickled objects "
                                                                "(only for files you trust)")
 

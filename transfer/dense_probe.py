@@ -327,6 +327,7 @@ class ProbeConfig:
     num_workers: int = 2
     pretrain: Optional[str] = None  # results label (default: what the checkpoint says, "random" without one)
     allow_pickle: bool = False
+    variant: Optional[str] = None  # which network of a checkpoint that holds several (read_backbone's)
     device: str = "auto"  # auto: cuda when available
     stop_after: Optional[int] = None  # stop after this many steps with a checkpoint (the schedule spans iters)
     precision: str = "auto"  # the frozen backbone's forward: auto | bf16 | fp32 (FrozenBackbone.set_precision)
@@ -408,7 +409,8 @@ class DenseProbe:
             self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
                                        else cfg.device)
             torch.manual_seed(cfg.seed)  # the backbone's random init, then the head's (in _setup)
-            self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle).to(self.device)
+            self.backbone = load_frozen_backbone(cfg.checkpoint, cfg.random_init, cfg.allow_pickle,
+                                                 cfg.variant).to(self.device)
         self._checked = True
 
     def run(self) -> Optional[Dict]:
@@ -512,6 +514,8 @@ class DenseProbe:
              "precision": self.precision, "compile": cfg.compile}
         if self.backbone.pretrain_epochs:
             r["pretrain_epochs"] = self.backbone.pretrain_epochs
+        if cfg.variant:
+            r["variant"] = cfg.variant  # which network of the checkpoint
         return r
 
     def _write_results(self) -> Dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from pretrain.config import (
     ConfigError, OptimConfig, RunConfig, load_structured_config, to_yaml, validate_backend, validate_data_source,
@@ -38,6 +38,9 @@ class ClsModelConfig:
     # None: random initialisation (a lower bound).
     checkpoint: Optional[str] = None
     allow_pickle: bool = False  # only for a file you trust that weights_only loading refuses
+    # Which network of a checkpoint that holds several (DINO / iBOT / DINOv2: teacher | student; I-JEPA: target |
+    # context); None: the one the paper evaluates (pretrain.backbones.read_backbone).
+    variant: Optional[str] = None
     # Label written to results.json: mae | moco_v1 | moco_v2 | supervised | random | ...;
     # auto: guessed from the checkpoint (a ViT with a classifier or a plain torchvision
     # ResNet counts as supervised).
@@ -68,6 +71,10 @@ class ClsDataConfig:
     img_size: int = 224
     crop_min_scale: float = 0.08  # RandomResizedCrop scale = (crop_min_scale, 1.0)
     interpolation: str = "bicubic"
+    # The input normalisation of RGB in [0, 1]; None: the pretrained backbone's (BackboneExport.mean / std:
+    # ImageNet's, CLIP's, none for SimCLR v1), ImageNet's without one.
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
     crop_pct: float = 0.875  # evaluation: resize to img_size / crop_pct, centre crop img_size
     num_workers: int = 8
     # Training images: pil (the CPU loader) | dali (decode and crop on the GPU: the linear protocols; where
@@ -180,6 +187,10 @@ def _validate(cfg, path):
              f"got {m.tune_blocks} under {cfg.protocol}")
     if d.interpolation not in ("bicubic", "bilinear"):
         fail(f"data.interpolation must be bicubic or bilinear, got {d.interpolation!r}")
+    if (d.mean is None) != (d.std is None) or any(v is not None and len(v) != 3 for v in (d.mean, d.std)):
+        fail(f"data.mean and data.std are given together, three values each (RGB), got {d.mean} and {d.std}")
+    if d.std is not None and min(d.std) <= 0:
+        fail(f"data.std must be positive, got {d.std}")
     if not 0.0 < d.crop_pct <= 1.0:
         fail(f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
     if (d.mixup > 0 or d.cutmix > 0) and t.batch_size % 2:

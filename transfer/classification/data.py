@@ -39,7 +39,7 @@ from pretrain.transforms import (
 )
 
 __all__ = [
-    "SeedGlobalRandom", "TimmTrainTransform", "RandomErasingOnDevice", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
+    "SeedGlobalRandom", "TimmTrainTransform", "input_normalization", "RandomErasingOnDevice", "train_transform", "eval_transform", "resolve_splits", "build_datasets",
     "write_synthetic_folder", "build_mixup", "build_criterion", "uses_files",
 ]
 log = logging.getLogger(__name__)
@@ -90,12 +90,25 @@ class SeedGlobalRandom(SampleTransform):
         return f"{type(self).__name__}({self.transform!r})"
 
 
-def train_transform(d) -> Callable:
-    """The protocol's training augmentation from the data config: timm's factory's, run on uint8."""
+def input_normalization(d, pretrained: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+                        ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) of the inputs: ``data.mean`` / ``data.std`` when set, else ``pretrained`` (the normalisation
+    the pretrained backbone was trained with: ``BackboneExport.mean`` / ``std``), else ImageNet's."""
+    if d.mean is not None:
+        return tuple(map(float, d.mean)), tuple(map(float, d.std))
+    if pretrained is not None:
+        return tuple(map(float, pretrained[0])), tuple(map(float, pretrained[1]))
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def train_transform(d, norm: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None) -> Callable:
+    """The protocol's training augmentation from the data config: timm's factory's, run on uint8 (``norm``:
+    the pretrained backbone's normalisation, ``input_normalization``)."""
+    mean, std = input_normalization(d, norm)
     tf = create_transform(
         d.img_size, is_training=True, scale=(d.crop_min_scale, 1.0), hflip=0.5, color_jitter=None,
         auto_augment=d.auto_augment or None, interpolation=d.interpolation, re_prob=d.reprob, re_mode=d.remode,
-        re_count=d.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        re_count=d.recount, mean=mean, std=std,
     )
     for t in getattr(tf, "transforms", []):
         if isinstance(t, RandAugment):
@@ -229,9 +242,12 @@ def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def eval_transform(d) -> Callable:
-    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size (timm's evaluation transform)."""
-    return ResizeCenterCrop(d.img_size, d.crop_pct, d.interpolation)
+def eval_transform(d, norm: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None) -> Callable:
+    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size (timm's evaluation transform),
+    normalised as ``input_normalization``."""
+    transform = ResizeCenterCrop(d.img_size, d.crop_pct, d.interpolation)
+    transform.device_transform = ToFloatNormalized(*input_normalization(d, norm))
+    return transform
 
 
 # ------------------------------------------------------------------ folders
@@ -265,16 +281,17 @@ def resolve_splits(d, output_dir) -> Tuple[Path, Path]:
     return root / "train", root / "val"
 
 
-def build_datasets(d, output_dir, eval_only: bool = False):
-    """(train dataset or None, val dataset, class names); train and val must have the same classes."""
+def build_datasets(d, output_dir, eval_only: bool = False, norm: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
+    """(train dataset or None, val dataset, class names); train and val must have the same classes; ``norm``:
+    the pretrained backbone's input normalisation (``input_normalization``)."""
     train_dir, val_dir = resolve_splits(d, output_dir)
     bad_list = str(Path(output_dir) / "unreadable_images.txt")
-    val = ImageFolderDataset(val_dir, eval_transform(d), bad_list=bad_list)
+    val = ImageFolderDataset(val_dir, eval_transform(d, norm), bad_list=bad_list)
     if not val.classes:
         raise DataError(f"{val_dir} has no class folders: evaluation needs labelled <dir>/<class>/* images")
     if eval_only:
         return None, val, val.classes
-    train = ImageFolderDataset(train_dir, train_transform(d), bad_list=bad_list)
+    train = ImageFolderDataset(train_dir, train_transform(d, norm), bad_list=bad_list)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:5]
         only_val = sorted(set(val.classes) - set(train.classes))[:5]

@@ -24,14 +24,14 @@ from pretrain import distributed as du
 from pretrain.backbones import read_backbone
 from pretrain.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
 from pretrain.data import check_full_step, worker_init
-from pretrain.errors import DataError, InputNotFound
+from pretrain.errors import ConfigError, DataError, InputNotFound
 from pretrain.logger import MetricLogger
 from pretrain.precision import autocast_dtype, matmul_shapes
 from pretrain.trainer import LAST, TrainerBase, configure_attention, join_run, open_run, use_channels_last
 from transfer.results import EVAL_RESULTS_FILE, RESULTS_FILE, holds_training_record, pretrain_label, write_results
 
 from .config import to_yaml
-from .data import build_criterion, build_datasets, build_mixup, resolve_splits, uses_files
+from .data import build_criterion, build_datasets, build_mixup, input_normalization, resolve_splits, uses_files
 from .protocols import build_optimizer, protocol
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def restore_pretrained_checkpoint(cfg, resume: str) -> None:
         m.checkpoint = model["checkpoint"]
         if m.pretrain == "auto" and model.get("pretrain"):
             m.pretrain = model["pretrain"]
+        if m.variant is None and model.get("variant"):  # the same network of that file
+            m.variant = model["variant"]
     log.info("resuming: model.checkpoint=%s, from the run's saved %s", m.checkpoint, saved)
 
 
@@ -83,15 +85,21 @@ class ClassificationTrainer(TrainerBase):
         self.dist = join_run(t)
         self.device = self.dist.device  # join_run set cuDNN autotuning, or deterministic kernels
 
-        # ---- the inputs, checked before a model is built or a file written: the data, the files named
-        if uses_files(d):
-            self.open_data(t.output_dir)
+        # ---- the inputs, checked before a model is built or a file written: the files named, the data
         if m.checkpoint and not Path(m.checkpoint).is_file():
             raise InputNotFound(f"model.checkpoint not found: {m.checkpoint}: give the pretrained weights "
                                 f"(--checkpoint PATH), or no model.checkpoint to train from random initialisation")
-        pretrained = read_backbone(m.checkpoint, m.allow_pickle) if m.checkpoint else None  # read once, here
+        # Read once, here (before the data: its transforms normalise the inputs as the backbone was trained).
+        pretrained = read_backbone(m.checkpoint, m.allow_pickle, variant=m.variant) if m.checkpoint else None
+        if pretrained is None and m.variant is not None:
+            raise ConfigError(f"model.variant={m.variant} (--variant) picks a network of model.checkpoint, but there "
+                              f"is none: give --checkpoint, or leave the variant out")
         if pretrained is not None:
             self.protocol.check_pretrained(cfg, pretrained)
+        # The inputs normalised as the backbone was trained (unless data.mean / data.std say; in the recipe).
+        self.input_norm = input_normalization(d, (pretrained.mean, pretrained.std) if pretrained is not None else None)
+        if uses_files(d):
+            self.open_data(t.output_dir)
         if resume and resume != "auto" and not Path(resume).is_file():
             raise InputNotFound(f"checkpoint not found: {resume}: give an existing checkpoint (--resume PATH), "
                                 f"or --resume alone for the newest one in the output folder")
@@ -170,7 +178,8 @@ class ClassificationTrainer(TrainerBase):
         """The datasets (``data``), checked: their classes match the model's, every split has a readable
         image, the training set makes one whole step on every process (a DataError, else)."""
         t, m = self.cfg.train, self.cfg.model
-        self.train_set, self.val_set, self.classes = build_datasets(self.cfg.data, output_dir, self.eval_only)
+        self.train_set, self.val_set, self.classes = build_datasets(self.cfg.data, output_dir, self.eval_only,
+                                                                    self.input_norm)
         self.num_classes = m.num_classes or len(self.classes)
         if self.num_classes != len(self.classes):
             raise DataError(f"model.num_classes={m.num_classes} but the data has {len(self.classes)} class folders "
@@ -328,8 +337,11 @@ class ClassificationTrainer(TrainerBase):
     # ---------------------------------------------------------------- results
     def recipe(self) -> Dict:
         cfg, d, m, o, t = self.cfg, self.cfg.data, self.cfg.model, self.cfg.optim, self.cfg.train
+        mean, std = self.input_norm
         r = {"protocol": cfg.protocol, "img_size": d.img_size, "crop_pct": d.crop_pct,
-             "interpolation": d.interpolation, "num_classes": self.num_classes}
+             "interpolation": d.interpolation, "num_classes": self.num_classes, "mean": list(mean), "std": list(std)}
+        if m.variant is not None:
+            r["variant"] = m.variant
         if self.pretrain_epochs:
             r["pretrain_epochs"] = self.pretrain_epochs
         if self.eval_only:
@@ -345,7 +357,7 @@ class ClassificationTrainer(TrainerBase):
                      auto_augment=d.auto_augment, mixup=d.mixup, cutmix=d.cutmix, smoothing=d.smoothing,
                      reprob=d.reprob)
         elif cfg.protocol == "mae_linear":
-            r.update(global_pool=m.global_pool)
+            r.update(global_pool=self.model.global_pool)  # the model's: avg without a class token (I-JEPA)
         return r
 
     def write_results(self, res: Dict, classifier: Optional[str] = None) -> Path:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from pretrain.backbones import BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
+from pretrain.formats.beit import refuse_beit
 from transfer.convert import ConversionReport
 
 from pretrain.lars import LARS
@@ -89,19 +90,26 @@ class MAELinear(Protocol):
     family = "vit"
     bn_head = True
 
+    def check_pretrained(self, cfg, pretrained):
+        super().check_pretrained(cfg, pretrained)
+        refuse_beit(pretrained, f"{self.name} (timm's VisionTransformer)")
+
     def build_model(self, cfg, num_classes, pretrained=None):
-        arch = vit_arch(cfg.model.arch, _pretrained(cfg, pretrained))
+        pretrained = _pretrained(cfg, pretrained)
+        arch = vit_arch(cfg.model.arch, pretrained)
+        # The pretrained ViT's options (LayerScale, registers, ...): the network it was trained as.
+        options = pretrained.vit_kwargs() if pretrained is not None and pretrained.family == "vit" else None
         model = build_vit_classifier(arch, num_classes, cfg.data.img_size, global_pool=cfg.model.global_pool,
                                      drop_path=cfg.model.drop_path, bn_head=self.bn_head,
                                      head_init_std=cfg.model.head_init_std,
-                                     grad_checkpointing=cfg.model.grad_checkpointing)
+                                     grad_checkpointing=cfg.model.grad_checkpointing, options=options)
         return model, arch["name"]
 
     def load_pretrained(self, model, cfg, pretrained):
         return load_vit_backbone(model, pretrained, name=cfg.model.checkpoint)
 
     def backbone_state(self, model, cfg):
-        return vit_backbone_state(model, cfg.model.checkpoint, cfg.model.allow_pickle)[0]
+        return vit_backbone_state(model, cfg.model.checkpoint, cfg.model.allow_pickle, cfg.model.variant)[0]
 
 
 class MAEFinetune(MAELinear):
@@ -160,7 +168,7 @@ class MoCoLinear(Protocol):
         return load_resnet_backbone(model, pretrained, name=cfg.model.checkpoint)
 
     def backbone_state(self, model, cfg):
-        return resnet_backbone_state(cfg.model.checkpoint, cfg.model.allow_pickle)[0]
+        return resnet_backbone_state(cfg.model.checkpoint, cfg.model.allow_pickle, cfg.model.variant)[0]
 
     def param_groups(self, model, cfg):
         groups = super().param_groups(model, cfg)
@@ -186,7 +194,7 @@ def _pretrained(cfg, pretrained: Optional[BackboneExport]) -> Optional[BackboneE
     """The pretrained backbone, read from ``model.checkpoint`` when the engine has not (``model.arch=auto``
     needs one)."""
     if pretrained is None and cfg.model.checkpoint:
-        pretrained = read_backbone(cfg.model.checkpoint, cfg.model.allow_pickle)
+        pretrained = read_backbone(cfg.model.checkpoint, cfg.model.allow_pickle, variant=cfg.model.variant)
     if pretrained is None and cfg.model.arch == "auto":
         raise ConfigError("model.arch=auto reads the architecture off model.checkpoint: set one of them")
     return pretrained

@@ -34,9 +34,10 @@ def build_resnet_classifier(arch: str, num_classes: int, fc_init_std: float = 0.
     return model
 
 
-def resnet_backbone_state(source, allow_pickle: bool = False) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+def resnet_backbone_state(source, allow_pickle: bool = False, variant: Optional[str] = None
+                          ) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
     """(torchvision state dict without fc, the source's kind, dropped source keys) of a checkpoint (or an export)."""
-    export = as_export(source, allow_pickle)
+    export = as_export(source, allow_pickle, variant)
     if export.family != "resnet":
         raise CheckpointFormatError(f"expected a ResNet checkpoint (MoCo, torchvision), found "
                                     f"{export.provenance.layout} ({export.arch})")

@@ -12,7 +12,10 @@ State dicts are the authors' (``models_vit.py``) layout, so their fine-tuned and
 linear-probe checkpoints load here and ours in their code. Pretrained weights come as a
 ``pretrain.backbones.BackboneExport`` (``read_backbone``: any pretraining method's checkpoint, the
 authors' or the project's, timm and DeiT ViTs for the supervised baselines), whose shape (heads
-included) builds the model when ``model.arch=auto``.
+included) builds the model when ``model.arch=auto``, with its ViT options (``BackboneExport.vit_kwargs``:
+LayerScale, registers, no class token, SwiGLU, CLIP's norm before the blocks, QuickGELU, LayerNorm eps).
+Without a class token (I-JEPA) the linear probe's ``token`` pooling becomes the export's own: the final
+norm per token, then the mean of the tokens.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from transfer.convert import ConversionReport
 __all__ = [
     "vit_arch",
     "build_vit_classifier",
+    "classifier_options",
     "vit_backbone_state",
     "load_vit_backbone",
     "layer_id_for_vit",
@@ -71,19 +75,34 @@ def vit_arch(name: str, export: Optional[BackboneExport] = None) -> Dict:
     return arch
 
 
+def classifier_options(options: Optional[Dict], global_pool: str) -> Dict:
+    """timm keyword arguments of a classifier pooling ``global_pool`` from a pretrained export's ViT options
+    (``BackboneExport.vit_kwargs``; None: the plain ViT). The protocol's pooling wins (fine-tuning's mean
+    of the patch tokens and a fresh ``fc_norm``), except ``token`` without a class token: there the export's
+    own pooling (I-JEPA's: the final norm per token, then the mean)."""
+    kwargs = {"norm_layer": partial(nn.LayerNorm, eps=1e-6), **(options or {})}
+    kwargs.pop("dynamic_img_size", None)  # the classifier's table is resized to its image size once, at load
+    if global_pool != "token" or kwargs.get("class_token", True):
+        kwargs.pop("fc_norm", None)
+        kwargs["global_pool"] = global_pool
+    # else no class token: the options' own global_pool="avg", fc_norm=False stay
+    return kwargs
+
+
 def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, global_pool: str = "token",
                          drop_path: float = 0.0, bn_head: bool = False,
-                         head_init_std: float = 0.01, grad_checkpointing: bool = False) -> VisionTransformer:
+                         head_init_std: float = 0.01, grad_checkpointing: bool = False,
+                         options: Optional[Dict] = None) -> VisionTransformer:
     """timm ViT with a fresh head: trunc-normal(std=head_init_std) weight, zero bias.
 
     ``bn_head``: the linear probe's ``Sequential(BatchNorm1d(affine=False, eps=1e-6), Linear)``.
     ``grad_checkpointing``: timm's activation checkpointing of the blocks (state dict unchanged).
+    ``options``: the pretrained export's ViT options (``classifier_options``).
     """
     model = VisionTransformer(
         img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
-        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
-        drop_path_rate=drop_path,
+        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True, num_classes=num_classes,
+        drop_path_rate=drop_path, **classifier_options(options, global_pool),
     )
     trunc_normal_(model.head.weight, std=head_init_std)
     nn.init.zeros_(model.head.bias)
@@ -93,19 +112,20 @@ def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, glob
     return model
 
 
-def as_export(source, allow_pickle: bool = False) -> BackboneExport:
-    """``source`` as a backbone export: one already read, or a path / loaded checkpoint to read."""
-    return source if isinstance(source, BackboneExport) else read_backbone(source, allow_pickle)
+def as_export(source, allow_pickle: bool = False, variant: Optional[str] = None) -> BackboneExport:
+    """``source`` as a backbone export: one already read, or a path / loaded checkpoint to read (``variant``:
+    ``read_backbone``'s, which network of a file that holds several)."""
+    return source if isinstance(source, BackboneExport) else read_backbone(source, allow_pickle, variant=variant)
 
 
-def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = False
+def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = False, variant: Optional[str] = None
                        ) -> Tuple[Dict[str, torch.Tensor], str, List[str], List[str]]:
     """The encoder weights of ``source`` (an export, a path, or a loaded checkpoint) as ``model`` takes them.
 
     Returns (state_dict, the source's kind, dropped source keys, notes): the decoder and
     any classifier are dropped, the position table resized to the model's grid.
     """
-    export = as_export(source, allow_pickle)
+    export = as_export(source, allow_pickle, variant)
     if export.family != "vit":
         raise CheckpointFormatError(
             f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT), found {export.provenance.layout} ({export.arch})")
@@ -113,7 +133,8 @@ def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = Fa
     sd, notes = dict(export.state_dict), list(export.notes)
     if sd["pos_embed"].shape != model.pos_embed.shape:
         old = tuple(sd["pos_embed"].shape)
-        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], model.patch_embed.grid_size)
+        prefix_rows = 0 if model.no_embed_class else model.num_prefix_tokens  # DINOv2-reg's table: the grid only
+        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], model.patch_embed.grid_size, prefix_rows)
         notes.append(f"resized pos_embed {old} -> {tuple(sd['pos_embed'].shape)}")
     return sd, export.provenance.layout, list(export.dropped), notes
 

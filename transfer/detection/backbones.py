@@ -1,19 +1,28 @@
 """Backbone parts the LazyConfigs take beyond detectron2's: a max-pooled top level on another feature
 (the tiny ViTDet's pyramid ends at p4), and detectron2's ViT with activation checkpointing that needs no
-fairscale."""
+fairscale and with the published ViTs' options (LayerScale, SwiGLU, CLIP's norm before the blocks and
+QuickGELU, the LayerNorms' eps, register tokens)."""
 from __future__ import annotations
 
+from functools import partial
+from typing import List, Optional, Tuple
+
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import require_detectron2
 
 require_detectron2()
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa: E402
+from detectron2.modeling.backbone.utils import (  # noqa: E402
+    add_decomposed_rel_pos, window_partition, window_unpartition)
 from detectron2.modeling.backbone.vit import ViT as Detectron2ViT  # noqa: E402
 from detectron2.modeling.backbone.vit import get_abs_pos  # noqa: E402
 
-__all__ = ["last_level_max_pool", "ViT"]
+__all__ = ["last_level_max_pool", "ViT", "MLP_LAYERS", "fit_vitdet_to_checkpoint", "run_block"]
+
+MLP_LAYERS = ("mlp", "swiglu")  # detectron2's Mlp (fc1, act, fc2); timm's SwiGLUPacked (DINOv2 ViT-g)
 
 
 class ViT(Detectron2ViT):
@@ -21,20 +30,155 @@ class ViT(Detectron2ViT):
     checkpoints every block with ``torch.utils.checkpoint`` (non-reentrant: the recomputation replays drop
     path's random numbers). detectron2's own flag wraps the blocks with fairscale, which is not among
     this project's requirements. Set it with ``model.backbone.net.use_act_checkpoint=True``: less activation
-    memory (ViTDet-L/H at 1024 px on smaller GPUs) for about a third more backbone compute."""
+    memory (ViTDet-L/H at 1024 px on smaller GPUs) for about a third more backbone compute.
 
-    def __init__(self, *args, use_act_checkpoint: bool = False, **kwargs):
+    The options of the published ViTs, under timm's names (so that a timm export's tensors keep their keys);
+    their defaults build detectron2's ViT as it is:
+
+    * ``init_values``: LayerScale on the attention and MLP branches (``blocks.i.ls1.gamma``, ``ls2.gamma``:
+      DINOv2, OpenCLIP's LayerScale towers).
+    * ``mlp_layer="swiglu"``: timm's ``SwiGLUPacked`` (fused ``fc1`` of both halves, SiLU; DINOv2 ViT-g).
+    * ``pre_norm``: a norm after the position embedding (``norm_pre``, CLIP's ``ln_pre``); the patch
+      embedding then has no bias, as CLIP's.
+    * ``act_layer``: also a timm name (``"quick_gelu"``: OpenAI's CLIP). ``norm_eps``: the LayerNorms' eps
+      (None: the ``norm_layer`` given; CLIP's is 1e-5).
+    * ``reg_tokens``: register tokens (``reg_token``; DINOv2 ``_reg4``). detectron2's blocks work on
+      (B, H, W, C) maps; the registers are a separate (B, R, C) sequence that joins the global-attention
+      blocks (``window_size`` 0 for that block: the registers attend and are attended to by every patch,
+      as in the pretraining) and passes the windowed blocks unchanged (a register has no window). They
+      get no relative position term, and are dropped before the pyramid (the output is the patch map).
+    """
+
+    def __init__(self, *args, use_act_checkpoint: bool = False, init_values: Optional[float] = None,
+                 mlp_layer: str = "mlp", pre_norm: bool = False, norm_eps: Optional[float] = None,
+                 reg_tokens: int = 0, **kwargs):
+        if mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer must be one of {', '.join(MLP_LAYERS)}, got {mlp_layer!r}")
+        if norm_eps is not None:
+            kwargs["norm_layer"] = partial(nn.LayerNorm, eps=norm_eps)
+        if isinstance(kwargs.get("act_layer"), str):
+            from timm.layers import get_act_layer
+
+            kwargs["act_layer"] = get_act_layer(kwargs["act_layer"])
         super().__init__(*args, **kwargs)
         self.use_act_checkpoint = use_act_checkpoint
+        proj = self.patch_embed.proj
+        dim = proj.out_channels
+        if pre_norm:  # CLIP: conv1 has no bias, ln_pre after the position embedding
+            self.patch_embed.proj = nn.Conv2d(proj.in_channels, dim, proj.kernel_size, proj.stride, bias=False)
+            self.norm_pre = nn.LayerNorm(dim, eps=self.blocks[0].norm1.eps)
+        else:
+            self.norm_pre = nn.Identity()
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, dim)) if reg_tokens else None
+        for blk in self.blocks:
+            if mlp_layer == "swiglu":
+                from timm.layers import SwiGLUPacked
+
+                blk.mlp = SwiGLUPacked(in_features=dim, hidden_features=blk.mlp.fc1.out_features, act_layer=nn.SiLU)
+            if init_values is not None:
+                from timm.layers import LayerScale
+
+                blk.ls1, blk.ls2 = LayerScale(dim, init_values), LayerScale(dim, init_values)
+            else:
+                blk.ls1, blk.ls2 = nn.Identity(), nn.Identity()
 
     def forward(self, x):
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2]))
+        x = self.norm_pre(x)
+        # timm applies norm_pre to the registers too (they join the sequence before it)
+        regs = None if self.reg_token is None else self.norm_pre(self.reg_token.expand(x.shape[0], -1, -1))
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.use_act_checkpoint and torch.is_grad_enabled() \
-                else blk(x)
+            if self.use_act_checkpoint and torch.is_grad_enabled():
+                x, regs = checkpoint(run_block, blk, x, regs, use_reentrant=False)
+            else:
+                x, regs = run_block(blk, x, regs)
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}
+
+
+def run_block(blk, x: torch.Tensor, regs: Optional[torch.Tensor] = None
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """detectron2's ``Block.forward`` with LayerScale (``blk.ls1`` / ``ls2``) and the registers ``regs``
+    (B, R, C), which join a global-attention block and pass a windowed one unchanged."""
+    shortcut = x
+    x = blk.norm1(x)
+    joined = regs is not None and blk.window_size == 0
+    if blk.window_size > 0:
+        H, W = x.shape[1], x.shape[2]
+        x, pad_hw = window_partition(x, blk.window_size)
+        x = window_unpartition(blk.attn(x), blk.window_size, pad_hw, (H, W))
+    elif joined:
+        x, attended = attention_with_prefix(blk.attn, x, blk.norm1(regs))
+        regs = regs + blk.drop_path(blk.ls1(attended))
+    else:
+        x = blk.attn(x)
+    x = shortcut + blk.drop_path(blk.ls1(x))
+    x = x + blk.drop_path(blk.ls2(blk.mlp(blk.norm2(x))))
+    if joined:
+        regs = regs + blk.drop_path(blk.ls2(blk.mlp(blk.norm2(regs))))
+    if blk.use_residual_block:
+        x = blk.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return x, regs
+
+
+def attention_with_prefix(attn, x: torch.Tensor, prefix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """detectron2's ``Attention.forward`` over the map ``x`` (B, H, W, C) and ``prefix`` tokens (B, R, C) together;
+    the decomposed relative position terms apply between patches only. Returns (map, prefix tokens)."""
+    B, H, W, C = x.shape
+    R = prefix.shape[1]
+    seq = torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)
+    N = seq.shape[1]
+    qkv = attn.qkv(seq).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, B * attn.num_heads, N, -1).unbind(0)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    if attn.use_rel_pos:
+        patches = add_decomposed_rel_pos(scores[:, R:, R:].contiguous(), q[:, R:], attn.rel_pos_h, attn.rel_pos_w,
+                                         (H, W), (H, W))
+        scores = torch.cat([scores[:, :R], torch.cat([scores[:, R:, :R], patches], dim=-1)], dim=1)
+    out = (scores.softmax(dim=-1) @ v).view(B, attn.num_heads, N, -1).permute(0, 2, 1, 3).reshape(B, N, -1)
+    out = attn.proj(out)
+    return out[:, R:].reshape(B, H, W, -1), out[:, :R]
+
+
+def fit_vitdet_to_checkpoint(cfg, checkpoint_path: str, allow_pickle: bool = False) -> List[str]:
+    """Set a ViTDet LazyConfig's ``model.backbone.net`` to the checkpoint's ViT (its shape and options, as
+    ``convert.vitdet_net_args`` records them), the pyramid's scale factors to keep the config's strides, and the
+    input normalisation to the backbone's; returns notes of what changed. A patch size the pyramid cannot take
+    (14) becomes ``convert.pyramid_patch_size``'s 16, the image size of the position table kept: the
+    checkpointer resizes the kernel (bicubic, as the ViTDet authors made ViT-H/14 into /16) and the table."""
+    from pretrain.errors import ConfigError
+
+    from .checkpoint import read_checkpoint
+    from .convert import pyramid_patch_size
+
+    meta = read_checkpoint(checkpoint_path.split("?", 1)[0], allow_pickle).get("sslkit") or {}
+    if "net" not in meta:
+        raise ConfigError(f"{checkpoint_path}: the config takes its backbone from the checkpoint "
+                          f"(train.backbone_from_checkpoint), but the file records no ViT shape; pass a ViT "
+                          f"pretraining checkpoint or a file converted by tools/convert_checkpoint.py")
+    net, notes = dict(meta["net"]), []
+    node = cfg.model.backbone
+    old_patch = int(node.net.get("patch_size", 16))
+    strides = [old_patch / f for f in node.scale_factors]
+    patch = net["patch_size"]
+    if pyramid_patch_size(patch) != patch:
+        grid = net["pretrain_img_size"] // patch
+        new_grid = max(1, round(grid * patch / pyramid_patch_size(patch)))
+        net.update(patch_size=pyramid_patch_size(patch), pretrain_img_size=new_grid * pyramid_patch_size(patch))
+        notes.append(f"patch embedding {patch}x{patch} -> {net['patch_size']}x{net['patch_size']} for the pyramid "
+                     f"(resized on load by train.patch_embed_resize: bicubic by default, as the ViTDet authors for "
+                     f"ViT-H/14); position grid {grid} -> {new_grid}")
+    node.net.update(net)
+    windows = [i for i in node.net.get("window_block_indexes", []) if i < net["depth"]]
+    node.net.window_block_indexes = windows
+    node.scale_factors = tuple(net["patch_size"] / s for s in strides)
+    if "pixel_mean" in meta:
+        cfg.model.update(pixel_mean=list(meta["pixel_mean"]), pixel_std=list(meta["pixel_std"]))
+    notes.append(f"backbone from {checkpoint_path}: {meta.get('backbone')} with "
+                 + ", ".join(f"{k}={v}" for k, v in net.items()) + f"; window attention in blocks {windows}; "
+                 f"pyramid scales {node.scale_factors}; pixel mean {meta.get('pixel_mean')}")
+    return notes
 
 
 def last_level_max_pool(in_feature: str = "p5") -> LastLevelMaxPool:

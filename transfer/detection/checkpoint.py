@@ -20,9 +20,10 @@ files, ``?matching_heuristics=True`` URLs) with three differences:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qs
 
 import torch
@@ -37,7 +38,8 @@ from .convert import AUTHOR, VIT_PREFIX, backbone_name, load_converted, resize_p
 require_detectron2()
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 
-__all__ = ["Checkpointer", "place_weights", "is_detectron2_checkpoint", "read_checkpoint", "check_checkpoint"]
+__all__ = ["Checkpointer", "place_weights", "vit_option_problems", "is_detectron2_checkpoint", "read_checkpoint",
+           "check_checkpoint"]
 log = logging.getLogger(__name__)
 
 _D2_PREFIXES = ("backbone.", "roi_heads.", "proposal_generator.", "sem_seg_head.")
@@ -86,8 +88,11 @@ def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str,
             target = found[0]
         want = tuple(model_state[target].shape)
         if tuple(value.shape) != want and target.endswith("pos_embed") and value.shape[-1] == want[-1]:
-            value = resize_pos_embed(value, round((want[1] - 1) ** 0.5))
-            notes.append(f"{target}: interpolated the position table to {tuple(value.shape)}")
+            # A class row, or none (registers' / I-JEPA's tables): a square grid has none
+            prefix = int(math.isqrt(value.shape[1]) ** 2 != value.shape[1])
+            if prefix == int(math.isqrt(want[1]) ** 2 != want[1]):
+                value = resize_pos_embed(value, math.isqrt(want[1] - prefix), num_prefix_tokens=prefix)
+                notes.append(f"{target}: interpolated the position table to {tuple(value.shape)}")
         if (tuple(value.shape) != want and target.endswith("patch_embed.proj.weight")
                 and value.shape[:2] == want[:2]):
             value = resize_patch_embed(value, want[-1], patch_resize)
@@ -102,6 +107,28 @@ def place_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str,
         problems.insert(0, f"{len(unfilled)} backbone tensors of the model get no weights: "
                            f"{', '.join(unfilled[:4])}{' ...' if len(unfilled) > 4 else ''}")
     return placed, notes, problems
+
+
+def vit_option_problems(model: torch.nn.Module, net: Optional[Mapping]) -> List[str]:
+    """What of a converted ViT's options that are no tensors (the LayerNorms' eps, the MLP's activation) the
+    model's ViT does not have: a CLIP file in a ViT of nn.GELU and eps 1e-6 would load every tensor and compute
+    another function. ``net``: the file's ``sslkit.net`` (``convert.vitdet_net_args``; None: not recorded)."""
+    from detectron2.modeling.backbone import ViT
+    from timm.layers import get_act_layer
+
+    vit = next((m for m in model.modules() if isinstance(m, ViT)), None)
+    if vit is None or not net:
+        return []
+    problems = []
+    eps, want = vit.blocks[0].norm1.eps, net.get("norm_eps", 1e-6)
+    if eps != want:
+        problems.append(f"the model's LayerNorm eps is {eps}, the checkpoint's {want} (model.backbone.net.norm_eps)")
+    if net.get("mlp_layer", "mlp") == "mlp":  # (SwiGLU's SiLU is part of its module)
+        act, want = type(vit.blocks[0].mlp.act).__name__, get_act_layer(net.get("act_layer", "gelu")).__name__
+        if act.lower() != want.lower():  # timm's GELU is torch's function
+            problems.append(f"the model's MLP activation is {act}, the checkpoint's {want} "
+                            f"(model.backbone.net.act_layer={net.get('act_layer')!r})")
+    return problems
 
 
 def read_checkpoint(filename: str, allow_pickle: bool = False) -> Dict:
@@ -165,6 +192,7 @@ class Checkpointer(DetectionCheckpointer):
             meta = dict(checkpoint.get("sslkit") or {})
             placed, notes, problems = place_weights(unwrap_state_dict(checkpoint["model"]), self.model.state_dict(),
                                                     self.patch_resize)
+            problems += vit_option_problems(self.model, meta.get("net"))
             if problems:
                 raise CheckpointFormatError(
                     f"{meta.get('source', 'checkpoint')} ({meta.get('backbone', '?')}) does not fit this model "

@@ -15,6 +15,10 @@ each into the detectron2 module behind the published numbers:
   bicubic interpolation (``patch_resize="bicubic"``, the default). FlexiViT's
   pseudo-inverse resize (``"pinv"``: a patch upsampled to the new size embeds as
   before) is an option, and a deviation from the published recipe.
+  The published ViTs' options (LayerScale, registers, SwiGLU, CLIP's ``norm_pre``,
+  activation and eps) keep their timm names for the project's ViTDet backbone
+  (``transfer.detection.backbones.ViT``), whose arguments the file records
+  (``sslkit.net``); a patch-14 ViT is converted to 16 by default; BEiT is refused.
 * ResNets (MoCo v1/v2/v3, torchvision) ->
   detectron2's ``ResNet`` names (``stem``, ``res2``-``res5``, ``shortcut``,
   ``convK.norm``), with ``matching_heuristics`` so that detectron2 places
@@ -48,7 +52,7 @@ from .utils import meta_init
 
 __all__ = [
     "convert", "load_converted", "vit_to_detectron2", "resnet_to_detectron2", "resize_patch_embed",
-    "vit_name", "backbone_name", "AUTHOR", "VIT_PREFIX", "PATCH_RESIZE",
+    "vit_name", "backbone_name", "vitdet_net_args", "pyramid_patch_size", "AUTHOR", "VIT_PREFIX", "PATCH_RESIZE",
 ]
 
 AUTHOR = "sslkit"  # the "__author__" of the files written here
@@ -111,6 +115,12 @@ def resize_patch_embed(weight: torch.Tensor, patch_size: int, method: str = "bic
     return resized.to(weight.dtype)
 
 
+def pyramid_patch_size(patch_size: int) -> int:
+    """The patch size ViTDet's pyramid takes for a ViT's: its own when a power of two, else 16 (no scale of the
+    pyramid reaches strides 4 ... 32 from 14), as the ViTDet authors resized MAE's ViT-H/14 for ViTDet-H."""
+    return 16 if patch_size & (patch_size - 1) else patch_size
+
+
 def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: str = "bicubic"
                       ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict]:
     """A ViT backbone (an export, or any checkpoint ``read_backbone`` reads) -> detectron2 ``ViT`` weights
@@ -124,7 +134,8 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     export = source if isinstance(source, BackboneExport) else read_backbone(dict(source))
     if export.family != "vit":
         raise CheckpointFormatError(f"expected a ViT checkpoint, found {export.provenance.layout} ({export.arch})")
-    refuse_beit(export, "detectron2's ViT")
+    refuse_beit(export, "the project's ViTDet (detectron2's decomposed relative position terms are another "
+                        "parametrisation than BEiT's per-block bias table, which it does not implement)")
     info = dict(export.shape)
     notes: List[str] = list(export.notes)
     sd = export.state_dict
@@ -132,14 +143,25 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     out = {k: v for k, v in sd.items() if not k.startswith(_VIT_UNUSED)}
     grid = info["img_size"] // info["patch_size"]
     pos = out["pos_embed"]
-    if pos.shape[1] != grid * grid + 1:
-        raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected a class row and a square grid")
+    # The table's prefix rows: the class row (kept: detectron2's pretrain_use_cls_token), then the registers'
+    # (folded into the register tokens: a register's position term is a constant added to it).
+    class_row = info.get("class_token", True) and not info.get("no_embed_class", False)
+    regs = info.get("reg_tokens", 0)
+    prefix = 0 if info.get("no_embed_class", False) else int(info.get("class_token", True)) + regs
+    if pos.shape[1] != grid * grid + prefix:
+        raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected {prefix} prefix rows and a square "
+                                    f"grid of {grid}x{grid}")
+    if prefix and regs:
+        out["reg_token"] = out["reg_token"] + pos[:, prefix - regs:prefix]
+        pos = torch.cat([pos[:, :prefix - regs], pos[:, prefix:]], dim=1)
+        notes.append(f"the {regs} register rows of the position table added to the register tokens")
+    info["pretrain_use_cls_token"] = class_row
     old_patch = info["patch_size"]
     pretrained_name = vit_name(info["embed_dim"], info["depth"], old_patch)
     if patch_size and patch_size != old_patch:
         out["patch_embed.proj.weight"] = resize_patch_embed(out["patch_embed.proj.weight"], patch_size, patch_resize)
         new_grid = max(1, round(grid * old_patch / patch_size))
-        pos = resize_pos_embed(pos, new_grid)
+        pos = resize_pos_embed(pos, new_grid, num_prefix_tokens=int(class_row))
         how = ("bicubic, as the ViTDet authors" if patch_resize == "bicubic"
                else "pseudo-inverse resize: a deviation from the ViTDet authors' bicubic kernel")
         notes.append(f"patch embedding resized {old_patch}x{old_patch} -> {patch_size}x{patch_size} "
@@ -149,7 +171,20 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     out["pos_embed"] = pos
     info["pretrain_img_size"] = grid * info["patch_size"]
     info["backbone"] = pretrained_name
+    info["net"] = vitdet_net_args(info)
     return {VIT_PREFIX + k: v for k, v in out.items()}, dropped, notes, info
+
+
+def vitdet_net_args(info: Dict) -> Dict[str, Any]:
+    """The arguments of the project's ViTDet backbone (``transfer.detection.backbones.ViT``) that the
+    checkpoint fixes: its shape and its options (LayerScale, SwiGLU, ``pre_norm``, activation, LayerNorm eps,
+    registers); a LazyConfig's ``model.backbone.net`` takes them (``fit_vitdet_to_checkpoint``)."""
+    net = {k: info[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "pretrain_img_size",
+                                "pretrain_use_cls_token")}
+    net.update(init_values=info.get("init_values"), mlp_layer=info.get("mlp_layer", "mlp"),
+               pre_norm=info.get("pre_norm", False), act_layer=info.get("act_layer", "gelu"),
+               norm_eps=info.get("norm_eps", 1e-6), reg_tokens=info.get("reg_tokens", 0))
+    return net
 
 
 def _vitdet_model_keys(info: Dict) -> Dict[str, torch.Tensor]:
@@ -158,10 +193,12 @@ def _vitdet_model_keys(info: Dict) -> Dict[str, torch.Tensor]:
     from detectron2 import model_zoo
     from detectron2.config import instantiate
 
+    from .backbones import ViT
+
     model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
     net = model.backbone.net
-    net.update(embed_dim=info["embed_dim"], depth=info["depth"], num_heads=info["num_heads"],
-               patch_size=info["patch_size"], mlp_ratio=info["mlp_ratio"], pretrain_img_size=info["pretrain_img_size"],
+    net._target_ = ViT  # the project's: it has the places of LayerScale, registers, SwiGLU, norm_pre
+    net.update(**info["net"],
                window_block_indexes=[i for i in range(info["depth"]) if (i + 1) % max(1, info["depth"] // 4)])
     with meta_init():
         return instantiate(model).state_dict()
@@ -223,7 +260,9 @@ def _convert_export(export: BackboneExport, patch_size: Optional[int], patch_res
     notes: List[str] = []
     if export.family == "vit":
         weights, dropped, notes, info = vit_to_detectron2(export, patch_size, patch_resize)
-        meta = {k: info[k] for k in ("backbone", "pretrain_img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+        meta = {k: info[k] for k in ("backbone", "pretrain_img_size", "patch_size", "embed_dim", "depth", "num_heads",
+                                     "net")}
+        meta.update(pixel_mean=[255 * m for m in export.mean], pixel_std=[255 * s for s in export.std])
         heuristics = False  # full names: loads into any ViTDet model as it is
     else:
         if patch_size:
@@ -254,11 +293,14 @@ def convert(source, output=None, allow_pickle: bool = False, patch_size: Optiona
     """Convert a MAE / ViT or MoCo / ResNet checkpoint for detectron2; write ``output`` when it matches.
 
     ``output``: ``.pkl`` (detectron2 model-zoo pickle of numpy arrays) or ``.pth``. ``patch_size``
-    resizes a ViT's patch embedding by ``patch_resize`` (``bicubic``, the ViTDet authors'; ``pinv``).
+    resizes a ViT's patch embedding by ``patch_resize`` (``bicubic``, the ViTDet authors'; ``pinv``); by
+    default to ``pyramid_patch_size`` (14 -> 16: DINOv2).
     """
     if output is not None and Path(output).suffix not in (".pkl", ".pth"):
         raise ValueError(f"detectron2 reads .pkl or .pth files; got output {output}")
     export = _read(source, allow_pickle)
+    if patch_size is None and export.family == "vit":
+        patch_size = pyramid_patch_size(export.shape["patch_size"])  # the file is for ViTDet's pyramid
     converted, notes, info = _convert_export(export, patch_size, patch_resize)
     weights, meta = converted["model"], converted["sslkit"]
     if export.family == "vit":

@@ -57,6 +57,8 @@ class Recipe:
     where its kind keeps them. Dataset names may be paths
     (``transfer.detection.data``); the number of classes follows the data (the
     training sets'; with ``eval_only``, the test sets').
+    A config with ``train.backbone_from_checkpoint=True`` takes its ViT's shape and options from
+    ``init_checkpoint`` (``backbones.fit_vitdet_to_checkpoint``; ``allow_pickle`` to read it).
     """
 
     def __init__(self, cfg, path: str):
@@ -69,7 +71,7 @@ class Recipe:
     def load(cls, path, overrides: Sequence[str] = (), init_checkpoint: Optional[str] = None,
              output_dir: Optional[str] = None, max_iter: Optional[int] = None,
              train_datasets: Optional[Sequence[str]] = None, test_datasets: Optional[Sequence[str]] = None,
-             device: Optional[str] = None, eval_only: bool = False) -> "Recipe":
+             device: Optional[str] = None, eval_only: bool = False, allow_pickle: bool = False) -> "Recipe":
         path = Path(path)
         if not path.is_file():
             raise InputNotFound(f"config not found: {path}")
@@ -97,6 +99,11 @@ class Recipe:
         recipe = cls(cfg, path)
         recipe._apply(init_checkpoint=init_checkpoint, output_dir=output_dir, max_iter=max_iter, device=device,
                       train_datasets=train_datasets, test_datasets=test_datasets, eval_only=eval_only)
+        if recipe.lazy and recipe.get("train.backbone_from_checkpoint", "", False) and \
+                os.path.isfile(recipe.init_checkpoint.split("?", 1)[0]):  # else check_inputs says what is missing
+            from .backbones import fit_vitdet_to_checkpoint
+
+            recipe.notes += fit_vitdet_to_checkpoint(cfg, recipe.init_checkpoint, allow_pickle)
         if not recipe.lazy:
             cfg.freeze()
         return recipe

@@ -80,6 +80,7 @@ class Subject:
     role: str  # "pretrained" | "baseline"
     checkpoint: Optional[str]  # None: random initialisation of the backbone
     label: Optional[str] = None  # results' pretraining label to force (random init: "random")
+    variant: Optional[str] = None  # which network of the checkpoint (DINO's student, I-JEPA's context); None: default
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class CheckpointInfo:
     backbone: str  # results name: vit_base_patch16, resnet50, ...
     arch: str  # what the tools build for random initialisation: mae_vit_base_patch16, resnet50, ...
     pretrain: str
+    variant: Optional[str] = None  # the network of the file evaluated (read_backbone's); None: the default
 
 
 def file_digest(path, chunk: int = 1 << 22) -> str:
@@ -100,16 +102,16 @@ def file_digest(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def inspect_checkpoint(path, allow_pickle: bool = False) -> CheckpointInfo:
+def inspect_checkpoint(path, allow_pickle: bool = False, variant: Optional[str] = None) -> CheckpointInfo:
     """Family, backbone name and pretraining of any checkpoint the project reads."""
     from pretrain.backbones import read_backbone
 
     path = str(path)
     if not Path(path).is_file():
         raise InputNotFound(f"checkpoint not found: {path} (expected a checkpoint file: check the path)")
-    export = read_backbone(path, allow_pickle)
+    export = read_backbone(path, allow_pickle, variant=variant)
     arch = f"mae_{export.arch}" if export.family == "vit" else export.arch
-    return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label)
+    return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label, variant)
 
 
 # -------------------------------------------------------------------- jobs
@@ -165,7 +167,8 @@ class Plan:
 
 
 def checkpoint_folder(out_root, info: CheckpointInfo) -> Path:
-    return Path(out_root) / f"{Path(info.path).name.split('.')[0]}-{info.digest[:12]}"
+    variant = f"-{info.variant}" if info.variant else ""  # each network of one file has its own results
+    return Path(out_root) / f"{Path(info.path).name.split('.')[0]}{variant}-{info.digest[:12]}"
 
 
 # The supervised ImageNet-1k twin of each backbone: the released files' names, as torch.hub caches them
@@ -203,7 +206,7 @@ def supervised_twin(backbone: str, folder=None) -> Path:
 def _subjects(info: CheckpointInfo, baseline: str, weights=None) -> List[Subject]:
     """The checkpoint and its baseline: ``supervised`` (the twin's file, found in ``weights`` or torch.hub's
     folder), ``random``, a checkpoint's path, or ``none``."""
-    subjects = [Subject("pretrained", info.path)]
+    subjects = [Subject("pretrained", info.path, variant=info.variant)]
     if baseline == "random":
         subjects.append(Subject("baseline", None, "random"))
     elif baseline == "supervised":
@@ -238,14 +241,16 @@ def check_inputs(rungs: Sequence[str], data: Mapping[str, str], rung_args: Optio
 
 def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], seeds: int = 3,
          baseline: str = "supervised", rung_args: Optional[Mapping[str, Sequence[str]]] = None,
-         rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False, weights=None) -> Plan:
+         rung_seeds: Optional[Mapping[str, int]] = None, allow_pickle: bool = False, weights=None,
+         variant: Optional[str] = None) -> Plan:
     """Jobs of every requested rung for the checkpoint and its baseline, ``seeds`` seeds each (``rung_seeds``:
     another number for some rungs, e.g. one seed of an expensive one). A rung without a shipped recipe for
-    the backbone, or without its dataset, is listed in ``skipped`` with the reason."""
+    the backbone, or without its dataset, is listed in ``skipped`` with the reason; so is, with a ``variant``
+    (``read_backbone``'s), a rung whose tool cannot pick it."""
     from pretrain.checkpoint import CheckpointFormatError
 
     check_inputs(rungs, data, rung_args, rung_seeds)  # before reading the checkpoint: a typo fails at once
-    info = inspect_checkpoint(checkpoint, allow_pickle)
+    info = inspect_checkpoint(checkpoint, allow_pickle, variant)
     known = all_rungs()
     if not any(info.backbone in r.recipes for r in known.values()):
         raise CheckpointFormatError(f"{checkpoint}: a {info.backbone} backbone, which the ladder has no recipes for "
@@ -260,6 +265,9 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
         recipe = rung.recipes.get(info.backbone)
         if recipe is None:
             p.skipped.append(f"{rung.name}: no shipped recipe for {info.backbone}")
+            continue
+        if variant and not rung.takes_variant:
+            p.skipped.append(f"{rung.name}: {rung.tool} takes no --variant (it would evaluate the default network)")
             continue
         root = data.get(rung.data)
         if not root or not Path(root).exists():

@@ -72,6 +72,7 @@ class Rung:
     recipes: Dict[str, Recipe] = {}  # backbone (results name) -> recipe
     resume_flag: Optional[str] = "--resume"  # None: the tool has nothing to resume
     resume_at: int = 1  # where in the command the flag goes (after a positional config: 2)
+    takes_variant: bool = False  # whether the tool takes --variant (a network of a checkpoint holding several)
     # What the --data folder must hold, relative to it: "name/" a folder, else a file; "a|b": either.
     layout: Tuple[str, ...] = ()
     layout_hint: str = ""  # the dataset's layout in words, for the error
@@ -134,19 +135,26 @@ def _label(subject: "Subject") -> List[str]:
     return ["--pretrain", subject.label] if subject.label else []
 
 
+def _variant(subject: "Subject") -> List[str]:
+    """``--variant NAME`` of a subject that is one network of a checkpoint holding several (DINO's student)."""
+    return ["--variant", subject.variant] if subject.variant else []
+
+
 class FrozenFeatureRung(Rung):
     """``tools/knn_eval.py`` and ``tools/dense_probe.py``: the checkpoint (or ``--random-init ARCH``) as the
     first argument, ``--out``, ``--seed``; one process, no scaling rule."""
+    takes_variant = True
 
     def command(self, recipe, subject, info, seed, folder, data_args, extra=()):
-        return [self.tool, *_init(subject, info), *data_args, "--out", folder, "--seed", str(seed), *_label(subject),
-                *recipe.args, *extra]
+        return [self.tool, *_init(subject, info), *_variant(subject), *data_args, "--out", folder, "--seed", str(seed),
+                *_label(subject), *recipe.args, *extra]
 
 
 class ClassificationRung(Rung):
     """``tools/train_cls.py CONFIG KEY=VALUE ...``: the ImageNet protocols and any class-folder dataset."""
     tool = "tools/train_cls.py"
     resume_at = 2  # after the positional config, whose path an optional --resume would otherwise take
+    takes_variant = True
 
     layout = ("train/", "val/")
     layout_hint = "class folders: train/<class>/*.jpg, val/<class>/"
@@ -155,7 +163,7 @@ class ClassificationRung(Rung):
         return [f"data.path={root}"], next(iter(self.metrics))
 
     def command(self, recipe, subject, info, seed, folder, data_args, extra=()):
-        init = (["--checkpoint", subject.checkpoint, "model.arch=auto"] if subject.checkpoint
+        init = (["--checkpoint", subject.checkpoint, *_variant(subject), "model.arch=auto"] if subject.checkpoint
                 else [f"model.arch={info.arch}", "model.pretrain=random"])
         return [self.tool, recipe.config, *init, *data_args, f"train.output_dir={folder}", f"train.seed={seed}",
                 "data.synthetic=false", *recipe.args, *extra]

@@ -6,6 +6,8 @@ with torchvision's stem); the project registers thin subclasses that read its
 checkpoints, and converts weights into them:
 
 * ``vit``: ``MAEViTEncoder`` + ``vit_to_mmseg`` (MAE / timm / mmseg ViT files);
+* ``timm_vit``: ``MAETimmViT``, the published ViTs mmseg's ``MAE`` cannot compute (registers, SwiGLU, CLIP,
+  no class token, BEiT) as the checkpoint's own timm network;
 * ``resnet``: ``ResNetEncoder`` + ``resnet_to_mmseg`` (MoCo / torchvision files);
 * ``convert``: ``tools/convert_checkpoint.py SRC OUT --to mmseg``;
 * ``datasets``: ``SegFolderDataset``, any folder of images + label PNGs;

@@ -30,7 +30,7 @@ from transfer.results import write_results
 
 __all__ = [
     "load_seg_config", "merge_overrides", "set_backbone_checkpoint", "backbone_checkpoint",
-    "set_data", "match_num_classes", "set_iterations", "adapt_to_device", "check_data", "check_checkpoint",
+    "match_input_normalisation", "set_data", "match_num_classes", "set_iterations", "adapt_to_device", "check_data", "check_checkpoint",
     "sync_bn_to_bn", "CPURunner", "SegResultsHook", "trained_record",
     "results_recipe", "write_seg_results", "SEG_METRICS",
 ]
@@ -80,6 +80,31 @@ def set_backbone_checkpoint(cfg: Config, path: Optional[str]) -> None:
     """Initialise the backbone from ``path`` (any layout the project's encoders read), or randomly if None."""
     cfg.model.pretrained = None
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(path)) if path else None
+
+
+def match_input_normalisation(cfg: Config) -> Optional[str]:
+    """The data preprocessor's mean / std set to the input normalisation the backbone checkpoint was trained with
+    (its export's: ImageNet's for most families, CLIP's own, none for SimCLR v1's converted ResNets); returns
+    the change for the log, None when the config's already is (or the file is an mmseg one: the config's)."""
+    from pretrain.backbones import read_backbone
+    from pretrain.checkpoint import CheckpointFormatError
+
+    from transfer.segmentation.checkpoint import load_checkpoint_file
+
+    checkpoint, pre = backbone_checkpoint(cfg), cfg.model.get("data_preprocessor")
+    if not checkpoint or not pre or not Path(checkpoint).is_file():
+        return None
+    try:
+        export = read_backbone(load_checkpoint_file(checkpoint), path=checkpoint)
+    except CheckpointFormatError:  # a converted / trained mmseg file: trained with the config's normalisation
+        return None
+    mean, std = [round(255 * m, 4) for m in export.mean], [round(255 * s, 4) for s in export.std]
+    old = (list(pre.get("mean") or []), list(pre.get("std") or []))
+    if len(old[0]) == 3 and len(old[1]) == 3 and all(
+            abs(a - b) < 1e-3 for a, b in zip(mean + std, old[0] + old[1])):
+        return None
+    pre.mean, pre.std = mean, std
+    return f"input normalisation of the checkpoint: mean {mean} std {std} (the config's: mean {old[0]} std {old[1]})"
 
 
 def _datasets(cfg: Config) -> Iterator[Dict]:

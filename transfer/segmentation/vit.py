@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
-from pretrain.backbones import read_backbone
+from pretrain.backbones import VIT_OPTIONS, read_backbone
 from pretrain.checkpoint import CheckpointFormatError, describe_state_dict, strip_prefix, unwrap_state_dict
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport, compare_keys
@@ -82,6 +82,21 @@ def _timm_to_mmseg_names(sd: Dict[str, torch.Tensor], final_norm: bool) -> Tuple
     return out, dropped
 
 
+# Options of a published ViT (BackboneExport.shape) that mmseg's MAE cannot compute; the network the checkpoint
+# describes is hosted as timm's (transfer.segmentation.timm_vit.MAETimmViT). Several are no tensor (QuickGELU,
+# LayerNorm eps, a position table without the class row): a renaming would lose them silently.
+MAE_UNHELD_OPTIONS = ("reg_tokens", "no_embed_class", "class_token", "mlp_layer", "pre_norm", "act_layer", "norm_eps",
+                      "beit")
+
+
+def unheld_options(export) -> List[str]:
+    """A ViT export's options mmseg's MAE backbone has no place for, as mismatches naming the host that has."""
+    options = export.vit_options() | {"beit": bool(export.shape.get("beit"))}
+    unheld = {k: options[k] for k in MAE_UNHELD_OPTIONS if options[k] != VIT_OPTIONS.get(k, False)}
+    return [f"options {unheld} (mmseg's MAE cannot compute them: a MAETimmViT config builds this checkpoint's timm "
+            f"network, e.g. configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py)"] if unheld else []
+
+
 def _grid_of(pos_embed: torch.Tensor) -> Tuple[int, int]:
     side = int(round((pos_embed.shape[1] - 1) ** 0.5))
     return side, side
@@ -120,9 +135,10 @@ def vit_to_mmseg(
         if export.family != "vit":
             raise CheckpointFormatError(f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT, or mmseg's "
                                         f"'layers.0.attn.qkv.weight'), found {export.provenance.layout} ({export.arch})")
+        unheld = unheld_options(export)
         encoder, dropped, notes = dict(export.state_dict), list(export.dropped), list(export.notes)
         layout = export.provenance.layout
-        if grid is not None and _grid_of(encoder["pos_embed"]) != tuple(grid):
+        if grid is not None and "pos_embed" in encoder and _grid_of(encoder["pos_embed"]) != tuple(grid):
             old = tuple(encoder["pos_embed"].shape)
             encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], grid)
             notes.append(f"resized pos_embed {old} -> {tuple(encoder['pos_embed'].shape)}")
@@ -141,6 +157,8 @@ def vit_to_mmseg(
         if filled:
             notes.append(f"layer scale set to 1 in {filled // 2} blocks (the source has none: identity)")
     design, bad = compare_keys(sd, target, _is_relative_position_key)
+    if kind != "mmseg-vit":
+        bad = unheld + bad  # first: the cause of the tensor mismatches that follow from it
     if any("relative_position_bias_table" in b and "shape" in b for b in bad):
         notes.append("relative position tables of another window size cannot be resized here; "
                      "use the image size they were trained at")
