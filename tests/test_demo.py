@@ -129,3 +129,13 @@ def test_report_of_classification_segmentation_and_detection_runs(demo, tmp_path
     assert lin["backbone"] == "resnet18" and lin["pretrain"] == "moco_v2"
     # Published ImageNet-linear numbers are for ResNet-50: not the run's backbone, so not its comparison.
     assert lin["d_published_top1"] == ""
+
+
+def test_data_only_writes_the_datasets_and_stops(tmp_path):
+    """``--data-only``: the scenes' datasets (what configs/studies/cpu/mae_mask_ratio_scenes.yaml reads), nothing else."""
+    proc = run_tool("tools/demo.py", "--quick", "--data-only", "--out", tmp_path / "demo")
+    data = tmp_path / "demo" / "data"
+    assert f"datasets written to {data}" in proc.stdout
+    assert len(list((data / "unlabelled").glob("*.png"))) == 64
+    assert (data / "seg" / "classes.txt").is_file() and (data / "coco" / "annotations").is_dir()
+    assert not (tmp_path / "demo" / "pretrain").exists() and not (tmp_path / "demo" / "report").exists()
