@@ -17,6 +17,7 @@ require_detectron2()
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa: E402
 from detectron2.modeling.backbone.utils import (  # noqa: E402
     add_decomposed_rel_pos, window_partition, window_unpartition)
+from detectron2.modeling.backbone.vit import Block as Detectron2Block  # noqa: E402
 from detectron2.modeling.backbone.vit import ViT as Detectron2ViT  # noqa: E402
 from detectron2.modeling.backbone.vit import get_abs_pos  # noqa: E402
 
@@ -71,6 +72,7 @@ class ViT(Detectron2ViT):
             self.norm_pre = nn.Identity()
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, dim)) if reg_tokens else None
         for blk in self.blocks:
+            blk.__class__ = Block  # detectron2 built them; the same modules, this forward
             if mlp_layer == "swiglu":
                 from timm.layers import SwiGLUPacked
 
@@ -89,12 +91,20 @@ class ViT(Detectron2ViT):
         x = self.norm_pre(x)
         # timm applies norm_pre to the registers too (they join the sequence before it)
         regs = None if self.reg_token is None else self.norm_pre(self.reg_token.expand(x.shape[0], -1, -1))
-        for blk in self.blocks:
+        for blk in self.blocks:  # through the module's call, so that its hooks run
             if self.use_act_checkpoint and torch.is_grad_enabled():
-                x, regs = checkpoint(run_block, blk, x, regs, use_reentrant=False)
+                x, regs = checkpoint(blk, x, regs, use_reentrant=False)
             else:
-                x, regs = run_block(blk, x, regs)
+                x, regs = blk(x, regs)
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}
+
+
+class Block(Detectron2Block):
+    """detectron2's ViTDet block (same modules and state dict) with ``run_block``'s forward: LayerScale and the
+    registers. ``ViT`` gives its blocks this class after detectron2 built them."""
+
+    def forward(self, x: torch.Tensor, regs: Optional[torch.Tensor] = None):
+        return run_block(self, x, regs)
 
 
 def run_block(blk, x: torch.Tensor, regs: Optional[torch.Tensor] = None
