@@ -51,34 +51,27 @@ def run_tool(main: Callable, argv: Optional[Sequence[str]] = None):
 
 def positive_int(text: str) -> int:
     """An argparse ``type`` for counts (iterations, epochs, GPUs, seeds): checked where it is parsed."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _checked_number(text, int, "a positive integer", lambda v: v >= 1)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse ``type`` for a count that may be 0 (0: off, or the config as it is)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+    return _checked_number(text, int, "a non-negative integer", lambda v: v >= 0)
 
 
 def positive_float(text: str) -> float:
     """An argparse ``type`` for a rate or a temperature: a finite number > 0."""
+    return _checked_number(text, float, "a positive number", lambda v: v > 0 and math.isfinite(v))
+
+
+def _checked_number(text: str, cast, expected: str, ok):
+    """``cast(text)``, refused with "expected <expected>" when it does not parse or ``ok`` rejects it."""
     try:
-        value = float(text)
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
 
 
