@@ -61,6 +61,17 @@ VIT_ARCHS: Dict[str, ViTArch] = {
     "vit_small_patch16": ViTArch(16, 384, 12, 6, timm_name="vit_small_patch16_224"),
     "vit_tiny_patch16": ViTArch(16, 192, 12, 3, timm_name="vit_tiny_patch16_224"),
     "vit_pico_patch8": ViTArch(8, 96, 4, 3),  # demo size: trains in minutes on 2 cores at 64 px
+    # The published families' other shapes (DINO S/8, B/8; DINOv2 and CLIP /14; I-JEPA H/16; CLIP B/32; DINOv2's
+    # giant, 1536 wide): named so that their results, published rows and recipes say which ViT they are. No timm
+    # preset is plain at these shapes (timm's are DINOv2's or CLIP's, with their options): model_args say all.
+    "vit_small_patch8": ViTArch(8, 384, 12, 6),
+    "vit_base_patch8": ViTArch(8, 768, 12, 12),
+    "vit_small_patch14": ViTArch(14, 384, 12, 6),
+    "vit_base_patch14": ViTArch(14, 768, 12, 12),
+    "vit_large_patch14": ViTArch(14, 1024, 24, 16),
+    "vit_giant2_patch14": ViTArch(14, 1536, 40, 24),
+    "vit_huge_patch16": ViTArch(16, 1280, 32, 16),
+    "vit_base_patch32": ViTArch(32, 768, 12, 12),
 }
 RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
 # Keys of a fine-tuned / supervised timm ViT that a backbone has no use for.

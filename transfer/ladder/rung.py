@@ -70,6 +70,10 @@ class Rung:
     metrics: Dict[str, str]  # the tasks its results name -> the task's primary metric
     suites: Tuple[str, ...] = ()  # suites besides "full"
     recipes: Dict[str, Recipe] = {}  # backbone (results name) -> recipe
+    # The frameworks' rungs: backbone -> a recipe whose config builds the ViT the checkpoint describes (its width,
+    # depth, LayerScale, registers, ...), for a ViT no ``recipes`` config holds (``recipe_for``). None: the tool
+    # builds every checkpoint's own network, so ``recipes`` serve every ViT.
+    checkpoint_recipes: Optional[Dict[str, Recipe]] = None
     resume_flag: Optional[str] = "--resume"  # None: the tool has nothing to resume
     resume_at: int = 1  # where in the command the flag goes (after a positional config: 2)
     takes_variant: bool = False  # whether the tool takes --variant (a network of a checkpoint holding several)
