@@ -14,7 +14,8 @@ method (``pretrain.methods``); files of no method (timm, DeiT, torchvision, a ba
 here, and the published files of other families (DINO, DINOv2, iBOT, I-JEPA, CLIP, the SSL ResNet-50s) by
 their format's reader (``pretrain.formats``). ``BackboneExport.save`` writes a folder a user can publish:
 ``model.safetensors`` and a timm ``config.json``, which ``timm.create_model("local-dir:FOLDER",
-pretrained=True)`` loads.
+pretrained=True)`` loads; ``save_file`` the same in one torch file (the config beside the tensors), which the
+tools take wherever they take a checkpoint (the ladder's random twin of a backbone no preset describes).
 
 The canonical ViT is timm's ``VisionTransformer`` with the options timm has for the published
 families (``VIT_OPTIONS``): LayerScale, register tokens, no class token (average pooling), SwiGLU,
@@ -86,6 +87,8 @@ CLASSIFIER_KEYS = ("head.", "fc_norm.", "head_dist.", "dist_token")
 VIT_OPTIONS: Dict[str, Any] = {"class_token": True, "reg_tokens": 0, "no_embed_class": False, "init_values": None,
                                "global_pool": "token", "fc_norm": None, "mlp_layer": "mlp",
                                "dynamic_img_size": False, "pre_norm": False, "act_layer": "gelu", "norm_eps": 1e-6}
+# The entry of BackboneExport.save_file's file that holds the export's config.json.
+SAVED_CONFIG = "sslkit_backbone"
 # The input normalisation of a backbone trained on unnormalised [0, 1] pixels (SimCLR v1's converted weights).
 NO_NORMALIZATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -117,7 +120,10 @@ def vit_shape(state_dict: Mapping[str, torch.Tensor], num_heads: Optional[int] =
     preset = next((name for name, a in VIT_ARCHS.items()
                    if (a.patch_size, a.embed_dim, a.depth) == (patch_size, embed_dim, depth)), None)
     heads = num_heads or (VIT_ARCHS[preset].num_heads if preset else max(1, embed_dim // 64))
-    shape = {"arch": preset or f"vit_{embed_dim}d{depth}_patch{patch_size}", "patch_size": patch_size,
+    # Registers make another network of the shape (DINOv2's _reg4 releases): the name says so, as timm's does,
+    # so that results, published rows and baselines of the two never mix.
+    arch = (preset or f"vit_{embed_dim}d{depth}_patch{patch_size}") + (f"_reg{reg_tokens}" if reg_tokens else "")
+    shape = {"arch": arch, "patch_size": patch_size,
              "embed_dim": embed_dim, "depth": depth, "num_heads": heads,
              "mlp_ratio": fc1 / embed_dim,  # timm's: fc1's width (SwiGLU: both halves) over the embedding's
              "img_size": int(round(grid ** 0.5)) * patch_size}
@@ -181,6 +187,19 @@ class BackboneExport:
     @property
     def label(self) -> str:
         return self.provenance.label
+
+    @property
+    def preset(self) -> Optional[str]:
+        """The architecture name that builds this network alone (``--random-init NAME``, the recipes' backbone
+        keys): a ResNet's, or a ViT preset's when the ViT has its shape and none of ``VIT_OPTIONS``' other values;
+        None for the rest (LayerScale, registers, CLIP's norms, BEiT's tables, a shape of no preset), whose
+        network only the export itself describes."""
+        if self.family != "vit":
+            return self.arch
+        a, s = VIT_ARCHS.get(self.arch), self.shape
+        plain = (a is not None and not s.get("beit") and not any(k in s for k in VIT_OPTIONS)
+                 and (s["num_heads"], s["mlp_ratio"]) == (a.num_heads, a.mlp_ratio))
+        return self.arch if plain else None
 
     def vit_options(self) -> Dict[str, Any]:
         """The ``VIT_OPTIONS`` of this ViT (every one, defaults included)."""
@@ -262,6 +281,13 @@ class BackboneExport:
         save_atomic(self.timm_config(), folder / "config.json")
         return folder
 
+    def save_file(self, path) -> Path:
+        """One torch file of ``save``'s two: ``{"sslkit_backbone": config.json's dict, "state_dict": tensors}``
+        (read back by ``read_backbone``, without pickled code)."""
+        return save_atomic({SAVED_CONFIG: self.timm_config(),
+                            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}},
+                           path)
+
 
 def vit_export(state_dict: Mapping[str, torch.Tensor], provenance: Provenance, num_heads: Optional[int] = None,
                dropped: Optional[List[str]] = None, prefix: str = "",
@@ -319,6 +345,11 @@ def read_backbone(source, allow_pickle: bool = False, path: Optional[str] = None
     else:
         name = path or str(source)
         ckpt = load_file(source, allow_pickle)
+    if isinstance(ckpt, Mapping) and SAVED_CONFIG in ckpt:  # a file BackboneExport.save_file wrote
+        if variant is not None:
+            raise CheckpointFormatError(f"{name}: an exported backbone file holds one network; "
+                                        f"variant={variant!r} applies to training checkpoints")
+        return saved_export(ckpt[SAVED_CONFIG], ckpt["state_dict"])
     method = method_of(ckpt, name)
     fmt = format_of(ckpt, name) if method is None else None
     if variant is not None and fmt is None:
@@ -361,9 +392,13 @@ def split_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Tuple[D
 def read_saved(folder) -> BackboneExport:
     """A folder ``BackboneExport.save`` wrote."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    return saved_export(json.loads((folder / "config.json").read_text()), load_file(folder / "model.safetensors"))
+
+
+def saved_export(config: Mapping, sd: Mapping[str, torch.Tensor]) -> BackboneExport:
+    """The export of a ``timm_config`` dict and its tensors (``save``'s folder, ``save_file``'s file)."""
     meta = config["sslkit"]
-    sd = load_file(folder / "model.safetensors")
+    sd = dict(sd)
     cfg = config.get("pretrained_cfg", {})
     return BackboneExport(meta["family"], meta["arch"], sd, meta["shape"], meta["dropped"], meta["notes"],
                           Provenance(**meta["provenance"]), tuple(cfg.get("mean", IMAGENET_MEAN)),

@@ -166,8 +166,10 @@ class DaliLoader:
         self.plans = DataLoader(
             HostPlans(dataset), batch_size=batch_size, sampler=sampler, num_workers=host_workers, drop_last=True,
             collate_fn=_as_list, worker_init_fn=worker_init,
-            # Forked once, before DALI starts its threads (``__iter__``): a child forked beside them can inherit a
-            # lock one of them held (seen: a worker hung in its first plan).
+            # Started by a fork server (a clean process), not forked from this one: DALI's threads, process-wide once
+            # any pipeline has run (they outlive it), can hold a lock a forked child inherits (seen: a worker hung
+            # in its first plan, forked after another loader's pipeline had run). Started once (persistent).
+            multiprocessing_context="forkserver" if host_workers > 0 else None,
             persistent_workers=host_workers > 0,
             # Its own generator: starting an epoch must not draw from the global RNG (the checkpoint's).
             generator=torch.Generator().manual_seed(0),

@@ -37,9 +37,20 @@ def shape_only(height: int, width: int) -> torch.Tensor:
     return torch.empty(1, 1, 1).expand(3, height, width)
 
 
+@dataclass(frozen=True)
+class TorchvisionCrop:
+    """Crop boxes as torchvision's RandomResizedCrop draws them (torch's generator): the pretraining crops. A class,
+    not a closure, so that a transform holding one pickles (processes a fork server starts: pretrain.dali)."""
+    scale: Tuple[float, float]
+    ratio: Tuple[float, float] = RATIO
+
+    def __call__(self, h: int, w: int) -> Box:
+        return tuple(T.RandomResizedCrop.get_params(shape_only(h, w), list(self.scale), list(self.ratio)))
+
+
 def torchvision_crop(scale: Tuple[float, float], ratio=RATIO) -> Callable[[int, int], Box]:
-    """Crop boxes as torchvision's RandomResizedCrop draws them (torch's generator): the pretraining crops."""
-    return lambda h, w: tuple(T.RandomResizedCrop.get_params(shape_only(h, w), list(scale), list(ratio)))
+    """``TorchvisionCrop`` of ``scale`` and ``ratio``."""
+    return TorchvisionCrop(tuple(scale), tuple(ratio))
 
 
 # ------------------------------------------------------------------ plans

@@ -1,5 +1,7 @@
 """Every detectron2 config builds (full-size ones on the meta device) with its paper's recipe values, and yacs
 files as the MoCo authors publish theirs build the same models as the LazyConfigs through the registered ROI head.
+The ``*_from_checkpoint`` configs are their recipes with the ViT the file records, fitted to its depth (ViTDet's
+attention pattern, the lr decay), and the model built from them takes every tensor of the file.
 
 Skipped without detectron2 (pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git').
 """
@@ -260,3 +262,156 @@ def test_tiny_configs_build_and_run_on_a_cpu():
         with torch.no_grad():
             out = model([{"image": (torch.rand(3, 96, 128) * 255).to(torch.uint8)}])[0]["instances"]
         assert out.pred_masks.shape[-2:] == (96, 128)
+
+
+# ------------------------------------------------------------------ the ViT from the checkpoint
+FROM_CHECKPOINT = {  # config: the recipe it is, but for its ViT, which the checkpoint names (DINOv2, CLIP, ...)
+    "COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py": "COCO/mask_rcnn_vitdet_b_100ep.py",
+    "COCO/mask_rcnn_vitdet_l_100ep_from_checkpoint.py": "COCO/mask_rcnn_vitdet_l_100ep.py",
+    "COCO/cascade_mask_rcnn_vitdet_b_100ep_from_checkpoint.py": "COCO/cascade_mask_rcnn_vitdet_b_100ep.py",
+    "COCO/cascade_mask_rcnn_vitdet_l_100ep_from_checkpoint.py": "COCO/cascade_mask_rcnn_vitdet_l_100ep.py",
+    "LVIS/mask_rcnn_vitdet_b_100ep_from_checkpoint.py": "LVIS/mask_rcnn_vitdet_b_100ep.py",
+    "LVIS/mask_rcnn_vitdet_l_100ep_from_checkpoint.py": "LVIS/mask_rcnn_vitdet_l_100ep.py",
+    "tiny/mask_rcnn_vitdet_pico_from_checkpoint.py": "tiny/mask_rcnn_vitdet_pico.py",
+    "tiny/cascade_mask_rcnn_vitdet_pico_from_checkpoint.py": "tiny/cascade_mask_rcnn_vitdet_pico.py",
+    "tiny/mask_rcnn_vitdet_pico_lvis_from_checkpoint.py": "tiny/mask_rcnn_vitdet_pico_lvis.py",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROM_CHECKPOINT))
+def test_from_checkpoint_configs_are_their_recipes(name):
+    """The same recipe, with the flag that builds the ViT from the checkpoint and no default checkpoint (the file
+    names the network)."""
+    a, b = normalised(load(name)), normalised(load(FROM_CHECKPOINT[name]))
+    assert a["train"].pop("backbone_from_checkpoint") is True and "backbone_from_checkpoint" not in b["train"]
+    assert a["train"].pop("init_checkpoint") == ""
+    b["train"].pop("init_checkpoint")
+    assert a == b
+
+
+def test_the_rungs_route_vits_to_the_from_checkpoint_configs_at_the_same_cost():
+    from transfer.ladder.rung import get_rung
+
+    for rung in map(get_rung, ("detection", "cascade", "lvis")):
+        assert set(rung.checkpoint_recipes) == {"vit_base_patch16", "vit_large_patch16", "vit_pico_patch8"}
+        for backbone, recipe in rung.checkpoint_recipes.items():
+            plain = rung.recipes[backbone]
+            assert recipe.config == plain.config.replace(".py", "_from_checkpoint.py")
+            assert (recipe.gpus, recipe.gpu_hours, recipe.basis) == (plain.gpus, plain.gpu_hours, plain.basis)
+            assert load(recipe.config.removeprefix("configs/detectron2/")).train.backbone_from_checkpoint
+
+
+def test_vitdets_global_blocks_follow_the_depth():
+    from transfer.detection.backbones import global_block_indexes
+
+    for name, (_, depth, global_blocks, *_) in VITDET.items():
+        assert set(global_block_indexes(depth)) == global_blocks
+        windowed = load(name).model.backbone.net.window_block_indexes
+        assert sorted(set(range(depth)) - set(windowed)) == global_block_indexes(depth)
+    assert global_block_indexes(4, 2) == [1, 3] and global_block_indexes(2) == [0, 1]
+
+
+def dinov2_reg_file(folder, depth, width=64):
+    """A DINOv2 ViT/14 with registers and LayerScale in the authors' layout (tests/test_formats.py), ``depth``
+    blocks of ``width`` (one head: the reader takes the published models' width / 64)."""
+    from test_formats import dinov2_layout, randomize
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = randomize(VisionTransformer(img_size=42, patch_size=14, embed_dim=width, depth=depth, num_heads=1,
+                                      num_classes=0, init_values=1e-5, reg_tokens=4, no_embed_class=True), depth)
+    path = folder / f"depth{depth}" / "dinov2_vits14_reg4_pretrain.pth"
+    path.parent.mkdir()
+    torch.save(dinov2_layout(vit, seed=depth), path)
+    return path, vit
+
+
+def fitted(name, path, tmp_path):
+    from transfer.detection.engine import Recipe
+
+    return Recipe.load(CONFIGS / name, init_checkpoint=str(path), device="cpu", output_dir=str(tmp_path / "out"))
+
+
+def optimizer_groups(cfg, model, *names):
+    """(lr, weight decay) of the parameters ``names`` under the config's optimizer."""
+    from detectron2.config import instantiate
+
+    cfg.optimizer.params.model = model
+    group_of = {id(p): (g["lr"], g["weight_decay"]) for g in instantiate(cfg.optimizer).param_groups
+                for p in g["params"]}
+    named = dict(model.named_parameters())
+    return [group_of[id(named[k])] for k in names]
+
+
+def test_the_b_recipe_fits_a_deeper_vit_and_builds_one_that_loads_the_file(tmp_path):
+    """ViTDet-B's recipe with a 24-block DINOv2-reg file: ViT-L's attention pattern (global 5, 11, 17, 23, not B's
+    2, 5, 8, 11 with 12-23 global) and the lr decay over 24 blocks at B's rate 0.7; the model built from the fitted
+    config takes every tensor of the file."""
+    from detectron2.config import instantiate
+
+    from transfer.detection.checkpoint import Checkpointer
+
+    path, vit = dinov2_reg_file(tmp_path, depth=24)
+    recipe = fitted("COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py", path, tmp_path)
+    net = recipe.cfg.model.backbone.net
+    assert (net.depth, net.embed_dim, net.num_heads, net.reg_tokens, net.patch_size) == (24, 64, 1, 4, 16)
+    assert sorted(set(range(24)) - set(net.window_block_indexes)) == [5, 11, 17, 23]
+    lr_func = recipe.cfg.optimizer.params.lr_factor_func
+    assert (lr_func.keywords["num_layers"], lr_func.keywords["lr_decay_rate"]) == (24, 0.7)
+    assert net.drop_path_rate == 0.1  # the recipe's
+    assert any("global attention in blocks [5, 11, 17, 23]" in n for n in recipe.notes)
+    assert any("lr decay over 24 blocks (the config's 12)" in n for n in recipe.notes)
+
+    torch.manual_seed(0)
+    model = instantiate(recipe.cfg.model)
+    assert {i for i, b in enumerate(model.backbone.net.blocks) if b.window_size == 0} == {5, 11, 17, 23}
+    assert model.backbone.output_shape()["p2"].channels == 256  # the pyramid takes the width by itself
+    checkpointer = Checkpointer(model)
+    checkpointer.load(str(path))  # placed strictly: a tensor without a place, or a place without one, stops it
+    built = model.backbone.net
+    assert torch.equal(built.blocks[23].ls2.gamma, vit.blocks[23].ls2.gamma)
+    assert torch.equal(built.reg_token, vit.reg_token)
+    # registers as the embedding (DINOv2's and timm's layer decay), not at the heads' full lr; LayerScale not decayed
+    names = ("patch_embed.proj.weight", "reg_token", "blocks.0.mlp.fc2.weight", "blocks.23.mlp.fc2.weight",
+             "blocks.23.ls1.gamma")
+    lrs, decays = zip(*optimizer_groups(recipe.cfg, model, *(f"backbone.net.{k}" for k in names)))
+    assert lrs == pytest.approx([1e-4 * 0.7 ** 25] * 2 + [1e-4 * 0.7 ** 24] + [1e-4 * 0.7] * 2)
+    assert decays == (0.1, 0.1, 0.1, 0.1, 0.0)
+
+    # A run's checkpoint (its pretrain_info records the network) fits the config the same way, for --eval-only
+    # --checkpoint OUTPUT/model_final.pth and --resume in the run's folder; --eval-only with neither stops.
+    from pretrain.errors import ConfigError
+    from transfer.detection.engine import Recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": model.state_dict(), "pretrain_info": checkpointer.pretrained, "iteration": 9},
+               run / "model_final.pth")
+    (run / "last_checkpoint").write_text("model_final.pth")
+    config = CONFIGS / "COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py"
+    for how in (dict(init_checkpoint=str(run / "model_final.pth"), eval_only=True), dict(resume="auto", eval_only=True),
+                dict(resume=str(run / "model_final.pth"), eval_only=True), dict(resume="auto")):
+        again = Recipe.load(config, device="cpu", output_dir=str(run), **how).cfg
+        assert normalised(again.model) == normalised(recipe.cfg.model), how
+    with pytest.raises(ConfigError, match="has none to build it from"):
+        Recipe.load(config, device="cpu", output_dir=str(tmp_path / "elsewhere"), eval_only=True, resume="auto")
+    # a first run with --resume (nothing to resume yet) and no checkpoint: the config's ViT, at random
+    first = Recipe.load(config, device="cpu", output_dir=str(tmp_path / "elsewhere"), resume="auto")
+    assert first.cfg.model.backbone.net.depth == 12 and not first.notes
+
+
+@pytest.mark.parametrize("name,depth,global_blocks,decay", [
+    ("COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py", 12, [2, 5, 8, 11], 0.7),  # B's own depth: B's pattern
+    ("COCO/mask_rcnn_vitdet_l_100ep_from_checkpoint.py", 12, [2, 5, 8, 11], 0.8),  # L's recipe, B's depth
+    ("LVIS/mask_rcnn_vitdet_l_100ep_from_checkpoint.py", 24, [5, 11, 17, 23], 0.8),
+])
+def test_the_attention_pattern_and_lr_decay_follow_the_files_depth(tmp_path, name, depth, global_blocks, decay):
+    from transfer.detection.backbones import vit_lr_decay_rate
+
+    recipe = fitted(name, dinov2_reg_file(tmp_path, depth)[0], tmp_path)
+    net = recipe.cfg.model.backbone.net
+    assert sorted(set(range(depth)) - set(net.window_block_indexes)) == global_blocks
+    lr_func = recipe.cfg.optimizer.params.lr_factor_func
+    assert lr_func.func is vit_lr_decay_rate  # registers: in the embedding's layer
+    assert dict(lr_func.keywords) == {"num_layers": depth, "lr_decay_rate": decay}
+    changed = depth != load(name).model.backbone.net.depth
+    assert any("not the config's" in n for n in recipe.notes) == changed

@@ -15,9 +15,11 @@ pytestmark = [pytest.mark.skipif(importlib.util.find_spec("mmseg") is None,
 
 # The ADE20K UperNet configs (MoCo's Table 6 FCN configs, fcn_*: tests/test_moco_semantic_seg.py).
 FULL = sorted((REPO / "configs" / "mmseg").glob("upernet_*.py"))
-# (MAETimmViT's config builds the network its checkpoint describes: tests/test_mmseg_hosts.py builds it.)
+# (MAETimmViT's configs build the network their checkpoint describes: built below fitted to a file, and in
+# tests/test_mmseg_hosts.py.)
 TINY = sorted(p for p in (REPO / "configs" / "mmseg" / "tiny").glob("upernet_*.py") if "timm-vit" not in p.name)
 MAE_B = REPO / "configs/mmseg/upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py"
+TIMM_B = REPO / "configs/mmseg/upernet_timm-vit-b_8xb2-amp-160k_ade20k-512x512.py"
 
 
 def load(path):
@@ -46,14 +48,14 @@ def build(cfg):
 def test_the_expected_configs_exist():
     names = {p.name for p in FULL}
     assert names == {
-        "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py",
+        "upernet_mae-vit-b_8xb2-amp-160k_ade20k-512x512.py", "upernet_timm-vit-b_8xb2-amp-160k_ade20k-512x512.py",
         "upernet_r50-moco_4xb4-80k_ade20k-512x512.py", "upernet_r50-moco_4xb4-160k_ade20k-512x512.py",
         "upernet_r50-supervised_4xb4-80k_ade20k-512x512.py", "upernet_r50-supervised_4xb4-160k_ade20k-512x512.py",
     }
     assert len(TINY) == 4
 
 
-@pytest.mark.parametrize("path", FULL + TINY, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in FULL if p != TIMM_B] + TINY, ids=lambda p: p.stem)
 def test_config_builds_on_cpu(path):
     cfg = load(path)
     model, wrapper, schedulers = build(cfg)
@@ -101,6 +103,117 @@ def test_mae_vit_b_recipe_is_mmseg_mae_recipe():
     # Warm-up 1500 iterations, then linear decay to zero at 160k (the LinearLR + PolyLR of mmseg's config).
     assert [type(s).__name__ for s in schedulers] == ["LinearLR", "PolyLR"]
     assert schedulers[0].end == 1500 and schedulers[1].power == 1.0 and schedulers[1].eta_min == 0.0
+
+
+def test_timm_vit_b_recipe_is_mae_vit_b_recipe_but_the_host():
+    """MAE's ViT-B UperNet recipe (schedule, optimizer, layer decay, crop, batch, AMP, neck, heads, test) with
+    MAETimmViT as the backbone: nothing else differs."""
+    timm_b, mae_b = load(TIMM_B).to_dict(), load(MAE_B).to_dict()
+    bb = timm_b["model"].pop("backbone")
+    assert bb == dict(type="MAETimmViT", embed_dims=768, out_indices=(3, 5, 7, 11), img_size=(512, 512),
+                      drop_path_rate=mae_b["model"].pop("backbone")["drop_path_rate"], init_cfg=None)
+    for d in (timm_b, mae_b):
+        d.pop("custom_imports"), d.pop("sslkit_results")
+    assert timm_b == mae_b
+    assert load(TIMM_B).sslkit_results.pretrain is None  # the checkpoint's label
+
+
+def _fitted_timm_b(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tool_train_seg", REPO / "tools" / "train_seg.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg, _ = tool.build_config(tool.parse_args([str(TIMM_B), "--checkpoint", str(path)]))
+    return cfg
+
+
+def _dinov2_reg_vits14_file(folder, width):
+    """dinov2_vits14_reg4_pretrain.pth's shape but the width (12 blocks, patch 14, LayerScale, 4 registers)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from test_formats import dinov2_layout, randomize
+
+    vit = randomize(VisionTransformer(img_size=42, patch_size=14, embed_dim=width, depth=12, num_heads=1,
+                                      num_classes=0, init_values=1e-5, reg_tokens=4, no_embed_class=True), 1)
+    path = folder / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(dinov2_layout(vit, seed=5), path)
+    return path
+
+
+def _clip_vitl14_file(folder, width):
+    """OpenAI's ViT-L/14 CLIP state dict's shape but the width (24 blocks, patch 14, ln_pre, QuickGELU)."""
+    from test_formats_clip import CLIP
+
+    torch.manual_seed(0)
+    path = folder / "clip_vitl14.pth"
+    torch.save(CLIP(16, 28, 24, width, 14, 6, 20, 64, 1, 1).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["dinov2-reg-s14", "clip-l14"])
+def test_timm_vit_b_config_is_fitted_to_the_checkpoints_shape(tmp_path, name):
+    """The ViT-B config fitted by tools/train_seg.py to a ViT-S/14 DINOv2-with-registers and a ViT-L/14 CLIP
+    file (their depths; a tiny width, 64, for speed): the file's width in the backbone, neck and both heads,
+    the maps at ViT-B's relative depths (ViT-L: 7/11/15/23, as mmseg's ViT-L / BEiT-L recipes), layer decay over
+    its blocks, CLIP's input normalisation; each change recorded in the config the run writes."""
+    from pretrain.backbones import read_backbone
+    from pretrain.formats.clip import CLIP_MEAN, CLIP_STD
+
+    width = 64
+    path = (_dinov2_reg_vits14_file if name == "dinov2-reg-s14" else _clip_vitl14_file)(tmp_path, width)
+    shape = read_backbone(str(path)).shape
+    depth, indices = {"dinov2-reg-s14": (12, (3, 5, 7, 11)), "clip-l14": (24, (7, 11, 15, 23))}[name]
+    assert (shape["embed_dim"], shape["depth"], shape["patch_size"]) == (width, depth, 14)  # the file, as meant
+    cfg = _fitted_timm_b(path)
+    m = cfg.model
+    assert (m.backbone.embed_dims, m.neck.embed_dim, m.auxiliary_head.in_channels) == (width,) * 3
+    assert list(m.decode_head.in_channels) == [width] * 4
+    assert tuple(m.backbone.out_indices) == indices and cfg.optim_wrapper.paramwise_cfg.num_layers == depth
+    mean = (torch.tensor(CLIP_MEAN if name == "clip-l14" else (0.485, 0.456, 0.406)) * 255).tolist()
+    torch.testing.assert_close(torch.tensor(m.data_preprocessor.mean), torch.tensor(mean))
+    if name == "clip-l14":
+        torch.testing.assert_close(torch.tensor(m.data_preprocessor.std), torch.tensor(CLIP_STD) * 255)
+    notes = cfg.sslkit_fitted_to_checkpoint
+    assert any(n.startswith("backbone embed_dims 768 -> 64") for n in notes)
+    assert any("out_indices" in n for n in notes) == (depth != 12)
+    assert "sslkit_fitted_to_checkpoint" in cfg.pretty_text  # in the config the Runner writes to the work dir
+
+    # It builds the file's network, and layer decay spans its blocks: the last at 0.65, the first 0.65 ** depth.
+    model, wrapper, _ = build(cfg)
+    assert len(model.backbone.layers) == depth and model.backbone.out_indices == list(indices)
+    scale = {n: g["lr_scale"] for g in wrapper.optimizer.param_groups for n in g["param_names"]}
+    assert scale[f"backbone.layers.{depth - 1}.attn.qkv.weight"] == pytest.approx(0.65)
+    assert scale["backbone.layers.0.attn.qkv.weight"] == pytest.approx(0.65 ** depth)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 56, 56), mode="tensor")
+    assert out.shape[:2] == (1, 150)
+
+
+def test_the_segmentation_rung_routes_published_vits_to_the_timm_host(tmp_path):
+    """ADE20K's rung: the published ViTs (options, or a shape no recipe has) take the MAETimmViT configs, ViT-B's
+    at the MAE ViT-B recipe's GPUs and cost; the ladder plans a DINOv2-with-registers file of the pico width with
+    the tiny one."""
+    from pretrain.synthetic import write_segmentation_dataset
+    from test_published_backbones_transfer import pico_dinov2_reg_file
+
+    from transfer import ladder
+    from transfer.ladder.rung import get_rung
+
+    rung = get_rung("segmentation")
+    b, pico = rung.checkpoint_recipes["vit_base_patch16"], rung.checkpoint_recipes["vit_pico_patch8"]
+    assert set(rung.checkpoint_recipes) == {"vit_base_patch16", "vit_pico_patch8"}
+    assert b.config == str(TIMM_B.relative_to(REPO))
+    assert pico.config == "configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py"
+    assert (b.gpus, b.gpu_hours) == (rung.recipes["vit_base_patch16"].gpus, rung.recipes["vit_base_patch16"].gpu_hours)
+    assert pico.gpu_hours == 0
+    for recipe in (b, pico):
+        assert load(REPO / recipe.config).model.backbone.type == "MAETimmViT"
+    write_segmentation_dataset(tmp_path / "seg", "train", 2, size=(32, 32))
+    plan = ladder.plan(pico_dinov2_reg_file(tmp_path), tmp_path / "out", ["segmentation"],
+                       {"ade20k": str(tmp_path / "seg")}, 1, "random")
+    assert [j.command[1] for j in plan.jobs] == [pico.config] * 2  # the file and its random twin
 
 
 @pytest.mark.parametrize("iters", ["80k", "160k"])

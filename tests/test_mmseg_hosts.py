@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -214,6 +215,14 @@ def test_train_seg_takes_the_checkpoints_input_normalisation(tmp_path):
     torch.testing.assert_close(torch.tensor(pre.std), torch.tensor(CLIP_STD) * 255)
     cfg, _ = t.build_config(t.parse_args([CONFIG, "--checkpoint", dinov2_reg_file(tmp_path)]))
     assert list(cfg.model.data_preprocessor.mean) == [123.675, 116.28, 103.53]  # the config's, ImageNet's
+    # A preprocessor that keeps the loaded (BGR) order gets the values in that order.
+    from transfer.segmentation.runner import load_seg_config, match_input_normalisation, set_backbone_checkpoint
+
+    cfg = load_seg_config(CONFIG)
+    set_backbone_checkpoint(cfg, clip_file(tmp_path))
+    cfg.model.data_preprocessor.bgr_to_rgb = False
+    assert match_input_normalisation(cfg)
+    torch.testing.assert_close(torch.tensor(cfg.model.data_preprocessor.mean), torch.tensor(CLIP_MEAN[::-1]) * 255)
 
 
 @pytest.mark.slow
@@ -230,7 +239,163 @@ def test_tiny_upernet_trains_from_the_file(tmp_path, name):
     log = proc.stdout + proc.stderr
     assert "-> MAETimmViT" in log and "mismatched:                   none" in log  # the report, all accounted for
     rec = json.loads((out / "results.json").read_text())
-    assert (rec["task"], rec["backbone"]) == ("ade20k_seg", "vit_timm") and rec["checkpoint"] == path
+    # The file's ViT by name (the config's placeholder "vit_timm" fitted), as its published rows and baselines.
+    assert (rec["task"], rec["backbone"]) == ("ade20k_seg", read_backbone(path).arch) and rec["checkpoint"] == path
     assert rec["pretrain"] == {"dinov2-reg4-swiglu": "dinov2", "clip": "clip"}[name]
     assert ("input normalisation of the checkpoint" in log) == (name == "clip")  # CLIP's own mean / std
     assert set(rec["metrics"]) == {"mIoU", "mAcc", "aAcc"} and rec["recipe"]["iterations"] == 2
+
+
+# ------------------------------------------------------------------ the config fitted to the checkpoint
+def train_seg_tool():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tool_train_seg", REPO / "tools" / "train_seg.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def build_segmentor(cfg):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import transfer.segmentation.timm_vit  # noqa: F401
+
+    init_default_scope("mmseg")
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.eval()
+
+
+def test_out_indices_keep_their_relative_depth():
+    from transfer.segmentation.runner import scale_out_indices
+
+    assert scale_out_indices((3, 5, 7, 11), 12, 24) == [7, 11, 15, 23]  # ViT-B's -> ViT-L's (mmseg's recipes)
+    assert scale_out_indices((3, 5, 7, 11), 12, 12) == [3, 5, 7, 11]
+    assert scale_out_indices((3, 5, 7, 11), 12, 40) == [12, 19, 26, 39]
+    assert scale_out_indices((0, 1, 2, 3), 4, 12) == [2, 5, 8, 11]
+    assert scale_out_indices((3, 5, 7, 11), 12, 5) == [1, 2, 3, 4]  # rounding meets at small depths: kept apart
+    with pytest.raises(ConfigError, match="3 blocks cannot give the config's 4 maps"):
+        scale_out_indices((3, 5, 7, 11), 12, 3)
+
+
+def test_a_config_of_another_width_is_fitted_not_refused(tmp_path):
+    """The tiny config (128 wide, 4 blocks) with a 96-wide, 6-block DINOv2-with-registers file: tools/train_seg.py
+    fits the backbone, neck and heads to 96, the maps to 6 blocks, layer decay to 6; the segmentor builds with the
+    file's weights and runs."""
+    vit = randomize(VisionTransformer(img_size=42, patch_size=14, embed_dim=96, depth=6, num_heads=1, num_classes=0,
+                                      init_values=1e-5, reg_tokens=4, no_embed_class=True), 1)
+    path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(dinov2_layout(vit, seed=5), path)
+    tool = train_seg_tool()
+    cfg, _ = tool.build_config(tool.parse_args([CONFIG, "--checkpoint", str(path)]))
+    m = cfg.model
+    assert (m.backbone.embed_dims, m.neck.embed_dim, m.auxiliary_head.in_channels) == (96, 96, 96)
+    assert list(m.decode_head.in_channels) == [96] * 4 and cfg.optim_wrapper.paramwise_cfg.num_layers == 6
+    assert tuple(m.backbone.out_indices) == (1, 2, 4, 5)  # 1/4, 2/4, 3/4, 4/4 of 6 blocks (rounded half up)
+    # one note per change (the normalisation is ImageNet's), the results' backbone name the file's
+    assert len(cfg.sslkit_fitted_to_checkpoint) == 7 and cfg.sslkit_results.backbone == read_backbone(path).arch
+    model = build_segmentor(cfg)
+    torch.testing.assert_close(model.backbone.layers[5].attn.qkv.weight, vit.blocks[5].attn.qkv.weight)
+    x = torch.randn(1, 3, 42, 42)
+    with torch.no_grad():
+        maps = model.backbone(x)
+        theirs = vit.forward_intermediates(x, indices=[1, 2, 4, 5], norm=False, intermediates_only=True)
+        out = model(torch.randn(1, 3, 64, 64), mode="tensor")
+    for a, b in zip(maps, theirs, strict=True):  # the blocks the fitted out_indices name
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert out.shape[:2] == (1, 150)
+
+
+def test_a_resnet_file_is_refused_with_the_reason(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    tool = train_seg_tool()
+    with pytest.raises(ConfigError, match=r"not a ViT: MAETimmViT builds ViTs; the ResNet configs"):
+        tool.build_config(tool.parse_args([CONFIG, "--checkpoint", str(path)]))
+
+
+# ------------------------------------------------------------------ --variant
+def test_variant_student_is_the_backbone_loaded(tmp_path):
+    """--variant student of a DINO training checkpoint: the student's weights in MAETimmViT (through
+    tools/train_seg.py's config) and in mmseg's MAE backbone (the conversion path); recorded in results.json's
+    recipe; refused where there is no checkpoint or the backbone reads none."""
+    from test_published_backbones_transfer import pico_dino_training_file
+
+    from transfer.segmentation.runner import results_recipe, trained_record
+    from transfer.segmentation.vit import MAEViTEncoder
+
+    path, nets = pico_dino_training_file(tmp_path)
+    tool = train_seg_tool()
+    cfg, _ = tool.build_config(tool.parse_args([CONFIG, "--checkpoint", str(path), "--variant", "student"]))
+    assert cfg.model.backbone.variant == "student" and cfg.model.backbone.embed_dims == 96  # fitted to the pico
+    host = build_segmentor(cfg).backbone
+    for variant, net in nets.items():
+        same = torch.equal(host.layers[2].mlp.fc1.weight, net.blocks[2].mlp.fc1.weight)
+        assert same == (variant == "student"), variant
+    torch.testing.assert_close(host.pos_embed, nets["student"].pos_embed)
+
+    mae = MAEViTEncoder(img_size=32, patch_size=8, embed_dims=96, num_layers=4, num_heads=3, out_indices=(0, 3),
+                        variant="student")
+    mae.load_pretrained(path)
+    assert torch.equal(mae.layers[2].ffn.layers[0][0].weight, nets["student"].blocks[2].mlp.fc1.weight)
+    mae = MAEViTEncoder(img_size=32, patch_size=8, embed_dims=96, num_layers=4, num_heads=3, out_indices=(0, 3))
+    mae.load_pretrained(path)  # the default: the teacher
+    assert torch.equal(mae.layers[2].ffn.layers[0][0].weight, nets["teacher"].blocks[2].mlp.fc1.weight)
+
+    trained = trained_record(cfg, 1)
+    assert trained["variant"] == "student" and results_recipe(cfg, trained)["variant"] == "student"
+    assert "variant" not in results_recipe(cfg, trained_record(tool.build_config(
+        tool.parse_args([CONFIG, "--checkpoint", str(path)]))[0], 1))
+    with pytest.raises(ConfigError, match="there is none"):
+        tool.build_config(tool.parse_args(["configs/mmseg/tiny/upernet_vit-pico_ade20k-64x64.py", "--random-init",
+                                           "--variant", "student"]))
+    from transfer.segmentation.runner import load_seg_config, set_variant
+
+    cfg = load_seg_config("configs/mmseg/tiny/upernet_r18_ade20k-64x64.py")
+    cfg.model.backbone.update(type="ResNetV1c", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(ConfigError, match="ResNetV1c backbone reads no variant"):  # mmseg's own: it would not
+        set_variant(cfg, "student")
+
+
+def test_variant_student_of_a_resnet_training_checkpoint(tmp_path):
+    """DINO's RN-50 training checkpoint (pico: a ResNet-18): mmseg's ResNet loads the student with the variant."""
+    from test_formats import dino_full
+
+    from transfer.segmentation.resnet import ResNetEncoder
+
+    student, teacher = dino_full("student", resnet=True), dino_full("teacher", resnet=True)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(student.ckpt, path)
+    for variant, case in (("student", student), (None, teacher)):
+        encoder = ResNetEncoder(depth=18, variant=variant)
+        encoder.load_pretrained(path)
+        assert torch.equal(encoder.layer3[1].conv2.weight, case.reference.layer3[1].conv2.weight), variant
+    assert not torch.equal(student.reference.layer3[1].conv2.weight, teacher.reference.layer3[1].conv2.weight)
+
+
+@pytest.mark.slow
+def test_tiny_upernet_trains_the_student_of_a_training_checkpoint_fitted(tmp_path):
+    """tools/train_seg.py on DINO's training checkpoint of pico ViTs (96 wide: not the config's 128) with
+    --variant student: the config fitted (printed, in the config written to the work dir), 2 iterations,
+    results.json recording the variant."""
+    from test_published_backbones_transfer import pico_dino_training_file
+
+    root = shared_data("ade20k_sample") / "ADEChallengeData2016"
+    path, _ = pico_dino_training_file(tmp_path)
+    out = tmp_path / "run"
+    proc = run_tool("tools/train_seg.py", CONFIG, "--checkpoint", path, "--variant", "student", "--data-root", root,
+                    "--max-iters", "2", "--output-dir", out, "--cfg-options", "train_dataloader.batch_size=2",
+                    env={"OMP_NUM_THREADS": "1"})
+    log = proc.stdout + proc.stderr
+    assert "fitted to the checkpoint: backbone embed_dims 128 -> 96" in log
+    assert "mismatched:                   none" in log  # the student's every tensor accounted for
+    written = (out / Path(CONFIG).name).read_text()  # mmengine's copy of the run's config
+    assert "sslkit_fitted_to_checkpoint" in written and "embed_dims=96" in written
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["recipe"]["variant"] == "student" and rec["pretrain"] == "dino" and rec["recipe"]["iterations"] == 2

@@ -8,6 +8,9 @@ normalisation), I-JEPA (no class token, average pooling), DINO training checkpoi
 * The linear probe's and fine-tuning's classifier (``transfer.classification.vit``) is the network the export
   describes: its backbone features equal timm's model rebuilt from the export's ``config.json`` and the
   authors' forward, to 1e-5 on CPU fp32; layer-wise lr decay finds every parameter's layer.
+* BEiT v1 / v2 and data2vec files build timm's ``Beit`` in the classifiers: its features equal timm's Beit from
+  ``config.json`` (the linear probe: the patch tokens' mean after the final norm; fine-tuning: mean pooling, a fresh
+  fc_norm), at another size its tables are timm's ``set_input_size``'s, layer decay ranks every parameter.
 * tools/train_cls.py normalises the inputs as the backbone was trained (CLIP's mean / std for a CLIP file).
 * ``--variant`` (DINO's student, ...) reaches the classifier, the frozen backbone and the ladder's jobs, in a
   folder of its own.
@@ -166,21 +169,120 @@ def test_finetuning_classifier_keeps_the_blocks_and_decays_by_layer(tmp_path, bu
         assert layer["norm_pre.weight"][0] == 0 and model.norm_pre.eps == 1e-5
 
 
-def test_a_beit_file_is_refused_by_the_classifier_with_the_reason():
+# ------------------------------------------------------------------ BEiT v1 / v2, data2vec: timm's Beit
+# tests/test_formats.py's BEiT files (the authors' layouts, random weights: 64 wide, 2 blocks, 4 heads, patch 8,
+# pretrained at 32 px); the reference is timm's Beit rebuilt from the export's config.json.
+def beit_export(case_name: str):
     from test_formats import BEIT_CASES
 
-    from pretrain.checkpoint import CheckpointFormatError
-    from transfer.classification.protocols import protocol
+    case = BEIT_CASES[case_name]()
+    return read_backbone(case.ckpt, path=case.filename), case
 
-    case = next(iter(BEIT_CASES.values()))()
-    export = read_backbone(case.ckpt, path=case.filename)
 
-    class Cfg:
-        class model:
-            checkpoint = case.filename
+def beit_classifier(export, global_pool: str, img_size: int):
+    from transfer.classification.vit import build_beit_classifier, load_vit_backbone
 
-    with pytest.raises(CheckpointFormatError, match="BEiT ViT .*frozen-backbone rungs"):
-        protocol("mae_linear").check_pretrained(Cfg, export)
+    model = build_beit_classifier(export.shape, 3, img_size, global_pool=global_pool, bn_head=global_pool == "token")
+    return model.eval(), load_vit_backbone(model, export)
+
+
+@pytest.mark.parametrize("case_name", ["beit-pt22k", "beit-training", "data2vec"])
+def test_beit_classifier_features_equal_timm_beit_rebuilt_from_the_export(tmp_path, case_name):
+    """The linear probe's features (the final norm per token, the patch tokens' mean: BEiT's probe at the final
+    layer) and fine-tuning's blocks (BEiT's mean pooling: the final norm left out, a fresh fc_norm) equal timm's
+    Beit from config.json and the authors' fine-tuning model, at the pretraining size; every tensor goes in."""
+    from timm.models.beit import Beit
+
+    export, case = beit_export(case_name)
+    ref = timm_model(export, tmp_path / "timm")
+    x = torch.randn(2, 3, 32, 32)
+
+    probe, report = beit_classifier(export, "token", 32)
+    assert isinstance(probe, Beit) and isinstance(probe.head[0], nn.BatchNorm1d)
+    with torch.no_grad():
+        ours = probe.forward_head(probe.forward_features(x), pre_logits=True)
+        theirs = ref.forward_features(x)[:, 1:].mean(dim=1)
+        authors = case.reference.forward_features(x)[:, 1:].mean(dim=1)
+    assert ours.shape == (2, 64)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    assert torch.allclose(ours, authors, atol=1e-5), (ours - authors).abs().max()
+    assert report.converted == len(export.state_dict) and report.ok
+    assert all(k.startswith("head.") for k in report.missing_by_design) and report.dropped == export.dropped
+    assert any("linear probe" in n for n in report.notes)
+
+    finetune, report = beit_classifier(export, "avg", 32)
+    ref.norm = nn.Identity()
+    with torch.no_grad():
+        tokens = finetune.forward_features(x)
+        assert torch.allclose(tokens, ref.forward_features(x), atol=1e-5)
+        pooled = nn.functional.layer_norm(tokens[:, 1:].mean(dim=1), (64,), eps=1e-6)  # fc_norm: fresh
+        assert torch.allclose(finetune.forward_head(tokens, pre_logits=True), pooled, atol=1e-6)
+    assert sorted(report.missing_by_design) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert sorted(set(report.dropped) - set(export.dropped)) == ["norm.bias", "norm.weight"]  # by design
+    assert report.converted == len(export.state_dict) - 2
+
+
+@pytest.mark.parametrize("case_name", ["beit-pt22k", "beit-training"])
+def test_beit_classifier_at_another_size_resamples_the_tables_as_timm_does(tmp_path, case_name):
+    """48 px (a 6x6 grid, pretrained at 4x4): the relative position tables (and BEiT's position table, in the
+    training checkpoint) are timm's own set_input_size of the same model, noted in the report; the frozen check
+    re-reads the same tensors."""
+    from transfer.classification.vit import vit_backbone_state
+
+    export, _ = beit_export(case_name)
+    model, report = beit_classifier(export, "token", 48)
+    ref = timm_model(export, tmp_path / "timm")
+    ref.set_input_size(img_size=(48, 48))
+    table = model.blocks[0].attn.relative_position_bias_table
+    trained = export.state_dict["blocks.0.attn.relative_position_bias_table"]
+    assert table.shape == ((2 * 6 - 1) ** 2 + 3, 4) != trained.shape  # the 6x6 grid's (+ the class token's 3 rows)
+    assert (model.pos_embed is not None) == export.shape["abs_pos_emb"]
+    if model.pos_embed is not None:
+        assert model.pos_embed.shape == (1, 37, 64)
+    for k, v in ref.state_dict().items():
+        if not k.startswith(("head", "fc_norm")):
+            assert torch.equal(model.state_dict()[k], v), k
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ours = model.forward_features(x)
+        assert torch.allclose(ours, ref.forward_features(x), atol=1e-5)
+    assert any("resampled from the 32 px grid to the 48 px" in n for n in report.notes), report.notes
+    state = vit_backbone_state(model, export)[0]
+    assert all(torch.equal(state[k], model.state_dict()[k]) for k in state)
+
+
+def test_layer_decay_ranks_every_beit_parameter():
+    """Beit's blocks (q / v biases, LayerScale, relative position tables) by their block, the embeddings
+    (class token, patch and position embeddings, a shared rel_pos_bias) at 0, fc_norm and the head last; no
+    weight decay on the tables, biases, LayerScale and tokens."""
+    from timm.models.beit import Beit
+
+    from transfer.classification.vit import param_groups_layer_decay
+
+    export, _ = beit_export("beit-training")
+    finetune, _ = beit_classifier(export, "avg", 32)
+    # A shared table is expanded by the reader; a Beit that keeps one still finds its layer.
+    shared = Beit(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, init_values=0.1,
+                  use_shared_rel_pos_bias=True, num_classes=3)
+    layers = {}
+    for model in (finetune, shared):
+        groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75)
+        layer = {name: (g["layer_id"], g["weight_decay"], g["lr_scale"]) for g in groups for name in g["param_names"]}
+        layers[model] = layer
+        assert sorted(layer) == sorted(n for n, _ in model.named_parameters())  # every parameter in one group
+        for name, (layer_id, decay, scale) in layer.items():
+            if name.startswith("blocks."):
+                assert layer_id == int(name.split(".")[1]) + 1, name
+            elif name.startswith(("head.", "fc_norm.")):
+                assert layer_id == 3, name
+            else:
+                assert name.startswith(("cls_token", "pos_embed", "patch_embed.", "rel_pos_bias.")), name
+                assert layer_id == 0 and scale == pytest.approx(0.75 ** 3), name
+            if name.endswith(("relative_position_bias_table", "q_bias", "v_bias", "gamma_1", "cls_token", "pos_embed")):
+                assert decay == 0.0, name
+    assert layers[shared]["rel_pos_bias.relative_position_bias_table"][:2] == (0, 0.0)
+    assert layers[finetune]["blocks.1.attn.relative_position_bias_table"][:2] == (2, 0.0)
+    assert layers[finetune]["blocks.0.attn.q_bias"][0] == 1 and layers[finetune]["blocks.1.gamma_2"][0] == 2
 
 
 # ------------------------------------------------------------------ normalisation and variants in train_cls
@@ -219,6 +321,42 @@ def test_dinov2_reg_finetunes_with_layer_decay_and_imagenet_normalisation(tmp_pa
     assert trainer.model.reg_token.shape == (1, 4, 96) and trainer.model.blocks[0].ls1.gamma.requires_grad
     scales = {g["layer_id"]: g["lr_scale"] for g in trainer.optimizer.param_groups}
     assert scales[0] == pytest.approx(0.75 ** 5) and scales[5] == 1.0
+
+
+@pytest.mark.slow
+def test_a_beit_file_runs_tools_train_cls_linear_probe_and_a_finetuning_step(tmp_path):
+    """BEiT v1's ImageNet-22k release layout through tools/train_cls.py's linear probe on a class folder at 48 px
+    (its tables resampled; the frozen check re-reads them), normalised with the file's (0.5, 0.5, 0.5); then a
+    fine-tuning epoch with layer-wise lr decay over Beit's blocks."""
+    from timm.models.beit import Beit
+
+    from test_formats import BEIT_CASES
+    from transfer.classification.data import write_synthetic_folder
+
+    case = BEIT_CASES["beit-pt22k"]()
+    path = tmp_path / case.filename
+    torch.save(case.ckpt, path)
+    data = write_synthetic_folder(tmp_path / "cls", per_class=4, size=48)
+    out = tmp_path / "linear"
+    proc = run_tool("tools/train_cls.py", "--protocol", "mae_linear", "--checkpoint", path, f"data.path={data}",
+                    "data.img_size=48", "data.num_workers=0", "train.batch_size=8", "train.epochs=1",
+                    "train.device=cpu", "train.progress=false", "train.tensorboard=false", "optim.warmup_epochs=0",
+                    f"train.output_dir={out}", env={"OMP_NUM_THREADS": "1"})
+    res = json.loads((out / "results.json").read_text())
+    assert res["pretrain"] == "beit" and res["task"] == "imagenet_linear" and res["backbone"] == "beit_64d2_patch8"
+    assert (tuple(res["recipe"]["mean"]), tuple(res["recipe"]["std"])) == ((0.5,) * 3, (0.5,) * 3)
+    assert res["recipe"]["global_pool"] == "avg" and res["val_images"] > 0
+    assert "timm Beit" in proc.stderr and "resampled from the 32 px grid to the 48 px" in proc.stderr
+    assert "sanity check passed" in proc.stderr  # the frozen Beit equals the file's tensors, resampled again
+
+    trainer, res = train_cls("mae_finetune", tmp_path / "finetune", f"model.checkpoint={path}",
+                             "model.layer_decay=0.75", "data.mixup=0", "data.cutmix=0", "data.auto_augment=null",
+                             "data.reprob=0")
+    assert isinstance(trainer.model, Beit) and res["pretrain"] == "beit" and res["task"] == "imagenet_finetune"
+    scales = {g["layer_id"]: g["lr_scale"] for g in trainer.optimizer.param_groups}
+    assert scales == {0: pytest.approx(0.75 ** 3), 1: pytest.approx(0.75 ** 2), 2: pytest.approx(0.75), 3: 1.0}
+    pretrained = read_backbone(path).state_dict["blocks.0.attn.relative_position_bias_table"]
+    assert not torch.equal(trainer.model.blocks[0].attn.relative_position_bias_table.detach(), pretrained)  # learnt
 
 
 def test_variant_picks_the_network_in_the_classifier_and_the_frozen_backbone(tmp_path):
@@ -314,12 +452,17 @@ def test_the_ladder_passes_the_variant_and_keeps_its_results_apart(tmp_path):
         if has:
             assert job.command[job.command.index("--variant") + 1] == "student"
     assert not any("--variant" in j.command for j in default.jobs)
+    seg = ladder.plan(path, tmp_path / "out", ["segmentation"], data, 1, "random", variant="student")
+    assert [j.command[j.command.index("--variant") + 1] for j in seg.jobs if "--variant" in j.command] == ["student"]
     # A rung whose tool takes no --variant is skipped with the reason, not run on the default network.
-    seg = ladder.plan(path, tmp_path / "out", ["knn", "segmentation"], data, 1, "random", variant="student")
+    from transfer.ladder.rung import get_rung
+
+    with pytest.MonkeyPatch.context() as m:  # every shipped rung's tool takes it now: one that would not
+        m.setattr(type(get_rung("segmentation")), "takes_variant", False)
+        seg = ladder.plan(path, tmp_path / "out", ["knn", "segmentation"], data, 1, "random", variant="student")
     assert {j.rung for j in seg.jobs} == {"knn"}
-    assert seg.skipped == ["segmentation: tools/train_seg.py takes no --variant (it would evaluate the default network)"]
-    assert "segmentation" in {j.rung for j in ladder.plan(path, tmp_path / "out", ["segmentation"], data, 1,
-                                                           "random").jobs}  # it runs without a variant
+    assert seg.skipped == ["segmentation: tools/train_seg.py takes no --variant (it would evaluate the default "
+                           "network)"]
 
 
 # ------------------------------------------------------------------ done when
@@ -343,7 +486,8 @@ def test_dinov2_reg_and_clip_files_run_the_quick_suite_end_to_end(tmp_path):
     for label, path in files.items():
         folder = next(out.glob(f"{path.name.split('.')[0]}-*"))
         plan = json.loads((folder / "plan.json").read_text())
-        assert (plan["checkpoint"]["pretrain"], plan["checkpoint"]["backbone"]) == (label, "vit_pico_patch8")
+        backbone = {"dinov2": "vit_pico_patch8_reg4", "clip": "vit_pico_patch8"}[label]  # registers: their own name
+        assert (plan["checkpoint"]["pretrain"], plan["checkpoint"]["backbone"]) == (label, backbone)
         done = {}
         for job in plan["jobs"]:
             rec = read_results(Path(job["folder"]) / "results.json")  # every job ran and wrote its results
@@ -356,4 +500,12 @@ def test_dinov2_reg_and_clip_files_run_the_quick_suite_end_to_end(tmp_path):
         assert (tuple(linear["mean"]), tuple(linear["std"])) == expected
         knn = done[("knn", "pretrained")]["recipe"]
         assert (tuple(knn["mean"]), tuple(knn["std"])) == expected
+        # The random baseline is the file's own network freshly drawn (a twin file: registers, CLIP's norms and
+        # normalisation), not a plain ViT of the preset's shape.
+        twins = plan["random_twins"]
+        assert twins and all(t["checkpoint"] == str(path) for t in twins.values())
+        baseline = [job for job in plan["jobs"] if job["subject"]["role"] == "baseline"]
+        assert all(job["subject"]["checkpoint"] in twins for job in baseline)
+        random_knn = done[("knn", "baseline")]["recipe"]
+        assert (tuple(random_knn["mean"]), tuple(random_knn["std"])) == expected
         assert (folder / "report" / "report.md").is_file()

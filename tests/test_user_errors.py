@@ -277,6 +277,14 @@ CASES += [
     Bad("seg-timm-vit-without-checkpoint", "train_seg",
         seg_argv(str(REPO / "configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py"), "{w}/seg/ade", "--random-init"),
         "builds the network of its backbone checkpoint (MAETimmViT): give --checkpoint PATH"),
+    Bad("seg-timm-vit-resnet-file", "train_seg",
+        seg_argv(str(REPO / "configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py"), "{w}/seg/ade", "--checkpoint",
+                 "{w}/ckpt/moco_r18.pth.tar"), "not a ViT: MAETimmViT builds ViTs; the ResNet configs"),
+    Bad("seg-variant-without-checkpoint", "train_seg",
+        seg_argv(SEG_ADE, "{w}/seg/ade", "--random-init", "--variant", "student"), "but there is none"),
+    Bad("seg-variant-the-file-lacks", "train_seg",
+        seg_argv(str(REPO / "configs/mmseg/tiny/upernet_timm-vit_ade20k-64x64.py"), "{w}/seg/ade", "--checkpoint",
+                 "{w}/ckpt/dino_checkpoint.pth", "--variant", "context"), "has no variant 'context'"),
 ]
 
 # ---------------------------------------------------------------- train_net (detectron2)
@@ -336,6 +344,10 @@ CASES += [
     Bad("det-several-machines-without-dist-url", "train_net", (*DET_DATA, "--num-machines", "2"), "--dist-url"),
     Bad("det-reference-world-size-negative", "train_net", (*DET_DATA, "--reference-world-size", "-1"),
         "expected an integer >= 0, got -1"),
+    # A config whose ViT is the checkpoint's would evaluate its placeholder ViT
+    Bad("det-eval-only-from-checkpoint-config-without-checkpoint", "train_net",
+        ("--config-file", DET_CONFIG.replace("mask_rcnn_R_18_C4", "mask_rcnn_vitdet_pico_from_checkpoint"),
+         "--output-dir", "{w}/out/det", "--eval-only", "--test-json", DET_VAL), "has none to build it from"),
     # Datasets in their own formats (transfer.detection.formats): LVIS jsons, Cityscapes folders
     Bad("det-train-dataset-and-json", "train_net",
         (*DET_DATA, "--train-dataset", "lvis:{w}/det/annotations/instances_train.json"),
@@ -347,7 +359,26 @@ CASES += [
         "not_coco.json is not an LVIS annotation file"),
     Bad("det-cityscapes-folder-missing", "train_net", (*DET, "--train-dataset", "cityscapes:{w}/nope:train",
                                                       "--test-json", DET_VAL), "Cityscapes folder not found"),
+    # --variant: a network of a pretraining checkpoint that holds several (read_backbone's refusals, surfaced)
+    Bad("det-variant-the-file-lacks", "train_net",
+        (*DET_DATA, "--checkpoint", "{w}/ckpt/dino_checkpoint.pth", "--variant", "context"), "has no variant 'context'"),
+    Bad("det-variant-of-a-file-without-variants", "train_net",
+        (*DET_DATA, "--checkpoint", "{w}/ckpt/moco_r18.pth.tar", "--variant", "student"), "leave the variant out"),
+    Bad("det-variant-of-a-detectron2-file", "train_net",
+        (*DET_DATA, "--checkpoint", "{w}/det/model_final.pth", "--variant", "student"),
+        "a detectron2 file holds one network"),
+    Bad("det-variant-without-a-checkpoint", "train_net", (*DET_DATA, "--random-init", "--variant", "student"),
+        "picks a network of the initial checkpoint, and there is none"),
 ]
+
+
+@world_part
+def detectron2_file(w: Path) -> None:
+    """det/model_final.pth: a detectron2 file (its own names; one network: --variant's row)."""
+    import torch
+
+    torch.save({"model": {"backbone.res2.0.conv1.weight": torch.zeros(4, 4, 1, 1)}, "iteration": 0},
+               w / "det" / "model_final.pth")
 
 # ---------------------------------------------------------------- convert_checkpoint
 CASES += [
@@ -376,10 +407,10 @@ CASES += [
 # ---------------------------------------------------------------- evaluate (the ladder)
 @world_part
 def ladder_inputs(w: Path) -> None:
-    """ladder/: data files (bad YAML, a list), an empty weights folder, a ViT of a shape the ladder has no recipes
-    for, and runs/, a ladder folder of ckpt/moco_r18.pth.tar whose finished knn job's results.json is malformed."""
+    """ladder/: data files (bad YAML, a list), an empty weights folder, a ResNet the ladder has no recipes for,
+    and runs/, a ladder folder of ckpt/moco_r18.pth.tar whose finished knn job's results.json is malformed."""
     import torch
-    from timm.models.vision_transformer import VisionTransformer
+    import torchvision
 
     from transfer.ladder import checkpoint_folder, inspect_checkpoint
 
@@ -387,8 +418,10 @@ def ladder_inputs(w: Path) -> None:
     (root / "weights").mkdir(parents=True)
     (root / "bad.yaml").write_text("imagenet: [\n")
     (root / "list.yaml").write_text("- /data/imagenet\n")
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0)
-    torch.save(vit.state_dict(), root / "vit_32d1.pth")
+    # A ResNet-34: every ViT takes the recipes of its nearest width (Rung.recipe_for), a ResNet only its own. The
+    # planner reads the keys only: one-element tensors in torchvision's names.
+    names = torchvision.models.resnet34().state_dict()
+    torch.save({k: torch.zeros(1) for k in names}, root / "resnet34.pth")
     job = checkpoint_folder(root / "runs", inspect_checkpoint(w / "ckpt" / "moco_r18.pth.tar")) / "knn/pretrained/seed0"
     job.mkdir(parents=True)
     (job / "results.json").write_text('{"task": "knn", "metrics": {"top1": 5')  # cut short
@@ -405,7 +438,7 @@ CASES += [
         "checkpoint not found"),
     Bad("evaluate-not-a-checkpoint", "evaluate", ladder_args(checkpoint="{w}/ckpt/not_a_checkpoint.pth"),
         "not_a_checkpoint.pth"),
-    Bad("evaluate-no-recipes-for-the-backbone", "evaluate", ladder_args(checkpoint="{w}/ladder/vit_32d1.pth"),
+    Bad("evaluate-no-recipes-for-the-backbone", "evaluate", ladder_args(checkpoint="{w}/ladder/resnet34.pth"),
         "which the ladder has no recipes for"),
     Bad("evaluate-unknown-rung", "evaluate", ladder_args("--rungs", "knn,lineer"), "unknown rung(s) 'lineer'"),
     Bad("evaluate-unknown-rung-seeds", "evaluate", ladder_args("--rung-seeds", "detecton=1"),

@@ -3,10 +3,12 @@ DINOv2 with registers (LayerScale, SwiGLU, patch 14) and CLIP (ln_pre, QuickGELU
 their released layouts (the files of tests/test_formats.py and tests/test_formats_clip.py), converted, give the
 features of timm's model of the export run as ViTDet runs a ViT (no class token, global attention); every source
 tensor is used or listed as dropped; a model that lacks an option stops the load; and the tiny ViTDet config takes
-the options from the checkpoint, end to end through tools/train_net.py.
+the options from the checkpoint, end to end through tools/train_net.py. BEiT v1 / v2 and data2vec keep their relative
+position bias per block: the authors' model's patch features, globally and per window (the table resampled).
 
 Skipped without detectron2.
 """
+import copy
 import json
 
 import pytest
@@ -169,17 +171,177 @@ def test_the_report_accounts_for_every_source_tensor(tmp_path, which):
         assert saved["sslkit"]["net"]["patch_size"] == 16
 
 
-def test_beit_is_refused_with_the_reason(tmp_path):
+# ------------------------------------------------------------------ BEiT v1 / v2, data2vec: its relative position bias
+# tests/test_formats.py's BEiT files (the authors' layouts, random weights: 64 wide, 2 blocks, 4 heads, patch 8,
+# pretrained at 32 px: a 4 x 4 grid); the reference is the authors' fine-tuning model (re-derived there) run as
+# ViTDet runs a ViT: no class token (the position table's class row left out, the attention's bias the
+# patch-to-patch part of the authors' table as their relative position index reads it), windowed blocks run per
+# window with the table resampled to the window (bicubic; the authors' index of that window).
+def beit_file(folder, case_name="beit-pt22k"):
     from test_formats import BEIT_CASES
 
-    from pretrain.checkpoint import CheckpointFormatError
+    case = BEIT_CASES[case_name]()
+    path = folder / case.filename
+    torch.save(case.ckpt, path)
+    return path, case.reference.net
+
+
+def authors_patch_bias(rel, size):
+    """The authors' relative position bias (heads, size^2, size^2) between the patches of a size x size window."""
+    from test_formats import beit_relative_position_index
+    from timm.layers import resize_rel_pos_bias_table_simple
+
+    if size == rel.window:
+        return rel()[:, 1:, 1:]  # the authors' module: [class, patches] rows and columns
+    table = rel.relative_position_bias_table
+    table = resize_rel_pos_bias_table_simple(table, (size, size), ((2 * size - 1) ** 2 + 3, table.shape[1]))
+    n = size * size + 1
+    return table[beit_relative_position_index(size).view(-1)].view(n, n, -1).permute(2, 0, 1)[:, 1:, 1:]
+
+
+def authors_patch_map(net, img, windows=None):
+    """The authors' BEiT blocks over the patch tokens only (``windows``: block -> window side; else global)."""
+    net = copy.deepcopy(net)
+    x = net.patch_embed.proj(img)
+    B, C, H, W = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    if net.pos_embed is not None:
+        x = x + net.pos_embed[:, 1:]
+    for i, blk in enumerate(net.blocks):
+        s = (windows or {}).get(i, H)
+        bias = authors_patch_bias(blk.attn.rel, s)
+        blk.attn.rel = None  # its bias goes in as the block's rel_pos_bias, the class rows left out
+        t = x.view(B, H // s, s, W // s, s, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, C)
+        t = blk(t, bias.unsqueeze(0))
+        x = t.view(B, H // s, W // s, s, s, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H * W, C)
+    return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+def hosted_beit(converted, img_size, window_block_indexes=(), window_size=0):
+    """The project's ViTDet backbone with the converted BEiT's arguments, loaded strictly: every tensor filled."""
+    from transfer.detection.backbones import ViT
+
+    vit = ViT(img_size=img_size, **converted["sslkit"]["net"], window_size=window_size,
+              window_block_indexes=list(window_block_indexes))
+    vit.load_state_dict({k[len("backbone.net."):]: v for k, v in converted["model"].items()})
+    return vit.eval()
+
+
+@pytest.mark.parametrize("case_name", ["beit-pt22k", "beit-training", "beit_v2-pt1k", "data2vec"])
+def test_beit_gives_the_authors_patch_features(tmp_path, case_name):
     from transfer.detection.convert import load_converted
 
-    case = BEIT_CASES["beit-pt22k"]()
-    path = tmp_path / case.filename
-    torch.save(case.ckpt, path)
-    with pytest.raises(CheckpointFormatError, match="relative position"):
-        load_converted(path)
+    path, authors = beit_file(tmp_path, case_name)
+    converted = load_converted(path)[0]
+    net = converted["sslkit"]["net"]
+    assert (net["rel_pos_bias_grid"], net["use_rel_pos"], net["init_values"]) == (4, False, 0.1)
+    assert net["use_abs_pos"] == (case_name == "beit-training")  # the one file with an absolute position table
+    vit = hosted_beit(converted, 32)
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = authors_patch_map(authors, img)
+        assert torch.allclose(vit(img)["last_feat"], want, atol=1e-5)
+        # the bias and LayerScale matter: without them the features differ
+        for blk in vit.blocks:
+            blk.attn.relative_position_bias_table.zero_()
+        assert not torch.allclose(vit(img)["last_feat"], want, atol=1e-3)
+        vit = hosted_beit(converted, 32)
+        vit.blocks[0].ls1.gamma.fill_(1.0)
+        assert not torch.allclose(vit(img)["last_feat"], want, atol=1e-3)
+
+
+@pytest.mark.parametrize("img_size, window", [(32, 2), (48, 3), (64, 4)])
+def test_beit_windows_and_other_grids_take_the_table_resampled(tmp_path, img_size, window):
+    """Block 0 windowed, block 1 global: a window (and a global grid: 6 x 6 at 48 px, 8 x 8 at 64) of another size
+    than the table's 4 x 4 takes the table resampled bicubically; a window of the table's size takes it as it is."""
+    from transfer.detection.convert import load_converted
+
+    path, authors = beit_file(tmp_path, "data2vec")
+    converted = load_converted(path)[0]
+    vit = hosted_beit(converted, img_size, window_block_indexes=[0], window_size=window)
+    img = torch.randn(1, 3, img_size, img_size)
+    with torch.no_grad():
+        got = vit(img)["last_feat"]
+        assert torch.allclose(got, authors_patch_map(authors, img, {0: window}), atol=1e-5)
+        assert not torch.allclose(got, authors_patch_map(authors, img), atol=1e-3)  # windows change it
+
+
+def test_beits_bias_applies_between_patches_when_prefix_tokens_join(tmp_path):
+    """attention_with_prefix (the registers' path through a global block) adds BEiT's bias between the patches:
+    with no prefix token it is the block's attention; prefix tokens change the patches' outputs."""
+    from transfer.detection.backbones import attention_with_prefix
+    from transfer.detection.convert import load_converted
+
+    vit = hosted_beit(load_converted(beit_file(tmp_path)[0])[0], 32)
+    attn = vit.blocks[0].attn
+    x = torch.randn(2, 4, 4, 64)
+    with torch.no_grad():
+        alone, none = attention_with_prefix(attn, x, x.new_zeros(2, 0, 64))
+        assert none.shape == (2, 0, 64) and torch.allclose(alone, attn(x), atol=1e-6)
+        joined, prefix = attention_with_prefix(attn, x, torch.randn(2, 3, 64))
+        assert prefix.shape == (2, 3, 64) and not torch.allclose(joined, alone, atol=1e-3)
+
+
+def test_the_beit_report_accounts_for_every_source_tensor(tmp_path):
+    from pretrain.backbones import read_backbone
+    from transfer.detection.convert import VIT_PREFIX, convert, vit_to_detectron2
+
+    path = beit_file(tmp_path, "beit_v2-training")[0]
+    export = read_backbone(path)
+    report = convert(path, tmp_path / "out.pth")
+    assert report.ok and not report.mismatched, report.mismatched
+    saved = torch.load(report.output, weights_only=True)["model"]
+    adapted = vit_to_detectron2(export)[3]["adapted"]
+    used = {k[len(VIT_PREFIX):] for k in saved}
+    dropped_here = set(report.dropped) - set(export.dropped)
+    # every tensor of the export: used under its name, adapted into another, or dropped by design; none twice
+    kept = used & set(export.state_dict)
+    assert kept | set(adapted) | dropped_here == set(export.state_dict)
+    assert not kept & set(adapted) and not (kept | set(adapted)) & dropped_here
+    assert dropped_here == {"cls_token", "norm.weight", "norm.bias"}
+    assert {"model.mask_token", "model.lm_head.weight", "model.cls_pt_layers.0.attn.q_bias"} <= set(report.dropped)
+    assert set(adapted.values()) <= used and adapted["blocks.1.gamma_2"] == "blocks.1.ls2.gamma"
+    sd = export.state_dict
+    q, v = sd["blocks.0.attn.q_bias"], sd["blocks.0.attn.v_bias"]
+    assert torch.equal(saved[VIT_PREFIX + "blocks.0.attn.qkv.bias"], torch.cat([q, torch.zeros_like(q), v]))
+    table = sd["blocks.1.attn.relative_position_bias_table"]  # (2 * 4 - 1)^2 + 3 rows: the 3 class entries last
+    assert torch.equal(saved[VIT_PREFIX + "blocks.1.attn.relative_position_bias_table"], table[:49])
+    assert any("3 class-token entries" in n and "relative_position_bias_table" in n for n in report.notes)
+    assert any("q_bias and v_bias -> blocks.*.attn.qkv.bias with a zero key bias" in n for n in report.notes)
+    # no decomposed relative position terms: nothing of the ViT is left to train from scratch
+    assert not [k for k in report.missing_by_design if k.startswith(VIT_PREFIX)]
+
+
+def test_the_config_takes_beits_bias_and_a_model_without_it_stops_the_load(tmp_path):
+    from detectron2.config import instantiate
+
+    from pretrain.checkpoint import CheckpointFormatError
+    from transfer.detection.checkpoint import Checkpointer
+    from transfer.detection.engine import Recipe
+
+    path = beit_file(tmp_path)[0]
+    recipe = Recipe.load(CONFIG, init_checkpoint=str(path), device="cpu", output_dir=str(tmp_path / "o"))
+    net = recipe.cfg.model.backbone.net
+    assert (net.rel_pos_bias_grid, net.use_rel_pos, net.use_abs_pos, net.depth) == (4, False, False, 2)
+    assert list(recipe.cfg.model.pixel_mean) == [127.5] * 3  # BEiT v1's 22k normalisation, (0.5, 0.5, 0.5)
+    model = instantiate(recipe.cfg.model)
+    Checkpointer(model).load(str(path))
+    attn = model.backbone.net.blocks[0].attn
+    assert torch.equal(attn.relative_position_bias_table, read_table(path)[:49])
+    # the tables, trained, get no weight decay (BEiT's fine-tuning): the optimizer's group of the table says 0
+    recipe.cfg.optimizer.params.model = model
+    decay = {id(p): g["weight_decay"] for g in instantiate(recipe.cfg.optimizer).param_groups for p in g["params"]}
+    assert decay[id(attn.relative_position_bias_table)] == 0.0 and decay[id(attn.qkv.weight)] > 0
+    # a ViTDet without the bias (detectron2's decomposed terms) stops rather than dropping the tables
+    net.update(rel_pos_bias_grid=0, use_rel_pos=True)
+    with pytest.raises(CheckpointFormatError, match="relative_position_bias_table: no place"):
+        Checkpointer(instantiate(recipe.cfg.model)).load(str(path))
+
+
+def read_table(path):
+    from pretrain.backbones import read_backbone
+
+    return read_backbone(path).state_dict["blocks.0.attn.relative_position_bias_table"]
 
 
 # ------------------------------------------------------------------ the config takes the checkpoint's options
@@ -247,3 +409,22 @@ def test_tiny_mask_rcnn_trains_from_dinov2_reg_and_clip_files(tmp_path):
         if name == "dinov2":  # the checkpointer resized the kernel (bicubic, as the ViTDet authors)
             assert "resized the patch embedding to 16x16 (bicubic)" in (out / "log.txt").read_text()
         json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_tiny_mask_rcnn_trains_from_a_beit_file(tmp_path):
+    from test_rungs_detection_extra import coco_subset
+
+    from transfer.results import read_results
+
+    root = coco_subset(shared_data("coco_tiny50"), tmp_path / "coco", "instances", 2)
+    path = beit_file(tmp_path)[0]
+    out = tmp_path / "beit"
+    run_tool("tools/train_net.py", "--config-file", CONFIG, "--train-json",
+             root / "annotations/instances_train2017.json", "--test-json", root / "annotations/instances_val2017.json",
+             "--output-dir", out, "--checkpoint", path, "--max-iters", 2, env=ONE_THREAD)
+    record = read_results(out)
+    assert record["task"] == "coco_instance_seg" and record["pretrain"] == "beit"
+    assert 0.0 <= record["metrics"]["box_AP"] <= 100.0
+    config = (out / "config.yaml").read_text()
+    assert "rel_pos_bias_grid: 4" in config and "use_rel_pos: false" in config

@@ -121,7 +121,8 @@ def main(argv=None):
             for plan in plans:
                 ladder.run_local(plan)
         else:
-            every = dataclasses.replace(plans[0], jobs=unique_jobs(plans))  # a shared job is submitted once
+            every = dataclasses.replace(plans[0], jobs=unique_jobs(plans),  # a shared job is submitted once
+                                        twins={k: v for plan in plans for k, v in plan.twins.items()})
             jobs = ladder.run_slurm(every, partition=args.partition, cluster=args.cluster)
             if args.cluster != "local":
                 print(f"submitted {len(jobs)} jobs; when they end: python tools/evaluate.py "

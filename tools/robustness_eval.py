@@ -102,6 +102,8 @@ def run(args, classifier, sets, source):
         recipe["epochs"] = classifier.finetune_epochs  # the fine-tuning's: the published rows' recipes say it
     if classifier.pretrain_epochs:
         recipe["pretrain_epochs"] = classifier.pretrain_epochs
+    if classifier.cfg.model.get("variant"):  # the network of the pretraining checkpoint it was fine-tuned from
+        recipe["variant"] = classifier.cfg.model.variant
     path = write_results(args.out, task=rb.TASK, backbone=classifier.backbone,
                          pretrain=args.pretrain or classifier.pretrain, metrics=metrics, recipe=recipe,
                          checkpoint=classifier.pretrained_checkpoint, classifier=str(args.checkpoint),

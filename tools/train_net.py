@@ -24,7 +24,9 @@ options: ``key=value`` for LazyConfigs (``train.max_iter=1000``), ``KEY VALUE`` 
 (``cityscapes:ROOT:SPLIT``), as --train-dataset / --test-dataset name them. --output-dir, --max-iters, --resume and --eval-only are the
 flags every training tool shares (pretrain.cli); --max-iter still works. The initial checkpoint may be
 any checkpoint ``tools/convert_checkpoint.py --to detectron2`` reads (MAE, MoCo, timm, DeiT,
-torchvision) or a detectron2 file; it is converted in memory and placed strictly. Pickled files
+torchvision, DINO, DINOv2, iBOT, I-JEPA, CLIP, ...) or a detectron2 file; it is converted in memory and placed
+strictly (--variant: which network of a training checkpoint that holds several, DINO's student, I-JEPA's
+context; recorded in results.json, and kept by --resume through the run's checkpoints). Pickled files
 beyond tensors / numpy arrays are refused unless --allow-pickle (only for files you trust).
 --num-gpus N on a machine without GPUs runs N CPU processes (gloo). The config, the datasets and the
 checkpoint are checked before any process starts or any file is written; --eval-only in a training run's
@@ -72,6 +74,8 @@ def parse_args(argv=None):
     init.add_argument("--checkpoint", help="initial weights (train.init_checkpoint / MODEL.WEIGHTS): a pretraining "
                                            "checkpoint or a detectron2 file (default: the config's)")
     init.add_argument("--random-init", action="store_true", help="start from random initialisation")
+    p.add_argument("--variant", help="which network of a checkpoint that holds several: DINO / iBOT / DINOv2 teacher "
+                                     "(default) or student, I-JEPA target (default) or context")
     p.add_argument("--train-json", help="training set: a COCO-format json (registered by path)")
     p.add_argument("--train-images", help="its image folder (default: found from the COCO layout)")
     p.add_argument("--test-json", help="evaluation set: a COCO-format json (registered by path)")
@@ -140,7 +144,7 @@ def load_recipe(args):
     return Recipe.load(args.config_file, args.opts, init_checkpoint="" if args.random_init else args.checkpoint,
                        output_dir=args.output_dir, max_iter=args.max_iters, train_datasets=args.train_datasets,
                        test_datasets=args.test_datasets, device=args.device, eval_only=args.eval_only,
-                       allow_pickle=args.allow_pickle)
+                       allow_pickle=args.allow_pickle, variant=args.variant, resume=args.resume)
 
 
 def finished_run(args, output_dir: str):
@@ -172,13 +176,16 @@ def check_inputs(args, recipe):
     from transfer.detection.checkpoint import check_checkpoint
 
     recipe.check_datasets(train=not args.eval_only)
+    if args.variant and not recipe.init_checkpoint:
+        raise ConfigError(f"--variant {args.variant} picks a network of the initial checkpoint, and there is none: "
+                          f"give --checkpoint, or leave the variant out")
     if args.resume not in (None, "auto"):
         check_checkpoint(args.resume, "--resume", args.allow_pickle)
     # The initial weights load unless a checkpoint is resumed (auto: the output folder's last, as detectron2 finds it).
     resumes = args.resume and (args.resume != "auto" or (Path(recipe.output_dir) / "last_checkpoint").is_file())
     if not resumes:
         what = "--checkpoint" if args.checkpoint else "train.init_checkpoint" if recipe.lazy else "MODEL.WEIGHTS"
-        check_checkpoint(recipe.init_checkpoint, what, args.allow_pickle)
+        check_checkpoint(recipe.init_checkpoint, what, args.allow_pickle, args.variant)
     finished = finished_run(args, recipe.output_dir)
     if finished:
         raise ConfigError(f"the default output folder {recipe.output_dir} already holds an earlier run's results "
@@ -235,7 +242,8 @@ def main(args, recipe=None):
     for note in recipe.notes:
         logging.getLogger("detectron2").warning(note)
     run = evaluate_checkpoint if args.eval_only else train
-    return run(recipe, resume=args.resume, allow_pickle=args.allow_pickle, pretrain=args.pretrain)
+    return run(recipe, resume=args.resume, allow_pickle=args.allow_pickle, pretrain=args.pretrain,
+               variant=args.variant)
 
 
 def worker(args, messages: str):

@@ -10,11 +10,20 @@
   python tools/train_seg.py CONFIG --eval-only --resume iter_160000.pth    # evaluate a trained segmentor
   python tools/train_seg.py configs/mmseg/tiny/upernet_r18_folder-64x64.py --data-root DIR --random-init \\
       --max-iters 60 --output-dir work_dirs/seg_tiny
+  torchrun --nproc_per_node 8 tools/train_seg.py configs/mmseg/upernet_timm-vit-b_8xb2-amp-160k_ade20k-512x512.py \\
+      --checkpoint dinov2_vitl14_reg4_pretrain.pth        # a published ViT: the config fitted to the file
+  python tools/train_seg.py CONFIG --checkpoint dino_checkpoint.pth --variant student
 
 --checkpoint takes the pretrained backbone in any layout the encoders read (the
 authors' MAE / MoCo files, the project's checkpoints, timm / torchvision files,
 files converted by tools/convert_checkpoint.py --to mmseg) and prints what was
-loaded, left out by design, or mismatched (an error). --cfg-options takes mmengine's
+loaded, left out by design, or mismatched (an error). A MAETimmViT config (the published
+ViTs mmseg's MAE backbone cannot hold) is fitted to the checkpoint's ViT before the
+build: its width in the backbone, neck and heads, the maps at the same relative depths,
+the layer decay over its blocks; each change is printed and kept in the config the run
+records (sslkit_fitted_to_checkpoint). --variant picks the network of a checkpoint
+holding several (DINO / iBOT / DINOv2 teacher or student, I-JEPA target or context)
+and is recorded in results.json. --cfg-options takes mmengine's
 ``key=value`` overrides (e.g. ``train_dataloader.batch_size=8 optim_wrapper.optimizer.lr=2e-4``).
 Writes mIoU / mAcc / aAcc and the recipe to <output-dir>/results.json. On a CPU
 the GPU recipe falls back to BN and fp32. --output-dir, --max-iters, --resume and --eval-only are
@@ -55,6 +64,9 @@ def parse_args(argv=None):
     init = p.add_mutually_exclusive_group()
     init.add_argument("--checkpoint", help="pretrained backbone weights (sets model.backbone.init_cfg)")
     init.add_argument("--random-init", action="store_true", help="train the backbone from random initialisation")
+    p.add_argument("--variant", help="which network of a checkpoint that holds several: DINO / iBOT / DINOv2 teacher "
+                                     "(default) or student, I-JEPA target (default) or context (sets "
+                                     "model.backbone.variant)")
     p.add_argument("--pretrain", help="pretraining label for results.json (default: 'random' without a "
                                       "checkpoint, the version a MoCo checkpoint states, else the config's)")
     p.add_argument("--data-root", help="dataset root for every split (ADE20K: the ADEChallengeData2016 folder)")
@@ -72,9 +84,11 @@ def parse_args(argv=None):
 
 
 def build_config(args):
+    from mmengine.logging import print_log
+
     from transfer.segmentation.runner import (
-        adapt_to_device, load_seg_config, match_input_normalisation, match_num_classes, merge_overrides,
-        set_backbone_checkpoint, set_data, set_iterations,
+        adapt_to_device, fit_to_checkpoint, load_seg_config, match_input_normalisation, match_num_classes,
+        merge_overrides, set_backbone_checkpoint, set_data, set_iterations, set_variant,
     )
     import torch
 
@@ -84,11 +98,15 @@ def build_config(args):
         set_backbone_checkpoint(cfg, args.checkpoint)
     elif args.random_init:
         set_backbone_checkpoint(cfg, None)
-    normalisation = match_input_normalisation(cfg)  # before the overrides: an explicit mean / std wins
-    if normalisation:
-        from mmengine.logging import print_log
-
-        print_log(normalisation, logger="current")
+    set_variant(cfg, args.variant)
+    # Before the overrides: an explicit width, out_indices, mean / std wins.
+    fitted = fit_to_checkpoint(cfg)
+    normalisation = match_input_normalisation(cfg)
+    fitted += [normalisation] if normalisation else []
+    for note in fitted:
+        print_log(f"fitted to the checkpoint: {note}", logger="current")
+    if fitted:  # in the config the Runner writes to the work dir
+        cfg.sslkit_fitted_to_checkpoint = fitted
     classes = args.classes
     if classes and not Path(classes).is_file():
         classes = [c.strip() for c in classes.split(",") if c.strip()]

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from pretrain.backbones import is_resnet_name, read_backbone
+from pretrain.backbones import BackboneExport, is_resnet_name, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.cli import non_negative_int
 from pretrain.errors import ConfigError, InputNotFound
@@ -157,11 +157,9 @@ class BEiTBackbone(ViTBackbone):
 
 def build_beit(export) -> nn.Module:
     """timm's ``Beit`` of a BEiT export's shape, loaded with its weights (every tensor, strictly)."""
-    from timm.models.beit import Beit
+    from transfer.beit import beit_network
 
-    from pretrain.formats.beit import beit_model_args
-
-    vit = Beit(**beit_model_args(export.shape))
+    vit = beit_network(export.shape)
     vit.load_state_dict(export.state_dict, strict=True)
     return vit
 
@@ -277,3 +275,35 @@ def add_backbone_args(p) -> None:
 def check_backbone_args(p, args) -> None:
     if (args.checkpoint is None) == (args.random_init is None):
         p.error("give a CHECKPOINT or --random-init ARCH (one of them)")
+
+
+def random_twin(export: BackboneExport, seed: int = 0) -> BackboneExport:
+    """The export's network (its shape and every option: LayerScale, registers, CLIP's norms, BEiT's tables)
+    with the random initialisation its timm class draws under ``seed``, labelled ``random``: the untrained
+    baseline of a backbone that no preset name describes (``BackboneExport.preset`` is None), which the
+    tools' ``--random-init ARCH`` cannot build. Its tensors are the export's keys, every one."""
+    import dataclasses
+
+    from pretrain.backbones import Provenance
+
+    if export.family != "vit":
+        raise ValueError(f"a {export.arch} is built by its name (--random-init {export.arch}); no twin is needed")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if export.shape.get("beit"):
+            from transfer.beit import beit_network
+
+            net = beit_network(export.shape)
+        else:
+            net = build_vit(export.shape, export.shape["img_size"], export.vit_kwargs())
+    drawn = net.state_dict()
+    missing = sorted(set(export.state_dict) - set(drawn))
+    if missing:
+        raise CheckpointFormatError(f"{export.provenance.source}: its network has no {', '.join(missing[:5])}: "
+                                    "cannot draw a random twin of it")
+    source = export.provenance.source
+    return dataclasses.replace(
+        export, state_dict={k: drawn[k].clone() for k in export.state_dict}, dropped=[],
+        notes=[f"random initialisation (timm's, seed {seed}) of the network of {source}"],
+        provenance=Provenance("random", layout=f"random weights of the network of {export.provenance.layout}",
+                              source=f"random twin of {source}"))

@@ -30,6 +30,30 @@ MOCO_V2_PAPER = "Chen et al. 2020, Improved Baselines with Momentum Contrastive 
 MOCO_V3_README = "github.com/facebookresearch/moco-v3 README.md / CONFIG.md (batch 4096)"
 VITDET_PAPER = "Li et al. 2022, Exploring Plain Vision Transformer Backbones for Object Detection (arXiv:2203.16527)"
 MMSEG_UPERNET = "github.com/open-mmlab/mmsegmentation configs/upernet/README.md, ADE20K, UPerNet R-50 512x512"
+# The published families that pretrain.formats reads (issue 25): their READMEs (re-read here) and papers.
+DINO_README = ("github.com/facebookresearch/dino README.md, pretrained models (ImageNet k-NN and linear; "
+               "eval_linear.py: 100 epochs, 8 GPUs x 128)")
+DINOV2_README = "github.com/facebookresearch/dinov2 README.md, pretrained models (ImageNet k-NN and linear)"
+IBOT_README = ("github.com/bytedance/ibot README.md, pre-trained models, ImageNet-1K, block-wise masking "
+               "(fine-tuning epochs: evaluation/README.md)")
+IBOT_README_INTRO = "github.com/bytedance/ibot README.md, introduction (ViT-B/16; recipes: evaluation/README.md)"
+BEIT_README = ("github.com/microsoft/unilm beit/README.md, fine-tuning on ImageNet-1k, the self-supervised pt22k "
+               "checkpoints (recipes: beit/get_started_for_image_classification.md)")
+BEIT_V2_README = ("github.com/microsoft/unilm beit2/get_started_for_image_classification.md, model zoo (pt1k) "
+                  "and beit2/README.md")
+BEIT_V2_ADE = "github.com/microsoft/unilm beit2/README.md, fine-tuning on ADE20K, UPerNet (pt1k)"
+DATA2VEC_PAPER = ("Baevski et al. 2022, data2vec: A General Framework for Self-supervised Learning in Speech, Vision "
+                  "and Language (arXiv:2202.03555)")
+IJEPA_PAPER = ("Assran et al. 2023, Self-Supervised Learning from Images with a Joint-Embedding Predictive "
+               "Architecture (arXiv:2301.08243)")
+CLIP_PAPER = ("Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision "
+              "(arXiv:2103.00020)")
+SWAV_README = "github.com/facebookresearch/swav README.md, model zoo (linear on ImageNet; eval_linear.py: 100 epochs)"
+BARLOW_README = "github.com/facebookresearch/barlowtwins README.md, pretrained model (linear; evaluate.py: 100 epochs)"
+VICREG_README = "github.com/facebookresearch/vicreg README.md, pre-trained models (linear; evaluate.py: 100 epochs)"
+SIMCLR_README = "github.com/google-research/simclr README.md, pre-trained models (v1, ResNet50 (1x), its linear head)"
+BYOL_README = ("github.com/google-deepmind/deepmind-research byol/README.md: the released ResNet-50 1x 'should "
+               "evaluate to ~74.4%' (linear evaluation preset: 80 epochs)")
 
 # Supervised weights behind baseline rows that the project's counterparts do not use.
 MSRA_R50 = "msra_r50"  # Detectron's ImageNet R-50 (caffe2: BGR, stride in the 1x1 conv), the MoCo papers' baseline
@@ -68,6 +92,13 @@ _ADE_MAE = {**_ADE, "pretrain_epochs": 1600}
 _SUP = {"pretrain_epochs": 90}
 _TABLE6 = {"batch": 1024, "img_size": 224, "pretrain_epochs": 1600}  # MAE Table 6 (Sec. A.5)
 _LIN_MOCO_V3 = {"epochs": 90, "batch": 1024, "img_size": 224}  # main_lincls.py: SGD, cls token, no BN
+# The published families' evaluations (issue 25). kNN: 224 px, ImageNet-1k train as the memory bank.
+_KNN = {"img_size": 224}
+_LIN_DINO = {"epochs": 100, "batch": 1024, "img_size": 224}  # DINO's eval_linear.py defaults, 8 GPUs
+_LIN_DINOV2 = {"iterations": 12500, "img_size": 224}  # dinov2/eval/linear.py: 10 "epochs" of 1250 iterations
+_LIN_RESNET = {"epochs": 100, "batch": 256, "img_size": 224}  # SwAV / Barlow Twins / VICReg linear evaluation
+_FT_BEIT_B = {"epochs": 100, "batch": 1024, "img_size": 224}  # BEiT's run_class_finetuning.py, 8 GPUs
+_FT_BEIT_L = {**_FT_BEIT_B, "epochs": 50}
 
 PUBLISHED: List[Published] = [
     # MAE, ImageNet-1K (best epoch)
@@ -153,6 +184,91 @@ PUBLISHED: List[Published] = [
     Published("ade20k_seg", "resnet50", "supervised", {"mIoU": 42.05},
               {"iterations": 160000, "batch": 16, "crop_size": 512, **_SUP}, MMSEG_UPERNET + ", 160k",
               weights=RESNET_V1C),
+    # The published families (issue 25), under the labels and backbone names their readers give
+    # (pretrain.formats; BEiT's exports are beit_*). ImageNet-1k throughout; k-NN as task "knn" on ImageNet.
+    # DINO: the released teachers (README table, re-read here)
+    *[Published(task, backbone, "dino", {metric: value}, recipe, DINO_README)
+      for backbone, knn, linear in (("vit_small_patch16", 74.5, 77.0), ("vit_small_patch8", 78.3, 79.7),
+                                    ("vit_base_patch16", 76.1, 78.2), ("vit_base_patch8", 77.4, 80.1),
+                                    ("resnet50", 67.5, 75.3))
+      for task, metric, value, recipe in (("knn", "top1", knn, _KNN),
+                                          ("imagenet_linear", "top1_best", linear, _LIN_DINO))],
+    # DINOv2 (README table, re-read here; S/B/L distilled from g). The _reg4 files are another backbone name
+    # (pretrain.backbones.vit_shape: vit_small_patch14_reg4, ...).
+    *[Published(task, backbone + ("_reg4" if reg else ""), "dinov2", {metric: value}, recipe,
+                DINOV2_README + (", with registers (Darcet et al. 2024, arXiv:2309.16588)" if reg else ""))
+      for backbone, reg, knn, linear in (("vit_small_patch14", False, 79.0, 81.1),
+                                         ("vit_small_patch14", True, 79.1, 80.9),
+                                         ("vit_base_patch14", False, 82.1, 84.5),
+                                         ("vit_base_patch14", True, 82.0, 84.6),
+                                         ("vit_large_patch14", False, 83.5, 86.3),
+                                         ("vit_large_patch14", True, 83.8, 86.7),
+                                         ("vit_giant2_patch14", False, 83.5, 86.5),
+                                         ("vit_giant2_patch14", True, 83.7, 87.1))
+      for task, metric, value, recipe in (("knn", "top1", knn, _KNN),
+                                          ("imagenet_linear", "top1_best", linear, _LIN_DINOV2))],
+    # iBOT, ImageNet-1K, block-wise masking (README table, re-read here; ViT-S/16: 800 epochs, the README's command
+    # for it; fine-tuning: 200 / 100 / 50 epochs for S / B / L, evaluation/README.md)
+    *[Published(task, backbone, "ibot", {metric: value}, {**recipe, **pre}, IBOT_README)
+      for backbone, knn, linear, ft, ft_epochs, pre in (
+          ("vit_small_patch16", 75.2, 77.9, 82.3, 200, {"pretrain_epochs": 800}),
+          ("vit_base_patch16", 77.1, 79.5, 84.0, 100, {}),
+          ("vit_large_patch16", 78.0, 81.0, 84.8, 50, {}))
+      for task, metric, value, recipe in (
+          ("knn", "top1", knn, _KNN), ("imagenet_linear", "top1_best", linear, {"img_size": 224}),
+          ("imagenet_finetune", "top1_best", ft, {"epochs": ft_epochs, "img_size": 224}))],
+    # iBOT ViT-B/16 in UperNet (160k x 16 at 512) and mmdet's Cascade Mask R-CNN with FPN (12 epochs x 16)
+    Published("ade20k_seg", "vit_base_patch16", "ibot", {"mIoU": 50.0}, _ADE, IBOT_README_INTRO),
+    Published("coco_instance_seg_cascade", "vit_base_patch16", "ibot", {"box_AP": 51.4, "mask_AP": 44.2},
+              {"epochs": 12, "batch": 16, "detector": "Cascade Mask R-CNN, FPN (mmdet)"}, IBOT_README_INTRO),
+    # BEiT v1: pretrained on ImageNet-22k, fine-tuned on ImageNet-1k (README, re-read here)
+    Published("imagenet_finetune", "beit_base_patch16", "beit", {"top1_best": 83.7}, _FT_BEIT_B, BEIT_README),
+    Published("imagenet_finetune", "beit_large_patch16", "beit", {"top1_best": 86.0}, _FT_BEIT_L, BEIT_README),
+    # BEiT (ImageNet-1k, DALL-E's tokenizer) in MAE's Tables 4 and 5, ViT-B; the released v1 files are
+    # ImageNet-22k's. Entered from the paper, not re-read here.
+    Published("ade20k_seg", "beit_base_patch16", "beit", {"mIoU": 47.1}, _ADE, MAE_PAPER + ", Table 5 (BEiT)",
+              checked=False),
+    Published("coco_instance_seg", "beit_base_patch16", "beit", {"box_AP": 49.8, "mask_AP": 44.4},
+              {"detector": "Mask R-CNN, FPN on a plain ViT (MAE Table 4)"}, MAE_PAPER + ", Table 4 (BEiT)",
+              checked=False),
+    # BEiT v2, pretrained on ImageNet-1k (300 and 1600 epochs), fine-tuned on ImageNet-1k; UperNet on ADE20K
+    *[Published("imagenet_finetune", backbone, "beit_v2", {"top1_best": top1}, {**recipe, "pretrain_epochs": epochs},
+                BEIT_V2_README)
+      for backbone, recipe, epochs, top1 in (("beit_base_patch16", _FT_BEIT_B, 1600, 85.5),  # 1600 first: the
+                                             ("beit_base_patch16", _FT_BEIT_B, 300, 85.0),  # pt1k release, the
+                                             ("beit_large_patch16", _FT_BEIT_L, 1600, 87.3),  # match of a file
+                                             ("beit_large_patch16", _FT_BEIT_L, 300, 86.6))],  # without its epoch
+    Published("ade20k_seg", "beit_base_patch16", "beit_v2", {"mIoU": 53.1},
+              {"iterations": 160000, "crop_size": 512, "pretrain_epochs": 1600}, BEIT_V2_ADE),
+    Published("ade20k_seg", "beit_large_patch16", "beit_v2", {"mIoU": 56.7},
+              {"iterations": 160000, "crop_size": 512, "pretrain_epochs": 1600}, BEIT_V2_ADE),
+    # data2vec ViT-B (800 epochs; the fine-tuning command of facebookresearch/data2vec_vision beit/README.md)
+    Published("imagenet_finetune", "beit_base_patch16", "data2vec", {"top1_best": 84.2},
+              {**_FT_BEIT_B, "pretrain_epochs": 800}, DATA2VEC_PAPER + ", Table 1 (ViT-B)", checked=False),
+    # I-JEPA: the target encoder's average-pooled tokens, linear (the README's released ViT-H models, 300 epochs)
+    Published("imagenet_linear", "vit_huge_patch14", "ijepa", {"top1_best": 79.3},
+              {"img_size": 224, "pretrain_epochs": 300}, IJEPA_PAPER + ", Table 1 (ViT-H/14)", checked=False),
+    Published("imagenet_linear", "vit_huge_patch16", "ijepa", {"top1_best": 81.1},
+              {"img_size": 448, "pretrain_epochs": 300}, IJEPA_PAPER + ", Table 1 (ViT-H/16 at 448 px)", checked=False),
+    # CLIP (OpenAI): the linear probe (L-BFGS logistic regression on the image features), ImageNet column
+    *[Published("imagenet_linear", backbone, "clip", {"top1_best": top1}, {"img_size": size},
+                CLIP_PAPER + f", Table 10 (linear probe, {name})", checked=False)
+      for backbone, size, name, top1 in (("vit_base_patch32", 224, "ViT-B/32", 76.1),
+                                         ("vit_base_patch16", 224, "ViT-B/16", 80.2),
+                                         ("vit_large_patch14", 224, "ViT-L/14", 83.9),
+                                         ("vit_large_patch14", 336, "ViT-L/14@336px", 85.4))],
+    # The self-supervised ResNet-50s, linear on ImageNet (their READMEs, re-read here)
+    # (SwAV: the batch-4096 multi-crop models, 800 epochs first: torch.hub's, and the one a file without its epoch
+    # is compared with)
+    *[Published("imagenet_linear", "resnet50", "swav", {"top1_best": top1}, {**_LIN_RESNET, "pretrain_epochs": epochs},
+                SWAV_README + f", {epochs} epochs, batch 4096, 2x224 + 6x96")
+      for epochs, top1 in ((800, 75.3), (400, 74.6), (200, 73.9), (100, 72.1))],
+    Published("imagenet_linear", "resnet50", "barlow_twins", {"top1_best": 73.3},
+              {**_LIN_RESNET, "pretrain_epochs": 1000}, BARLOW_README + ", 1000 epochs, batch 2048"),
+    Published("imagenet_linear", "resnet50", "vicreg", {"top1_best": 73.2}, {**_LIN_RESNET, "pretrain_epochs": 1000},
+              VICREG_README + " (its multi-node command: 1000 epochs, batch 2048)"),
+    Published("imagenet_linear", "resnet50", "simclr_v1", {"top1_best": 69.1}, {"img_size": 224}, SIMCLR_README),
+    Published("imagenet_linear", "resnet50", "byol", {"top1_best": 74.4}, {"epochs": 80}, BYOL_README),
     # MoCo Table 6: COCO keypoint detection (rung keypoints)
     # Keypoint R-CNN R50-FPN, 2x (the schedule re-read in the paper's appendix A.2); the values are from the
     # paper's Table 6, an image in the copies searchable here: AP^kp 65.8 / 66.8 agree with a third-party summary,
@@ -276,6 +392,11 @@ NOT_PUBLISHED: Dict[Tuple[str, str, str], str] = {
         "ViTDet's Cascade rows are MAE ViTs and IN-21k supervised hierarchical backbones; none for DeiT-B",
     ("coco_instance_seg_cascade", "vit_large_patch16", "supervised"):
         "ViTDet's Cascade rows are MAE ViTs and IN-21k supervised hierarchical backbones; none for a plain ViT-L",
+    # OpenCLIP's towers (pretrain.formats.clip, label openclip): its model zoo reports zero-shot accuracy only.
+    **{(task, backbone, "openclip"): "OpenCLIP's README reports its towers' zero-shot ImageNet accuracy; no k-NN or "
+                                     "linear-probe number of the released towers is entered here"
+       for task in ("knn", "imagenet_linear")
+       for backbone in ("vit_base_patch32", "vit_base_patch16", "vit_large_patch14", "vit_huge_patch14")},
     # MoCo Table 6's dense pose column: not supported here (docs/ladder.md), so no run can produce it.
     ("coco_densepose", "resnet50", "moco_v1"):
         "not supported: detectron2's DensePose project (the detectron2-densepose package) is on no package "

@@ -15,12 +15,12 @@ import torch.nn as nn
 from pretrain.backbones import BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
-from pretrain.formats.beit import refuse_beit
 from transfer.convert import ConversionReport
 
 from pretrain.lars import LARS
 from .resnet import build_resnet_classifier, load_resnet_backbone, resnet_backbone_state
-from .vit import build_vit_classifier, load_vit_backbone, param_groups_layer_decay, vit_arch, vit_backbone_state
+from .vit import (build_beit_classifier, build_vit_classifier, load_vit_backbone, param_groups_layer_decay, vit_arch,
+                  vit_backbone_state)
 
 __all__ = ["PROTOCOLS", "Protocol", "protocol", "build_optimizer"]
 
@@ -90,20 +90,17 @@ class MAELinear(Protocol):
     family = "vit"
     bn_head = True
 
-    def check_pretrained(self, cfg, pretrained):
-        super().check_pretrained(cfg, pretrained)
-        refuse_beit(pretrained, f"{self.name} (timm's VisionTransformer)")
-
     def build_model(self, cfg, num_classes, pretrained=None):
         pretrained = _pretrained(cfg, pretrained)
         arch = vit_arch(cfg.model.arch, pretrained)
+        m = cfg.model
+        common = dict(global_pool=m.global_pool, drop_path=m.drop_path, bn_head=self.bn_head,
+                      head_init_std=m.head_init_std, grad_checkpointing=m.grad_checkpointing)
+        if pretrained is not None and pretrained.shape.get("beit"):  # BEiT v1 / v2, data2vec: timm's Beit
+            return build_beit_classifier(pretrained.shape, num_classes, cfg.data.img_size, **common), arch["name"]
         # The pretrained ViT's options (LayerScale, registers, ...): the network it was trained as.
         options = pretrained.vit_kwargs() if pretrained is not None and pretrained.family == "vit" else None
-        model = build_vit_classifier(arch, num_classes, cfg.data.img_size, global_pool=cfg.model.global_pool,
-                                     drop_path=cfg.model.drop_path, bn_head=self.bn_head,
-                                     head_init_std=cfg.model.head_init_std,
-                                     grad_checkpointing=cfg.model.grad_checkpointing, options=options)
-        return model, arch["name"]
+        return build_vit_classifier(arch, num_classes, cfg.data.img_size, options=options, **common), arch["name"]
 
     def load_pretrained(self, model, cfg, pretrained):
         return load_vit_backbone(model, pretrained, name=cfg.model.checkpoint)

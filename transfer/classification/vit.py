@@ -16,6 +16,15 @@ included) builds the model when ``model.arch=auto``, with its ViT options (``Bac
 LayerScale, registers, no class token, SwiGLU, CLIP's norm before the blocks, QuickGELU, LayerNorm eps).
 Without a class token (I-JEPA) the linear probe's ``token`` pooling becomes the export's own: the final
 norm per token, then the mean of the tokens.
+
+A BEiT export (BEiT v1 / v2, data2vec: ``pretrain.formats.beit``) builds timm's ``Beit`` instead
+(``build_beit_classifier``: relative position bias per block, q / v biases, LayerScale), its tables (and any
+position table) resampled to the classifier's image size by timm's ``set_input_size`` (``transfer.beit``), noted
+in the report. Its pooling is BEiT's: fine-tuning (``avg``) is BEiT's ``use_mean_pooling``, the patch tokens'
+mean under a fresh ``fc_norm``; the linear probe (``token``) averages the patch tokens too, of the final layer
+after the pretrained final norm. (BEiT probes the averaged tokens of a chosen block: its ``run_linear_eval.py``
+trains a classifier on each block's [class token, patch tokens' mean], before the final norm, and the best block
+is reported; the project probes the final layer, as for every other family.)
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 
 from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
@@ -32,11 +42,13 @@ from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
 from pretrain.formats.beit import refuse_beit
 from pretrain.pos_embed import resize_pos_embed
+from transfer.beit import beit_network, resample_beit
 from transfer.convert import ConversionReport
 
 __all__ = [
     "vit_arch",
     "build_vit_classifier",
+    "build_beit_classifier",
     "classifier_options",
     "vit_backbone_state",
     "load_vit_backbone",
@@ -104,6 +116,24 @@ def build_vit_classifier(arch: Dict, num_classes: int, img_size: int = 224, glob
         num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True, num_classes=num_classes,
         drop_path_rate=drop_path, **classifier_options(options, global_pool),
     )
+    return fresh_head(model, head_init_std, bn_head, grad_checkpointing)
+
+
+def build_beit_classifier(shape: Dict, num_classes: int, img_size: int = 224, global_pool: str = "token",
+                          drop_path: float = 0.0, bn_head: bool = False, head_init_std: float = 0.01,
+                          grad_checkpointing: bool = False) -> Beit:
+    """timm's ``Beit`` of a BEiT export's ``shape`` at ``img_size`` with a fresh head (as
+    ``build_vit_classifier``). Pooling (module docstring): ``avg``, BEiT's fine-tuning (the patch tokens' mean,
+    then a fresh ``fc_norm``; the final ``norm`` is left out); ``token``, BEiT's linear probe (the final norm per
+    token, then the patch tokens' mean)."""
+    model = beit_network(shape, img_size, num_classes=num_classes, drop_path_rate=drop_path, global_pool="avg",
+                         use_fc_norm=global_pool == "avg")
+    return fresh_head(model, head_init_std, bn_head, grad_checkpointing)
+
+
+def fresh_head(model: nn.Module, head_init_std: float, bn_head: bool, grad_checkpointing: bool) -> nn.Module:
+    """The classifier's head: trunc-normal(std=head_init_std) weight, zero bias, behind the linear probe's
+    ``BatchNorm1d(affine=False, eps=1e-6)`` with ``bn_head``; timm's activation checkpointing of the blocks."""
     trunc_normal_(model.head.weight, std=head_init_std)
     nn.init.zeros_(model.head.bias)
     if bn_head:
@@ -118,17 +148,21 @@ def as_export(source, allow_pickle: bool = False, variant: Optional[str] = None)
     return source if isinstance(source, BackboneExport) else read_backbone(source, allow_pickle, variant=variant)
 
 
-def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = False, variant: Optional[str] = None
+def vit_backbone_state(model: nn.Module, source, allow_pickle: bool = False, variant: Optional[str] = None
                        ) -> Tuple[Dict[str, torch.Tensor], str, List[str], List[str]]:
     """The encoder weights of ``source`` (an export, a path, or a loaded checkpoint) as ``model`` takes them.
 
     Returns (state_dict, the source's kind, dropped source keys, notes): the decoder and
-    any classifier are dropped, the position table resized to the model's grid.
+    any classifier are dropped, the position table resized to the model's grid (a ``Beit``'s
+    relative position tables too, by timm's ``set_input_size``).
     """
     export = as_export(source, allow_pickle, variant)
     if export.family != "vit":
         raise CheckpointFormatError(
             f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT), found {export.provenance.layout} ({export.arch})")
+    if isinstance(model, Beit) and export.shape.get("beit"):
+        export = resample_beit(export, model.patch_embed.img_size[0])  # the classifier's size: square
+        return dict(export.state_dict), export.provenance.layout, list(export.dropped), list(export.notes)
     refuse_beit(export, "timm's VisionTransformer classifier")
     sd, notes = dict(export.state_dict), list(export.notes)
     if sd["pos_embed"].shape != model.pos_embed.shape:
@@ -139,7 +173,7 @@ def vit_backbone_state(model: VisionTransformer, source, allow_pickle: bool = Fa
     return sd, export.provenance.layout, list(export.dropped), notes
 
 
-def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = False,
+def load_vit_backbone(model: nn.Module, source, allow_pickle: bool = False,
                       name: Optional[str] = None) -> ConversionReport:
     """Load pretrained encoder weights into ``model``; the new head (and ``fc_norm``) stay fresh.
 
@@ -170,8 +204,10 @@ def load_vit_backbone(model: VisionTransformer, source, allow_pickle: bool = Fal
         )
     if unused_by_design:
         notes.append("global average pooling: the pretrained final norm is unused; fc_norm starts fresh")
+    elif isinstance(model, Beit) and model.global_pool == "avg":
+        notes.append("BEiT's linear probe: the final norm per token, then the mean of the patch tokens")
     return ConversionReport(
-        name, kind, f"timm VisionTransformer (global_pool={model.global_pool})", converted=len(sd),
+        name, kind, f"timm {type(model).__name__} (global_pool={model.global_pool})", converted=len(sd),
         dropped=dropped + unused_by_design, missing_by_design=list(result.missing_keys), notes=notes,
     )
 
@@ -184,23 +220,25 @@ def source_name(source) -> str:
 
 # ---------------------------------------------------------------- layer decay
 def layer_id_for_vit(name: str, num_layers: int) -> int:
-    """The layer of a parameter (BEiT / MAE rule): 0 for the embeddings, i + 1 for
-    ``blocks.i``, ``num_layers`` (= depth + 1) for everything after the blocks
-    (final norm, fc_norm, head)."""
-    if name in ("cls_token", "pos_embed", "reg_token", "dist_token") or name.startswith(("patch_embed", "norm_pre")):
+    """The layer of a parameter (BEiT / MAE rule): 0 for the embeddings (timm's ``Beit``'s shared
+    ``rel_pos_bias`` among them), i + 1 for ``blocks.i``, ``num_layers`` (= depth + 1) for everything after
+    the blocks (final norm, fc_norm, head)."""
+    if name in ("cls_token", "pos_embed", "reg_token", "dist_token") or \
+            name.startswith(("patch_embed", "norm_pre", "rel_pos_bias")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
     return num_layers
 
 
-def param_groups_layer_decay(model: VisionTransformer, weight_decay: float = 0.05, layer_decay: float = 0.75
+def param_groups_layer_decay(model: nn.Module, weight_decay: float = 0.05, layer_decay: float = 0.75
                              ) -> List[Dict]:
     """Optimizer groups with ``lr_scale = layer_decay ** (depth + 1 - layer)``.
 
     ``pretrain.schedule.set_lr`` multiplies the scheduled lr by each group's
-    ``lr_scale``. No weight decay on 1-d tensors (biases, norms) and on the
-    position embedding and tokens. (timm's ``param_groups_layer_decay`` agrees
+    ``lr_scale``. No weight decay on 1-d tensors (biases, norms) and on what the model's
+    ``no_weight_decay`` names: the position embedding and tokens (and timm ``Beit``'s relative
+    position tables). (timm's ``param_groups_layer_decay`` agrees
     with this for average pooling but ranks the final norm with the last block.)
     """
     num_layers = len(model.blocks) + 1

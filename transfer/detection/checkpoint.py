@@ -131,12 +131,17 @@ def vit_option_problems(model: torch.nn.Module, net: Optional[Mapping]) -> List[
     return problems
 
 
-def read_checkpoint(filename: str, allow_pickle: bool = False) -> Dict:
+def read_checkpoint(filename: str, allow_pickle: bool = False, variant: Optional[str] = None) -> Dict:
     """A checkpoint file as detectron2's checkpointer takes it (``{"model": ..., ...}``): detectron2 files as
-    they are, Caffe2 model-zoo pickles as detectron2 reads them, pretraining checkpoints converted."""
+    they are, Caffe2 model-zoo pickles as detectron2 reads them, pretraining checkpoints converted (``variant``:
+    which network of one that holds several, ``read_backbone``'s; a detectron2 file with one is refused)."""
     data = load_file(filename, allow_pickle=allow_pickle)
     if not isinstance(data, Mapping):
         raise CheckpointFormatError(f"{filename}: expected a checkpoint dict, found {type(data).__name__}")
+    if variant is not None and (filename.endswith(".pkl") or is_detectron2_checkpoint(data)):
+        raise ConfigError(f"{filename}: a detectron2 file holds one network; --variant {variant} picks one of a "
+                          f"pretraining checkpoint that holds several (DINO / iBOT / DINOv2 teacher or student, "
+                          f"I-JEPA target or context): leave --variant out")
     if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
         # Caffe2 / Detectron1 model-zoo file, as detectron2 reads it.
         blobs = data.get("blobs", data)
@@ -144,30 +149,30 @@ def read_checkpoint(filename: str, allow_pickle: bool = False) -> Dict:
                 "__author__": "Caffe2", "matching_heuristics": True}
     if is_detectron2_checkpoint(data):
         return dict(data) if "model" in data else {"model": dict(data)}
-    data, notes = load_converted(data, name=filename)
+    data, notes = load_converted(data, name=filename, variant=variant)
     for note in notes:
         log.info("%s: %s", filename, note)
     return data
 
 
-def check_checkpoint(path: str, what: str, allow_pickle: bool = False) -> None:
-    """A local checkpoint exists and reads as one (``read_checkpoint``), before a model is built or a run's
-    folder made: ``InputNotFound`` / ``CheckpointFormatError`` naming ``what`` (the flag or key). URLs
-    (``https://``, ``detectron2://``) are left to the checkpointer, which downloads them."""
+def check_checkpoint(path: str, what: str, allow_pickle: bool = False, variant: Optional[str] = None) -> None:
+    """A local checkpoint exists and reads as one (``read_checkpoint``, its network ``variant``), before a model
+    is built or a run's folder made: ``InputNotFound`` / ``CheckpointFormatError`` naming ``what`` (the flag or
+    key). URLs (``https://``, ``detectron2://``) are left to the checkpointer, which downloads them."""
     if not path or "://" in path:
         return
     local = path.split("?", 1)[0]  # a local file may carry ?matching_heuristics=True
     if not os.path.isfile(local):
         raise InputNotFound(f"{what}: checkpoint not found: {local}")
-    read_checkpoint(local, allow_pickle)
+    read_checkpoint(local, allow_pickle, variant)
 
 
 class Checkpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also reads pretraining checkpoints (see the module doc).
 
     After ``load``, ``pretrained`` holds what the file says of its pretraining
-    (``pretrain``, ``backbone``, ``source``) when it was a pretraining checkpoint
-    or a file converted here, else None.
+    (``pretrain``, ``backbone``, ``source``; ``variant`` when one was asked for) when
+    it was a pretraining checkpoint or a file converted here, else None.
     """
 
     def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, patch_resize: str = "bicubic",
@@ -175,9 +180,20 @@ class Checkpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.allow_pickle, self.patch_resize = allow_pickle, patch_resize
         self.pretrained = None
+        self._variant: Optional[str] = None  # the network of the file ``load`` reads now
+
+    def load(self, path: str, *args, variant: Optional[str] = None, **kwargs):
+        """detectron2's ``load``; ``variant``: which network of a pretraining checkpoint that holds several
+        (``read_backbone``'s: DINO's student, I-JEPA's context). The initial weights only: a run's own
+        checkpoints, resumed, hold one network, and record the variant they started from (``pretrained``)."""
+        self._variant = variant
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._variant = None
 
     def _load_file(self, filename: str):
-        data = read_checkpoint(filename, self.allow_pickle)
+        data = read_checkpoint(filename, self.allow_pickle, self._variant)
         query = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
         if query.pop("matching_heuristics", ["False"]) == ["True"]:
             data["matching_heuristics"] = True

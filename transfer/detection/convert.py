@@ -18,7 +18,9 @@ each into the detectron2 module behind the published numbers:
   The published ViTs' options (LayerScale, registers, SwiGLU, CLIP's ``norm_pre``,
   activation and eps) keep their timm names for the project's ViTDet backbone
   (``transfer.detection.backbones.ViT``), whose arguments the file records
-  (``sslkit.net``); a patch-14 ViT is converted to 16 by default; BEiT is refused.
+  (``sslkit.net``); a patch-14 ViT is converted to 16 by default. BEiT v1 / v2 and data2vec keep their
+  relative position bias per block (``rel_pos_bias_grid``; the class token's entries dropped, ViTDet having
+  none), their q / v biases as ``qkv.bias`` with a zero key bias, and LayerScale (``beit_to_vitdet``).
 * ResNets (MoCo v1/v2/v3, torchvision) ->
   detectron2's ``ResNet`` names (``stem``, ``res2``-``res5``, ``shortcut``,
   ``convK.norm``), with ``matching_heuristics`` so that detectron2 places
@@ -35,6 +37,7 @@ meta device), and the report separates what is dropped or missing by design
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -43,7 +46,6 @@ import torch
 
 from pretrain.backbones import VIT_ARCHS, BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError, save_atomic
-from pretrain.formats.beit import refuse_beit
 from pretrain.pos_embed import resize_pos_embed
 from transfer.convert import ConversionReport, compare_keys
 
@@ -52,7 +54,8 @@ from .utils import meta_init
 
 __all__ = [
     "convert", "load_converted", "vit_to_detectron2", "resnet_to_detectron2", "resize_patch_embed",
-    "vit_name", "backbone_name", "vitdet_net_args", "pyramid_patch_size", "AUTHOR", "VIT_PREFIX", "PATCH_RESIZE",
+    "vit_name", "backbone_name", "vitdet_net_args", "pyramid_patch_size", "beit_to_vitdet", "AUTHOR", "VIT_PREFIX",
+    "PATCH_RESIZE",
 ]
 
 AUTHOR = "sslkit"  # the "__author__" of the files written here
@@ -134,24 +137,26 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     export = source if isinstance(source, BackboneExport) else read_backbone(dict(source))
     if export.family != "vit":
         raise CheckpointFormatError(f"expected a ViT checkpoint, found {export.provenance.layout} ({export.arch})")
-    refuse_beit(export, "the project's ViTDet (detectron2's decomposed relative position terms are another "
-                        "parametrisation than BEiT's per-block bias table, which it does not implement)")
     info = dict(export.shape)
     notes: List[str] = list(export.notes)
     sd = export.state_dict
     dropped = sorted(export.dropped + [k for k in sd if k.startswith(_VIT_UNUSED)])
     out = {k: v for k, v in sd.items() if not k.startswith(_VIT_UNUSED)}
+    if info.get("beit"):
+        out, info["adapted"], beit_notes = beit_to_vitdet(out)
+        notes += beit_notes
+        info["rel_pos_bias_grid"] = _beit_table_grid(out)
     grid = info["img_size"] // info["patch_size"]
-    pos = out["pos_embed"]
+    pos = out.get("pos_embed")  # (BEiT's files mostly have none: its relative position bias instead)
     # The table's prefix rows: the class row (kept: detectron2's pretrain_use_cls_token), then the registers'
     # (folded into the register tokens: a register's position term is a constant added to it).
     class_row = info.get("class_token", True) and not info.get("no_embed_class", False)
     regs = info.get("reg_tokens", 0)
     prefix = 0 if info.get("no_embed_class", False) else int(info.get("class_token", True)) + regs
-    if pos.shape[1] != grid * grid + prefix:
+    if pos is not None and pos.shape[1] != grid * grid + prefix:
         raise CheckpointFormatError(f"pos_embed has {pos.shape[1]} rows; expected {prefix} prefix rows and a square "
                                     f"grid of {grid}x{grid}")
-    if prefix and regs:
+    if pos is not None and prefix and regs:
         out["reg_token"] = out["reg_token"] + pos[:, prefix - regs:prefix]
         pos = torch.cat([pos[:, :prefix - regs], pos[:, prefix:]], dim=1)
         notes.append(f"the {regs} register rows of the position table added to the register tokens")
@@ -161,14 +166,15 @@ def vit_to_detectron2(source, patch_size: Optional[int] = None, patch_resize: st
     if patch_size and patch_size != old_patch:
         out["patch_embed.proj.weight"] = resize_patch_embed(out["patch_embed.proj.weight"], patch_size, patch_resize)
         new_grid = max(1, round(grid * old_patch / patch_size))
-        pos = resize_pos_embed(pos, new_grid, num_prefix_tokens=int(class_row))
+        pos = None if pos is None else resize_pos_embed(pos, new_grid, num_prefix_tokens=int(class_row))
         how = ("bicubic, as the ViTDet authors" if patch_resize == "bicubic"
                else "pseudo-inverse resize: a deviation from the ViTDet authors' bicubic kernel")
         notes.append(f"patch embedding resized {old_patch}x{old_patch} -> {patch_size}x{patch_size} "
                      f"({how}); position grid {grid}x{grid} -> {new_grid}x{new_grid}")
         info.update(patch_size=patch_size, img_size=new_grid * patch_size)
         grid = new_grid
-    out["pos_embed"] = pos
+    if pos is not None:
+        out["pos_embed"] = pos
     info["pretrain_img_size"] = grid * info["patch_size"]
     info["backbone"] = pretrained_name
     info["net"] = vitdet_net_args(info)
@@ -184,7 +190,58 @@ def vitdet_net_args(info: Dict) -> Dict[str, Any]:
     net.update(init_values=info.get("init_values"), mlp_layer=info.get("mlp_layer", "mlp"),
                pre_norm=info.get("pre_norm", False), act_layer=info.get("act_layer", "gelu"),
                norm_eps=info.get("norm_eps", 1e-6), reg_tokens=info.get("reg_tokens", 0))
+    if info.get("beit"):  # BEiT's position terms replace detectron2's decomposed ones; its key has no bias
+        net.update(use_abs_pos=info["abs_pos_emb"], qkv_bias=info.get("qkv_bias", True))
+        if info.get("rel_pos_bias_grid"):
+            net.update(rel_pos_bias_grid=info["rel_pos_bias_grid"], use_rel_pos=False)
     return net
+
+
+def beit_to_vitdet(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], List[str]]:
+    """A BEiT export's tensors (timm ``Beit`` names) -> the project's ViTDet: (weights, {source key: the key it went
+    into, for the tensors renamed or combined}, notes). The q / v biases become ``qkv.bias`` with a zero key bias
+    (BEiT's key has none), ``gamma_1`` / ``gamma_2`` LayerScale's ``ls1.gamma`` / ``ls2.gamma``, and each block's
+    relative position table loses its last 3 rows (class to patches, patches to class, class to class): ViTDet has
+    no class token. The rest keeps its name."""
+    out, adapted, tables = {}, {}, 0
+    for key, value in sd.items():
+        if key.endswith(".attn.v_bias"):
+            continue  # with q_bias
+        if key.endswith(".attn.q_bias"):
+            attn = key[:-len("q_bias")]
+            out[attn + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), sd[attn + "v_bias"]])
+            adapted[key] = adapted[attn + "v_bias"] = attn + "qkv.bias"
+        elif key.endswith((".gamma_1", ".gamma_2")):
+            out[key[:-len("gamma_1")] + f"ls{key[-1]}.gamma"] = value
+            adapted[key] = key[:-len("gamma_1")] + f"ls{key[-1]}.gamma"
+        elif key.endswith(".attn.relative_position_bias_table"):
+            out[key] = value[:-3]
+            tables += 1
+        else:
+            out[key] = value
+    notes = []
+    if any(k.endswith("q_bias") for k in adapted):
+        notes.append("adapted: blocks.*.attn.q_bias and v_bias -> blocks.*.attn.qkv.bias with a zero key bias "
+                     "(BEiT's key has none; detectron2's qkv trains it from there)")
+    if any(k.endswith("gamma_1") for k in adapted):
+        notes.append("adapted: LayerScale blocks.*.gamma_1 / gamma_2 -> blocks.*.ls1.gamma / ls2.gamma")
+    if tables:
+        notes.append(f"dropped by design: the 3 class-token entries (class to patches, patches to class, class to "
+                     f"class: the last rows) of the {tables} blocks' relative_position_bias_table, ViTDet having no "
+                     f"class token; the patch part is resampled bicubically at forward for a window of another size")
+    return out, adapted, notes
+
+
+def _beit_table_grid(sd: Dict[str, torch.Tensor]) -> int:
+    """The grid side a BEiT's relative position tables (without the class entries) were made for; 0: none."""
+    table = sd.get("blocks.0.attn.relative_position_bias_table")
+    if table is None:
+        return 0
+    side = math.isqrt(table.shape[0])
+    if side * side != table.shape[0] or side % 2 == 0:
+        raise CheckpointFormatError(f"a relative position table of {table.shape[0] + 3} rows is not BEiT's "
+                                    f"(2G - 1)^2 + 3 for a square grid")
+    return (side + 1) // 2
 
 
 def _vitdet_model_keys(info: Dict) -> Dict[str, torch.Tensor]:
@@ -251,8 +308,8 @@ def _resnet_model_keys(arch: str) -> Dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------- entries
-def _read(source, allow_pickle: bool, name: Optional[str] = None) -> BackboneExport:
-    return read_backbone(source, allow_pickle, path=name)
+def _read(source, allow_pickle: bool, name: Optional[str] = None, variant: Optional[str] = None) -> BackboneExport:
+    return read_backbone(source, allow_pickle, path=name, variant=variant)
 
 
 def _convert_export(export: BackboneExport, patch_size: Optional[int], patch_resize: str = "bicubic"
@@ -278,13 +335,16 @@ def _convert_export(export: BackboneExport, patch_size: Optional[int], patch_res
 
 
 def load_converted(source, allow_pickle: bool = False, patch_size: Optional[int] = None, name: Optional[str] = None,
-                   patch_resize: str = "bicubic") -> Tuple[Dict[str, Any], List[str]]:
+                   patch_resize: str = "bicubic", variant: Optional[str] = None) -> Tuple[Dict[str, Any], List[str]]:
     """A checkpoint converted in memory: the dict detectron2's checkpointer loads, and notes.
 
     ``{"model": weights, "__author__": "sslkit", "matching_heuristics": bool,
-    "sslkit": {"pretrain", "backbone", "source", ...}}``. ``name``: the file a loaded ``source`` came from.
+    "sslkit": {"pretrain", "backbone", "source", ...}}``. ``name``: the file a loaded ``source`` came from;
+    ``variant``: which network of a file that holds several (``read_backbone``'s), recorded in ``sslkit`` when given.
     """
-    converted, notes, _ = _convert_export(_read(source, allow_pickle, name), patch_size, patch_resize)
+    converted, notes, _ = _convert_export(_read(source, allow_pickle, name, variant), patch_size, patch_resize)
+    if variant is not None:  # the results record which network of the file was trained (as the other tools do)
+        converted["sslkit"]["variant"] = variant
     return converted, notes
 
 
@@ -309,10 +369,11 @@ def convert(source, output=None, allow_pickle: bool = False, patch_size: Optiona
         target_name = (f"detectron2 ViTDet Mask R-CNN ({meta['backbone']}, ViT under {VIT_PREFIX}; "
                        f"patch_size={meta['patch_size']}, pretrain_img_size={meta['pretrain_img_size']})")
         rel = sum(k.startswith(VIT_PREFIX) for k in design)
-        notes.append(f"missing by design: {rel} relative position terms (zero-initialised) and "
-                     f"{len(design) - rel} tensors of the pyramid and the heads")
-        notes.append("input: RGB, pixel mean/std of ImageNet in 0-255 units (MAE, DeiT); timm 'augreg' ViTs use "
-                     "mean = std = 127.5")
+        notes.append("missing by design: " + (f"{rel} relative position terms (zero-initialised) and " if rel else "")
+                     + f"{len(design) - rel} tensors of the pyramid and the heads")
+        mean, std = ([round(v, 3) for v in meta[k]] for k in ("pixel_mean", "pixel_std"))
+        notes.append(f"input: RGB, the backbone's pixel mean {mean} / std {std} in 0-255 units (recorded in the file: "
+                     f"the from-checkpoint configs take them; a MAE config has ImageNet's)")
     else:
         target = _resnet_model_keys(meta["backbone"])
         design, bad = compare_keys(weights, target, lambda k: False)

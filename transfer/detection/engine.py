@@ -58,7 +58,9 @@ class Recipe:
     (``transfer.detection.data``); the number of classes follows the data (the
     training sets'; with ``eval_only``, the test sets').
     A config with ``train.backbone_from_checkpoint=True`` takes its ViT's shape and options from
-    ``init_checkpoint`` (``backbones.fit_vitdet_to_checkpoint``; ``allow_pickle`` to read it).
+    ``init_checkpoint`` (``backbones.fit_vitdet_to_checkpoint``; ``allow_pickle`` to read it, ``variant``: its
+    network, of a file that holds several); without one, from the checkpoint ``resume`` names (a run's records its
+    network), and an ``eval_only`` recipe with neither stops: its placeholder ViT would evaluate nothing trained.
     """
 
     def __init__(self, cfg, path: str):
@@ -71,7 +73,8 @@ class Recipe:
     def load(cls, path, overrides: Sequence[str] = (), init_checkpoint: Optional[str] = None,
              output_dir: Optional[str] = None, max_iter: Optional[int] = None,
              train_datasets: Optional[Sequence[str]] = None, test_datasets: Optional[Sequence[str]] = None,
-             device: Optional[str] = None, eval_only: bool = False, allow_pickle: bool = False) -> "Recipe":
+             device: Optional[str] = None, eval_only: bool = False, allow_pickle: bool = False,
+             variant: Optional[str] = None, resume: Optional[str] = None) -> "Recipe":
         path = Path(path)
         if not path.is_file():
             raise InputNotFound(f"config not found: {path}")
@@ -99,14 +102,29 @@ class Recipe:
         recipe = cls(cfg, path)
         recipe._apply(init_checkpoint=init_checkpoint, output_dir=output_dir, max_iter=max_iter, device=device,
                       train_datasets=train_datasets, test_datasets=test_datasets, eval_only=eval_only)
-        if recipe.lazy and recipe.get("train.backbone_from_checkpoint", "", False) and \
-                os.path.isfile(recipe.init_checkpoint.split("?", 1)[0]):  # else check_inputs says what is missing
+        source = recipe.init_checkpoint if recipe.lazy else ""
+        from_checkpoint = recipe.lazy and recipe.get("train.backbone_from_checkpoint", "", False)
+        if from_checkpoint and (not source or "://" in source) and (eval_only or resume):
+            source, variant = recipe.resumed_checkpoint(resume) or "", None  # a run's checkpoint records its network
+            if not source and eval_only:
+                raise ConfigError(f"{path} builds its ViT from the checkpoint (train.backbone_from_checkpoint), and "
+                                  f"this --eval-only run has none to build it from: pass --checkpoint (the run's "
+                                  f"OUTPUT/model_final.pth, or its pretraining file) or --resume in the run's folder")
+        if from_checkpoint and os.path.isfile(source.split("?", 1)[0]):  # else check_inputs says what is missing
             from .backbones import fit_vitdet_to_checkpoint
 
-            recipe.notes += fit_vitdet_to_checkpoint(cfg, recipe.init_checkpoint, allow_pickle)
+            recipe.notes += fit_vitdet_to_checkpoint(cfg, source, allow_pickle, variant)
         if not recipe.lazy:
             cfg.freeze()
         return recipe
+
+    def resumed_checkpoint(self, resume: Optional[str]) -> Optional[str]:
+        """The file ``resume`` names before a checkpointer exists: ``auto``, the output folder's last checkpoint
+        (detectron2's ``last_checkpoint`` file names it; None without one), else the path (``resumed_file``)."""
+        if resume != "auto":
+            return resume or None
+        marker = Path(self.output_dir) / "last_checkpoint"
+        return str(marker.with_name(marker.read_text().strip())) if marker.is_file() else None
 
     def _set(self, lazy_key: str, yacs_key: str, value):
         node, key = (self.cfg, lazy_key if self.lazy else yacs_key)
@@ -449,6 +467,8 @@ def evaluate(recipe: Recipe, model, output_dir: Optional[str] = None, checkpoint
     pretrained = pretrained or {}
     epochs, weights = pretrained.get("pretrain_epochs"), pretrained.get("weights")
     summary = {**recipe.recipe_summary(), **({"pretrain_epochs": epochs} if epochs else {})}
+    if pretrained.get("variant"):  # which network of the pretraining checkpoint (DINO's student), as the other tools
+        summary["variant"] = pretrained["variant"]
     # What ran, not what the config asked for: the report marks a row whose iterations are not the recipe's.
     if iterations is not None:
         summary["iterations"] = int(iterations)
@@ -487,16 +507,18 @@ def resumed_file(checkpointer: Checkpointer, resume: Optional[str]) -> Optional[
 
 
 def evaluate_checkpoint(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False,
-                        pretrain: Optional[str] = None) -> Dict[str, Dict]:
+                        pretrain: Optional[str] = None, variant: Optional[str] = None) -> Dict[str, Dict]:
     """``--eval-only``: load the checkpoint ``resume`` names (``resumed_file``), else the recipe's initial
-    checkpoint, and evaluate."""
+    checkpoint (its network ``variant``), and evaluate."""
     model = recipe.build_model()
     info = PretrainInfo()
     checkpointer = Checkpointer(model, recipe.output_dir, allow_pickle=allow_pickle, pretrain_info=info,
                                 patch_resize=recipe.patch_resize)
-    path = resumed_file(checkpointer, resume) or recipe.init_checkpoint
-    # a training checkpoint knows its pretraining and its iteration (the last one run, from 0)
-    loaded = checkpointer.load(path, checkpointables=["pretrain_info"]) if path else {}
+    resumed = resumed_file(checkpointer, resume)
+    path = resumed or recipe.init_checkpoint
+    # a training checkpoint knows its pretraining (its variant too) and its iteration (the last one run, from 0)
+    loaded = checkpointer.load(path, checkpointables=["pretrain_info"], variant=None if resumed else variant) \
+        if path else {}
     iterations = None  # a detectron2 file of unknown training: the recipe's stays
     if checkpointer.pretrained or not path:  # a pretraining checkpoint (or none) evaluated as it is: heads at random
         info.info = checkpointer.pretrained or {}
@@ -519,10 +541,11 @@ class IterationCount(hooks.HookBase):
         self.done = self.trainer.iter + 1
 
 
-def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False, pretrain: Optional[str] = None
-          ) -> Dict[str, Dict]:
-    """Train from ``init_checkpoint``, or continuing the checkpoint ``resume`` names (``resumed_file``:
-    ``auto`` or a path), and evaluate at the end."""
+def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = False, pretrain: Optional[str] = None,
+          variant: Optional[str] = None) -> Dict[str, Dict]:
+    """Train from ``init_checkpoint`` (its network ``variant``, of a file that holds several), or continuing the
+    checkpoint ``resume`` names (``resumed_file``: ``auto`` or a path; it records the variant it started from),
+    and evaluate at the end."""
     s = recipe.settings()
     model = recipe.build_model()
     log.info("Model:\n%s", model)
@@ -562,7 +585,7 @@ def train(recipe: Recipe, resume: Optional[str] = None, allow_pickle: bool = Fal
     if resumed:  # model, optimizer, schedule and iteration
         checkpointer.load(resumed)
     else:  # the weights only, as detectron2's resume_or_load
-        checkpointer.load(recipe.init_checkpoint, checkpointables=[])
+        checkpointer.load(recipe.init_checkpoint, checkpointables=[], variant=variant)
     if checkpointer.pretrained:
         info.info = checkpointer.pretrained
     start_iter = trainer.iter + 1 if resumed else 0

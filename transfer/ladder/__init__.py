@@ -92,6 +92,12 @@ class CheckpointInfo:
     arch: str  # what the tools build for random initialisation: mae_vit_base_patch16, resnet50, ...
     pretrain: str
     variant: Optional[str] = None  # the network of the file evaluated (read_backbone's); None: the default
+    # No preset name builds its network (``BackboneExport.preset`` is None: LayerScale, registers, CLIP's norms,
+    # BEiT's tables, a shape of no preset): the frameworks' recipes that build it from the file serve it
+    # (``Rung.recipe_for``), and its random baseline is a twin file of the same network (``random_twin_path``).
+    needs_checkpoint: bool = False
+    vit_size: Tuple[int, ...] = ()  # a ViT's (width, depth, patch): the recipes' cost is scaled by its FLOPs
+    network: str = ""  # sha256[:12] of the export's architecture and shape: one network, one random twin
 
 
 def file_digest(path, chunk: int = 1 << 22) -> str:
@@ -111,7 +117,10 @@ def inspect_checkpoint(path, allow_pickle: bool = False, variant: Optional[str] 
         raise InputNotFound(f"checkpoint not found: {path} (expected a checkpoint file: check the path)")
     export = read_backbone(path, allow_pickle, variant=variant)
     arch = f"mae_{export.arch}" if export.family == "vit" else export.arch
-    return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label, variant)
+    size = tuple(int(export.shape[k]) for k in ("embed_dim", "depth", "patch_size")) if export.family == "vit" else ()
+    network = hashlib.sha256(json.dumps([export.arch, export.shape], sort_keys=True, default=str).encode())
+    return CheckpointInfo(path, file_digest(path), export.family, export.arch, arch, export.label, variant,
+                          export.preset is None, size, network.hexdigest()[:12])
 
 
 # -------------------------------------------------------------------- jobs
@@ -154,10 +163,12 @@ class Plan:
     folder: str
     jobs: List[Job] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)  # rungs that cannot run here, with the reason
+    # Files the jobs read that the launchers write first (``write_random_twins``): path -> what it is drawn from.
+    twins: Dict[str, Dict] = field(default_factory=dict)
 
     def to_json(self) -> Dict:
         return {"checkpoint": dataclasses.asdict(self.checkpoint), "baseline": self.baseline, "seeds": self.seeds,
-                "skipped": self.skipped, "gpu_hours": self.gpu_hours,
+                "skipped": self.skipped, "gpu_hours": self.gpu_hours, "random_twins": self.twins,
                 "jobs": [{**dataclasses.asdict(j), "subject": dataclasses.asdict(j.subject), "key": j.key}
                          for j in self.jobs]}
 
@@ -178,6 +189,7 @@ SUPERVISED_TWINS: Dict[str, Tuple[str, ...]] = {
     "resnet50": ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth"),
     "resnet18": ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
     "vit_base_patch16": ("deit_base_patch16_224-b5f2ef4d.pth",),
+    "vit_small_patch16": ("deit_small_patch16_224-cd65a155.pth",),  # DINO's and iBOT's ViT-S/16 comparisons
 }
 
 
@@ -203,12 +215,34 @@ def supervised_twin(backbone: str, folder=None) -> Path:
                             "(torchvision / DeiT download it there), pass --baseline PATH, or --baseline random")
 
 
+RANDOM_TWIN = "<random twin>"  # the random baseline's checkpoint, before plan gives each seed its file
+
+
+def random_twin_path(out_root, info: CheckpointInfo, seed: int) -> Path:
+    """Where the random twin of ``info``'s network for the jobs of ``seed`` is written: one file per network (its
+    shape and options) and seed, so that checkpoints of one network share it and its jobs, and each seed is
+    another draw (as the tools' ``--random-init`` under their ``--seed``)."""
+    return Path(out_root) / "random-twins" / f"{info.backbone}-{info.network}-seed{seed}.pth"
+
+
+def write_random_twins(p: Plan) -> None:
+    """Write the random twins ``p``'s jobs read (``Plan.twins``) that are not there yet."""
+    from pretrain.backbones import read_backbone
+    from transfer.backbone import random_twin
+
+    for path, source in p.twins.items():
+        if not Path(path).is_file():
+            export = read_backbone(source["checkpoint"], source["allow_pickle"], variant=source["variant"])
+            random_twin(export, seed=source["seed"]).save_file(path)
+
+
 def _subjects(info: CheckpointInfo, baseline: str, weights=None) -> List[Subject]:
     """The checkpoint and its baseline: ``supervised`` (the twin's file, found in ``weights`` or torch.hub's
-    folder), ``random``, a checkpoint's path, or ``none``."""
+    folder), ``random`` (the tools' ``--random-init ARCH``; ``RANDOM_TWIN`` when no preset name builds the
+    network: ``plan`` gives each seed's job its twin file), a checkpoint's path, or ``none``."""
     subjects = [Subject("pretrained", info.path, variant=info.variant)]
     if baseline == "random":
-        subjects.append(Subject("baseline", None, "random"))
+        subjects.append(Subject("baseline", RANDOM_TWIN if info.needs_checkpoint else None, "random"))
     elif baseline == "supervised":
         subjects.append(Subject("baseline", str(supervised_twin(info.backbone, weights))))
     elif baseline != "none":
@@ -252,7 +286,7 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
     check_inputs(rungs, data, rung_args, rung_seeds)  # before reading the checkpoint: a typo fails at once
     info = inspect_checkpoint(checkpoint, allow_pickle, variant)
     known = all_rungs()
-    if not any(info.backbone in r.recipes for r in known.values()):
+    if not any(r.recipe_for(info) for r in known.values()):
         raise CheckpointFormatError(f"{checkpoint}: a {info.backbone} backbone, which the ladder has no recipes for "
                                     f"(known backbones: {', '.join(backbones())}); evaluate it with the "
                                     "rungs' tools directly (docs/ladder.md)")
@@ -262,9 +296,11 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
     for rung in known.values():
         if rung.name not in rungs:
             continue
-        recipe = rung.recipes.get(info.backbone)
+        recipe = rung.recipe_for(info)
         if recipe is None:
-            p.skipped.append(f"{rung.name}: no shipped recipe for {info.backbone}")
+            p.skipped.append(f"{rung.name}: no shipped recipe for {info.backbone}"
+                             + (" (a network its configs would not build as the file has it)"
+                                if info.needs_checkpoint and info.backbone in rung.recipes else ""))
             continue
         if variant and not rung.takes_variant:
             p.skipped.append(f"{rung.name}: {rung.tool} takes no --variant (it would evaluate the default network)")
@@ -278,10 +314,16 @@ def plan(checkpoint, out_root, rungs: Sequence[str], data: Mapping[str, str], se
         data_args, task = rung.data_args(Path(root))
         for subject in subjects:
             for seed in range((rung_seeds or {}).get(rung.name, seeds)):
+                evaluated = subject
+                if subject.checkpoint == RANDOM_TWIN:
+                    twin = str(random_twin_path(out_root, info, seed))
+                    p.twins[twin] = {"checkpoint": info.path, "variant": info.variant, "allow_pickle": allow_pickle,
+                                     "seed": seed}
+                    evaluated = dataclasses.replace(subject, checkpoint=twin)
                 job_folder = str(folder / rung.name / subject.role / f"seed{seed}")
-                cmd = rung.command(recipe, subject, info, seed, job_folder, data_args,
+                cmd = rung.command(recipe, evaluated, info, seed, job_folder, data_args,
                                    (rung_args or {}).get(rung.name, ()))
-                p.jobs.append(Job(rung.name, subject, seed, job_folder, cmd, recipe.gpus, recipe.gpu_hours, task))
+                p.jobs.append(Job(rung.name, evaluated, seed, job_folder, cmd, recipe.gpus, recipe.gpu_hours, task))
     return p
 
 
@@ -442,6 +484,7 @@ def run_local(p: Plan, echo: Callable[[str], None] = print, env: Optional[Mappin
     server that has imported torch once (``transfer.warm_start``)."""
     from transfer.warm_start import WarmStarter
 
+    write_random_twins(p)
     warm = None
     try:
         for i, job in enumerate(p.jobs, 1):
@@ -494,6 +537,7 @@ def run_slurm(p: Plan, folder: Optional[str] = None, partition: Optional[str] = 
     if cluster is None:  # never submitit's silent fallback to running the jobs here
         require_slurm()
         cluster = "slurm"
+    write_random_twins(p)  # here: the jobs only read them
     submitted = []
     for job in p.jobs:
         if job_state(job) == "done":

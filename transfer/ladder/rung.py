@@ -10,7 +10,8 @@ ladder (``tests/test_rungs.py`` holds every registered rung to the contract).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
@@ -82,6 +83,34 @@ class Rung:
     layout_hint: str = ""  # the dataset's layout in words, for the error
     table_metrics: Tuple[str, ...] = ()  # the metrics a paper's table shows for it (default: the primary one)
 
+    # ---------------------------------------------------------------- recipes
+    def recipe_for(self, info: "CheckpointInfo") -> Optional[Recipe]:
+        """The recipe for ``info``'s backbone; None: the rung has none for it.
+
+        A backbone its name builds (a ResNet, a ViT preset without options) takes ``recipes``' own. Any other
+        ViT (DINOv2, CLIP, BEiT ..., or a plain ViT of a shape no recipe has: DINO ViT-S/16) takes the recipe,
+        among ``checkpoint_recipes`` (default: ``recipes``), of the ViT nearest in width (ratio), its cost
+        scaled by the FLOPs per image (width^2 x depth x tokens). The CPU-sized recipes serve only ViTs
+        narrower than any published one (under 192: the tests' and demos'), the GPU recipes the rest."""
+        from pretrain.backbones import VIT_ARCHS
+
+        if not info.needs_checkpoint and info.backbone in self.recipes:
+            return self.recipes[info.backbone]
+        if info.family != "vit":
+            return None
+        pool = self.recipes if self.checkpoint_recipes is None else self.checkpoint_recipes
+        width, depth, patch = info.vit_size or _preset_size(info.backbone)
+        candidates = {b: r for b, r in pool.items() if b in VIT_ARCHS and (r.gpu_hours == 0) == (width < 192)}
+        if not candidates:
+            return None
+        ref = min(candidates, key=lambda b: (abs(math.log(width / VIT_ARCHS[b].embed_dim)), b))
+        recipe, a = candidates[ref], VIT_ARCHS[ref]
+        if ref == info.backbone:
+            return recipe
+        scale = (width ** 2 * depth / patch ** 2) / (a.embed_dim ** 2 * a.depth / a.patch_size ** 2)
+        return replace(recipe, gpu_hours=round(recipe.gpu_hours * scale, 1),
+                       basis=f"{recipe.basis}; {ref}'s recipe, x{scale:.2g} its FLOPs per image")
+
     # ---------------------------------------------------------------- data
     def check_data(self, root: Path) -> None:
         """Raise ``DataError`` naming what is missing from ``root`` (called before any job is planned)."""
@@ -128,6 +157,13 @@ class Rung:
 
     def __repr__(self) -> str:
         return f"<rung {self.name}>"
+
+
+def _preset_size(backbone: str) -> Tuple[int, int, int]:
+    from pretrain.backbones import VIT_ARCHS
+
+    a = VIT_ARCHS[backbone]
+    return a.embed_dim, a.depth, a.patch_size
 
 
 # ------------------------------------------------------------------ tool families
@@ -184,9 +220,11 @@ class ClassificationRung(Rung):
 class DetectionRung(Rung):
     """``tools/train_net.py --config-file CONFIG``: detectron2, which starts its own processes."""
     tool = "tools/train_net.py"
+    checkpoint_recipes: Dict[str, Recipe] = {}  # the configs that build the file's ViT: a rung's own
+    takes_variant = True
 
     def command(self, recipe, subject, info, seed, folder, data_args, extra=()):
-        init = ["--checkpoint", subject.checkpoint] if subject.checkpoint else ["--random-init"]
+        init = ["--checkpoint", subject.checkpoint, *_variant(subject)] if subject.checkpoint else ["--random-init"]
         return [self.tool, "--config-file", recipe.config, *init, *data_args, "--output-dir", folder,
                 *_label(subject), *recipe.args, *extra, f"train.seed={seed}"]
 
@@ -206,10 +244,12 @@ class DetectionRung(Rung):
 class SegmentationRung(Rung):
     """``tools/train_seg.py CONFIG``: mmseg, its seed and scaling in the ``--cfg-options`` that end the line."""
     tool = "tools/train_seg.py"
+    checkpoint_recipes: Dict[str, Recipe] = {}  # the configs that build the file's ViT: a rung's own
     resume_at = 2
+    takes_variant = True
 
     def command(self, recipe, subject, info, seed, folder, data_args, extra=()):
-        init = ["--checkpoint", subject.checkpoint] if subject.checkpoint else ["--random-init"]
+        init = ["--checkpoint", subject.checkpoint, *_variant(subject)] if subject.checkpoint else ["--random-init"]
         return [self.tool, recipe.config, *init, *data_args, "--output-dir", folder, *_label(subject), *recipe.args,
                 *extra, "--cfg-options", f"randomness.seed={seed}"]
 

@@ -15,7 +15,7 @@ every tensor of the backbone comes from the checkpoint, a mismatch raises.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -41,22 +41,28 @@ def resnet_depth(state_dict: Dict[str, torch.Tensor]) -> int:
 
 
 def _segmentor_backbone(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The backbone of a trained mmseg segmentor's state dict; any other state dict as it is."""
-    if any(k.startswith("backbone.layer1.") for k in sd):
+    """The backbone of a trained mmseg segmentor's state dict; any other state dict as it is. A segmentor has its
+    decode head beside the backbone: Barlow Twins' and VICReg's training checkpoints have a ``backbone.`` ResNet
+    too (beside their projector), and are their formats' to read."""
+    if any(k.startswith("backbone.layer1.") for k in sd) and any(k.startswith("decode_head.") for k in sd):
         return strip_prefix({k: v for k, v in sd.items() if k.startswith("backbone.")}, "backbone.")
     return sd
 
 
-def _resnet_export(checkpoint, source: str) -> Tuple[Dict[str, torch.Tensor], List[str], str, List[str]]:
-    """(torchvision-named ResNet, dropped keys, what the file is, notes) of any checkpoint ``read_backbone`` reads,
-    or of a trained mmseg segmentor (its backbone)."""
-    full = unwrap_state_dict(checkpoint)
+def _resnet_export(checkpoint, source: str, variant: Optional[str] = None
+                   ) -> Tuple[Dict[str, torch.Tensor], List[str], str, List[str]]:
+    """(torchvision-named ResNet, dropped keys, what the file is, notes) of any checkpoint ``read_backbone`` reads
+    (``variant``: the network of one holding several), or of a trained mmseg segmentor (its backbone)."""
+    try:
+        full = unwrap_state_dict(checkpoint)
+    except CheckpointFormatError:  # no tensors at its top (DINO's teacher / student): a format of read_backbone's
+        full = {}
     segmentor = _segmentor_backbone(full)
     if segmentor is not full:
         dropped = sorted(k for k in full if not k.startswith("backbone.")) + [k for k in segmentor if k.startswith("fc.")]
         return ({k: v for k, v in segmentor.items() if not k.startswith("fc.")}, dropped,
                 describe_state_dict(segmentor, verbose=True) + " (the backbone of an mmseg segmentor)", [])
-    export = read_backbone(checkpoint, path=source)
+    export = read_backbone(checkpoint, path=source, variant=variant)
     if export.family != "resnet":
         raise CheckpointFormatError(f"{source}: expected a ResNet checkpoint (MoCo, torchvision), found "
                                     f"{export.provenance.layout} ({export.arch})")
@@ -70,14 +76,15 @@ def resnet_backbone(checkpoint, source: str = "<dict>") -> Dict[str, torch.Tenso
 
 
 def resnet_to_mmseg(checkpoint, target: Dict[str, torch.Tensor], source: str = "<dict>",
-                    target_name: str = "mmseg ResNet") -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+                    target_name: str = "mmseg ResNet", variant: Optional[str] = None
+                    ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """A ResNet checkpoint (MoCo, torchvision, ...) as mmseg ``ResNet`` weights, with a report.
 
     The names are torchvision's on both sides; what is left out is the
     classifier / projection head, the key encoder and the queue (or, from a
     trained mmseg segmentor, the neck and heads).
     """
-    sd, dropped, kind, notes = _resnet_export(checkpoint, source)
+    sd, dropped, kind, notes = _resnet_export(checkpoint, source, variant)
     design, bad = compare_keys(sd, target, lambda k: False)
     report = ConversionReport(source, kind, target_name, converted=len(sd),
                               dropped=dropped, missing_by_design=design, mismatched=bad, notes=notes)
@@ -92,9 +99,10 @@ class ResNetEncoder(ResNet):
     ``init_weights``; without it the backbone is initialised as mmseg's.
     """
 
-    def __init__(self, depth: int = 50, **kwargs):
+    def __init__(self, depth: int = 50, variant: Optional[str] = None, **kwargs):
         kwargs.setdefault("style", "pytorch")
         super().__init__(depth=depth, **kwargs)
+        self.variant = variant  # the network of a checkpoint holding several (DINO's student)
 
     @staticmethod
     def weights_layout(backbone_cfg) -> str:
@@ -113,7 +121,7 @@ class ResNetEncoder(ResNet):
         """Load a checkpoint file (any layout ``resnet_to_mmseg`` reads); raises on a mismatch."""
         checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
         sd, report = resnet_to_mmseg(checkpoint, self.state_dict(), source=str(path),
-                                     target_name=f"{type(self).__name__} (depth {self.depth})")
+                                     target_name=f"{type(self).__name__} (depth {self.depth})", variant=self.variant)
         print_log(report.format(), logger="current")
         if not report.ok:
             raise CheckpointFormatError(f"{path} does not fit {type(self).__name__}: {report.mismatched[:8]}")

@@ -3,8 +3,10 @@
 mmengine's ``Runner`` does the training, evaluation and resuming; this module
 holds what the project adds around it:
 
-* config edits a command line asks for (backbone checkpoint or random init,
-  data folder, iterations, CPU fallbacks), each a small function of the config;
+* config edits a command line asks for (backbone checkpoint or random init, the network of a checkpoint
+  holding several, data folder, iterations, CPU fallbacks), each a small function of the config;
+* a ``MAETimmViT`` config fitted to its checkpoint (``fit_to_checkpoint``: widths, depth, maps, layer decay),
+  as detectron2's ``fit_vitdet_to_checkpoint`` fits ViTDet's;
 * checks of what a run reads (``check_data``, ``check_checkpoint``), made before mmengine's
   ``Runner`` creates the work dir, so that a user's mistake ends in one line and leaves nothing;
 * ``CPURunner``: SyncBatchNorm reverted to BatchNorm after the model build (the CPU fallback for
@@ -29,8 +31,9 @@ from pretrain.errors import ConfigError, DataError, InputNotFound
 from transfer.results import write_results
 
 __all__ = [
-    "load_seg_config", "merge_overrides", "set_backbone_checkpoint", "backbone_checkpoint",
-    "match_input_normalisation", "set_data", "match_num_classes", "set_iterations", "adapt_to_device", "check_data", "check_checkpoint",
+    "load_seg_config", "merge_overrides", "set_backbone_checkpoint", "backbone_checkpoint", "set_variant",
+    "fit_to_checkpoint", "scale_out_indices", "match_input_normalisation", "set_data", "match_num_classes",
+    "set_iterations", "adapt_to_device", "check_data", "check_checkpoint",
     "sync_bn_to_bn", "CPURunner", "SegResultsHook", "trained_record",
     "results_recipe", "write_seg_results", "SEG_METRICS",
 ]
@@ -82,23 +85,122 @@ def set_backbone_checkpoint(cfg: Config, path: Optional[str]) -> None:
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(path)) if path else None
 
 
-def match_input_normalisation(cfg: Config) -> Optional[str]:
-    """The data preprocessor's mean / std set to the input normalisation the backbone checkpoint was trained with
-    (its export's: ImageNet's for most families, CLIP's own, none for SimCLR v1's converted ResNets); returns
-    the change for the log, None when the config's already is (or the file is an mmseg one: the config's)."""
+# The backbones whose checkpoint reading takes ``variant`` (the network of a file holding several).
+VARIANT_BACKBONES = ("MAETimmViT", "MAEViTEncoder", "ResNetEncoder")
+
+
+def set_variant(cfg: Config, variant: Optional[str]) -> None:
+    """Read ``variant`` of the backbone checkpoint (DINO / iBOT / DINOv2: teacher or student; I-JEPA: target or
+    context): set on the project's backbones, refused where there is no checkpoint or the backbone cannot take it."""
+    if variant is None:
+        return
+    kind = cfg.model.backbone.get("type")
+    if kind not in VARIANT_BACKBONES:
+        raise ConfigError(f"--variant {variant} picks a network of the backbone checkpoint; the config's {kind} "
+                          f"backbone reads no variant (the configs of {' / '.join(VARIANT_BACKBONES)} do)")
+    if not backbone_checkpoint(cfg):
+        raise ConfigError(f"--variant {variant} picks a network of the backbone checkpoint, but there is none: "
+                          f"give --checkpoint PATH, or leave the variant out")
+    cfg.model.backbone.variant = variant
+
+
+def _backbone_export(cfg: Config):
+    """The backbone export of the config's checkpoint (its variant), None when there is no such file; raises
+    ``CheckpointFormatError`` for a file ``read_backbone`` does not read (a converted / trained mmseg file)."""
     from pretrain.backbones import read_backbone
-    from pretrain.checkpoint import CheckpointFormatError
 
     from transfer.segmentation.checkpoint import load_checkpoint_file
 
-    checkpoint, pre = backbone_checkpoint(cfg), cfg.model.get("data_preprocessor")
-    if not checkpoint or not pre or not Path(checkpoint).is_file():
+    checkpoint = backbone_checkpoint(cfg)
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    return read_backbone(load_checkpoint_file(checkpoint), path=checkpoint,
+                         variant=cfg.model.backbone.get("variant"))
+
+
+def scale_out_indices(indices: Sequence[int], depth: int, new_depth: int) -> List[int]:
+    """The blocks of a ``new_depth`` ViT at the relative depths of ``indices`` in a ``depth`` one, as the ViT-L
+    recipes take ViT-B's ((3, 5, 7, 11) of 12 -> (7, 11, 15, 23) of 24): block i ends at (i + 1) / depth of the
+    network. Kept distinct and in range (rounding can meet at small depths)."""
+    n = len(indices)
+    if new_depth < n:
+        raise ConfigError(f"a ViT of {new_depth} blocks cannot give the config's {n} maps (out_indices "
+                          f"{tuple(indices)}): it needs {n} blocks at least")
+    out = [int((i + 1) * new_depth / depth + 0.5) - 1 for i in sorted(indices)]
+    for k in reversed(range(n)):  # room for the maps after each
+        out[k] = min(out[k], new_depth - n + k)
+    for k in range(n):
+        out[k] = max(out[k], 0 if k == 0 else out[k - 1] + 1)
+    return out
+
+
+def fit_to_checkpoint(cfg: Config) -> List[str]:
+    """A ``MAETimmViT`` config fitted to its checkpoint's ViT: the backbone's width, the neck's and heads' input
+    widths, the maps at the config's relative depths and the layer decay over the file's blocks; returns a note
+    per change (what and why). Other backbones, or no checkpoint file: no change. A file no MAETimmViT can
+    build (a ResNet) is refused, saying which configs take it."""
+    bb = cfg.model.backbone
+    if bb.get("type") != "MAETimmViT":
+        return []
+    export = _backbone_export(cfg)
+    if export is None:
+        return []
+    if export.family != "vit":
+        raise ConfigError(f"{backbone_checkpoint(cfg)} is a {export.arch} ({export.provenance.layout}), not a "
+                          f"ViT: MAETimmViT builds ViTs; the ResNet configs (configs/mmseg/*r50*) take it")
+    width, depth = export.shape["embed_dim"], export.shape["depth"]
+    why = f"{backbone_checkpoint(cfg)} is a {export.arch or 'ViT'} of width {width}, {depth} blocks"
+    notes = []
+
+    def fit(node, key, value, what):
+        old = node.get(key)
+        if (list(old) if isinstance(old, (list, tuple)) else old) != value:
+            notes.append(f"{what} {old} -> {value} ({why})")
+            node[key] = value
+
+    fit(bb, "embed_dims", width, "backbone embed_dims")
+    neck, decode, aux = cfg.model.get("neck"), cfg.model.get("decode_head"), cfg.model.get("auxiliary_head")
+    if neck and "embed_dim" in neck:  # Feature2Pyramid
+        fit(neck, "embed_dim", width, "neck embed_dim")
+    for name, head in (("decode head", decode), ("auxiliary head", aux)):
+        if head:
+            channels = head.in_channels
+            fit(head, "in_channels", [width] * len(channels) if isinstance(channels, (list, tuple)) else width,
+                f"{name} in_channels")
+    decay = cfg.optim_wrapper.get("paramwise_cfg") or {}
+    indices = [bb.out_indices] if isinstance(bb.out_indices, int) else list(bb.out_indices)
+    config_depth = decay.get("num_layers") or max(indices) + 1  # layer decay's blocks: the config's depth
+    if config_depth != depth:
+        new = scale_out_indices(indices, config_depth, depth)
+        notes.append(f"backbone out_indices {tuple(indices)} -> {tuple(new)}: the same relative depths in "
+                     f"{depth} blocks as in the config's {config_depth} ({why})")
+        bb.out_indices = tuple(new)
+    if "num_layers" in decay:  # mmseg's LearningRateDecayOptimizerConstructor: the blocks (it adds 2 itself)
+        fit(decay, "num_layers", depth, "layer decay num_layers")
+    if cfg.get("sslkit_results") is not None:  # results name the file's ViT, as published rows and baselines do
+        fit(cfg.sslkit_results, "backbone", export.arch, "results backbone")
+    return notes
+
+
+def match_input_normalisation(cfg: Config) -> Optional[str]:
+    """The data preprocessor's mean / std set to the input normalisation the backbone checkpoint was trained with
+    (its export's: ImageNet's for most families, CLIP's own, none for SimCLR v1's converted ResNets), in the
+    channel order the preprocessor normalises (RGB with ``bgr_to_rgb``, else the loaded BGR); returns the change
+    for the log, None when the config's already is (or the file is an mmseg one: the config's)."""
+    from pretrain.checkpoint import CheckpointFormatError
+
+    pre = cfg.model.get("data_preprocessor")
+    if not pre:
         return None
     try:
-        export = read_backbone(load_checkpoint_file(checkpoint), path=checkpoint)
+        export = _backbone_export(cfg)
     except CheckpointFormatError:  # a converted / trained mmseg file: trained with the config's normalisation
         return None
+    if export is None:
+        return None
     mean, std = [round(255 * m, 4) for m in export.mean], [round(255 * s, 4) for s in export.std]
+    if not pre.get("bgr_to_rgb"):  # the images as loaded (cv2: BGR)
+        mean, std = mean[::-1], std[::-1]
     old = (list(pre.get("mean") or []), list(pre.get("std") or []))
     if len(old[0]) == 3 and len(old[1]) == 3 and all(
             abs(a - b) < 1e-3 for a, b in zip(mean + std, old[0] + old[1])):
@@ -322,9 +424,8 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
     The pretraining label: ``transfer.results.pretrain_label`` of ``pretrain``, the checkpoint's
     backbone export and the config's ``sslkit_results.pretrain``. ``inspect_checkpoint`` reads the checkpoint
     for that and for its pretraining epochs (released weights without an epoch
-    record none).
+    record none). The backbone's ``variant`` (``set_variant``) is recorded with the checkpoint.
     """
-    from pretrain.backbones import read_backbone
     from pretrain.checkpoint import CheckpointFormatError
 
     from transfer.results import pretrain_label
@@ -332,20 +433,20 @@ def trained_record(cfg: Config, world_size: int, pretrain: Optional[str] = None,
     checkpoint = backbone_checkpoint(cfg)
     info = cfg.get("sslkit_results") or {}
     label, epochs = None, None
-    if checkpoint and inspect_checkpoint and Path(checkpoint).is_file():
-        from transfer.segmentation.checkpoint import load_checkpoint_file
-
+    if checkpoint and inspect_checkpoint:
         try:
-            provenance = read_backbone(load_checkpoint_file(checkpoint), path=checkpoint).provenance
+            export = _backbone_export(cfg)
         except CheckpointFormatError:  # an mmseg file (a trained segmentor): the config says
-            provenance = None
-        if provenance is not None:
-            label, epochs = provenance.label, provenance.epochs
+            export = None
+        if export is not None:
+            label, epochs = export.provenance.label, export.provenance.epochs
     record = {"pretrain": pretrain_label(pretrain, label, bool(checkpoint), info.get("pretrain")),
               "checkpoint": checkpoint,
               "iterations": cfg.train_cfg.max_iters, "batch": cfg.train_dataloader.batch_size * world_size}
     if epochs and checkpoint:
         record["pretrain_epochs"] = epochs
+    if checkpoint and cfg.model.backbone.get("variant"):  # which network of the file was trained
+        record["variant"] = cfg.model.backbone.variant
     return record
 
 
@@ -367,6 +468,8 @@ def results_recipe(cfg: Config, trained: Dict) -> Dict:
               "test_mode": cfg.model.get("test_cfg", {}).get("mode", "whole")}
     if trained.get("pretrain_epochs"):
         recipe["pretrain_epochs"] = trained["pretrain_epochs"]
+    if trained.get("variant"):
+        recipe["variant"] = trained["variant"]
     return recipe
 
 

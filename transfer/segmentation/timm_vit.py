@@ -25,7 +25,6 @@ know (the heads' full rate, not the embeddings' lowest): its name lists are fixe
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +37,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pretrain.backbones import BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
+from transfer.beit import beit_network, resample_beit  # shared with the classifiers
 from transfer.convert import ConversionReport, compare_keys
 from transfer.segmentation.checkpoint import load_checkpoint_file
 
@@ -53,31 +53,12 @@ def build_timm_vit(export: BackboneExport, drop_path_rate: float = 0.0, img_size
                                     f"not a ViT: the ResNet configs (configs/mmseg/*r50*) take it")
     s = export.shape
     if s.get("beit"):
-        from timm.models.beit import Beit
-
-        from pretrain.formats.beit import beit_model_args
-
-        return Beit(**beit_model_args(s, img_size), drop_path_rate=drop_path_rate)
+        return beit_network(s, img_size, drop_path_rate=drop_path_rate)
     from transfer.backbone import build_vit  # the frozen rungs' ViT: the same network
 
     # dynamic_img_pad: a crop not a multiple of the patch (64 px at patch 14) is padded at its right / bottom.
     return build_vit(s, img_size=s["img_size"], options=export.vit_kwargs() | {"drop_path_rate": drop_path_rate,
                                                                                "dynamic_img_pad": True})
-
-
-def resample_beit(export: BackboneExport, img_size: int) -> BackboneExport:
-    """A BEiT export with its relative position tables (and position table) resampled to ``img_size``'s grid as
-    timm's ``Beit.set_input_size`` does; the same export when it is its own size."""
-    if img_size == export.shape["img_size"]:
-        return export
-    beit = build_timm_vit(export)
-    beit.load_state_dict(export.state_dict, strict=True)
-    beit.set_input_size(img_size=img_size)
-    resampled = beit.state_dict()
-    grid = img_size // export.shape["patch_size"]
-    return replace(export, state_dict={k: resampled[k] for k in export.state_dict},
-                   notes=export.notes + [f"relative position tables resampled from the {export.shape['img_size']} px "
-                                         f"grid to the {img_size} px one ({grid}x{grid}; timm set_input_size)"])
 
 
 def timm_vit_to_host(export: BackboneExport, target: Dict[str, torch.Tensor], source: str = "<dict>",
@@ -109,23 +90,28 @@ class MAETimmViT(BaseModule):
 
     ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (what ``tools/train_seg.py --checkpoint`` sets) is
     required: the shape and options are read from PATH at build, its weights loaded at ``init_weights``.
-    ``embed_dims``: the width the config's neck and heads take; a checkpoint of another width is refused.
-    ``img_size``: the crop size (BEiT's relative position tables are resampled to its grid; a ViT resamples
-    its position table to each input's grid). ``out_indices``: the blocks whose outputs are the maps.
+    ``embed_dims``: the width the config's neck and heads take; ``tools/train_seg.py`` fits the config to the
+    checkpoint first (``runner.fit_to_checkpoint``: widths, out_indices, layer decay); built directly, a
+    checkpoint of another width is refused. ``img_size``: the crop size (BEiT's relative position tables are resampled to
+    its grid; a ViT resamples its position table to each input's grid). ``out_indices``: the blocks whose
+    outputs are the maps. ``variant``: the network of a checkpoint holding several (DINO's ``student``,
+    I-JEPA's ``context``; None: the one its paper evaluates).
     """
 
     def __init__(self, embed_dims: int, out_indices: Sequence[int] = (3, 5, 7, 11), img_size=None,
-                 drop_path_rate: float = 0.0, init_cfg: Optional[dict] = None, allow_pickle: bool = False):
+                 drop_path_rate: float = 0.0, init_cfg: Optional[dict] = None, allow_pickle: bool = False,
+                 variant: Optional[str] = None):
         if not (isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained" and init_cfg.get("checkpoint")):
             raise ConfigError("MAETimmViT builds the network its checkpoint describes: give --checkpoint PATH "
                               "(a DINOv2, CLIP, BEiT, ... file); for a random plain ViT use a MAEViTEncoder config")
         super().__init__(init_cfg=init_cfg)
         path = init_cfg["checkpoint"]
-        self.allow_pickle = allow_pickle
-        export = read_backbone(load_checkpoint_file(path, allow_pickle=allow_pickle), path=str(path))
+        self.allow_pickle, self.variant = allow_pickle, variant
+        export = read_backbone(load_checkpoint_file(path, allow_pickle=allow_pickle), path=str(path), variant=variant)
         if export.family == "vit" and export.shape["embed_dim"] != embed_dims:
             raise ConfigError(f"{path} is a ViT of width {export.shape['embed_dim']}, the config's neck and heads "
-                              f"take {embed_dims}: set the config's widths to {export.shape['embed_dim']}")
+                              f"take {embed_dims}: run the config through tools/train_seg.py, which fits it to the "
+                              f"checkpoint, or set its widths to {export.shape['embed_dim']}")
         self.beit = bool(export.shape.get("beit"))
         if self.beit:  # a square crop (mmseg's crop_size: (64, 64)); the tables are made for its grid
             size = export.shape["img_size"] if img_size is None else img_size
@@ -160,7 +146,7 @@ class MAETimmViT(BaseModule):
         """The checkpoint's weights (never mmengine's non-strict Pretrained loading); raises on a mismatch."""
         if self._export is None:
             self._export = read_backbone(load_checkpoint_file(self.source, allow_pickle=self.allow_pickle),
-                                         path=self.source)
+                                         path=self.source, variant=self.variant)
         self.load_export(self._export)
         self._export = None
 

@@ -109,6 +109,7 @@ def vit_to_mmseg(
     final_norm: bool = False,
     source: str = "<dict>",
     target_name: str = "mmseg MAE",
+    variant: Optional[str] = None,
 ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """A MAE / timm-ViT / mmseg-ViT checkpoint as mmseg ``MAE`` backbone weights, with a report.
 
@@ -116,13 +117,20 @@ def vit_to_mmseg(
     backbone to fill; ``grid``: its patch grid, to which the absolute position
     table is resized (bicubic; ``None`` keeps the source's). Layer scale is set
     to 1 where the source has none, so the converted backbone computes what the
-    source did. The relative position terms are left out: missing by design.
+    source did. The relative position terms are left out: missing by design. ``variant``: the network of a
+    checkpoint holding several (``read_backbone``'s).
     """
-    raw = unwrap_state_dict(checkpoint)
-    kind = describe_state_dict(raw)
+    try:
+        raw = unwrap_state_dict(checkpoint)
+    except CheckpointFormatError:  # no tensors at its top (DINO's teacher / student): a format of read_backbone's
+        raw = {}
+    kind = describe_state_dict(raw) if raw else None
     notes: List[str] = []
-    layout = describe_state_dict(raw, verbose=True)
+    layout = describe_state_dict(raw, verbose=True) if raw else None
     if kind == "mmseg-vit":  # already converted, or a whole mmseg segmentor
+        if variant is not None:
+            raise CheckpointFormatError(f"{source}: an mmseg ViT holds one network; variant={variant!r} applies "
+                                        f"to training checkpoints (DINO, iBOT, DINOv2, I-JEPA)")
         sd = strip_prefix({k: v for k, v in raw.items() if k.startswith("backbone.")} or raw, "backbone.")
         dropped = sorted(k for k in raw if k.startswith(("decode_head.", "auxiliary_head.", "neck.")))
         sd = {k: v for k, v in sd.items() if not k.endswith("relative_position_index")}  # a function of the grid
@@ -131,7 +139,7 @@ def vit_to_mmseg(
             sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], grid)
             notes.append(f"resized pos_embed {old} -> {tuple(sd['pos_embed'].shape)}")
     else:
-        export = read_backbone(checkpoint, path=source)
+        export = read_backbone(checkpoint, path=source, variant=variant)
         if export.family != "vit":
             raise CheckpointFormatError(f"expected a ViT checkpoint (MAE, MoCo v3, timm, DeiT, or mmseg's "
                                         f"'layers.0.attn.qkv.weight'), found {export.provenance.layout} ({export.arch})")
@@ -189,7 +197,8 @@ class MAEViTEncoder(MAE):
     """
 
     def __init__(self, init_values: float = 1.0, norm_cfg: Optional[dict] = None,
-                 out_indices: Sequence[int] = (3, 5, 7, 11), with_cp: bool = False, **kwargs):
+                 out_indices: Sequence[int] = (3, 5, 7, 11), with_cp: bool = False, variant: Optional[str] = None,
+                 **kwargs):
         super().__init__(init_values=init_values, norm_cfg=norm_cfg or dict(type="LN", eps=1e-6),
                          out_indices=list(out_indices) if not isinstance(out_indices, int) else out_indices,
                          **kwargs)
@@ -197,6 +206,7 @@ class MAEViTEncoder(MAE):
         if bad:
             raise ValueError(f"out_indices {bad} outside the {self.num_layers} layers of this ViT")
         self.with_cp = with_cp
+        self.variant = variant  # the network of a checkpoint holding several (DINO's student ...)
 
     def forward(self, inputs):
         """mmseg's ``MAE.forward``; under ``with_cp`` each layer's activations are recomputed in the backward
@@ -228,7 +238,7 @@ class MAEViTEncoder(MAE):
         """Load a checkpoint file (any layout ``vit_to_mmseg`` reads); raises on a mismatch."""
         checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
         sd, report = vit_to_mmseg(checkpoint, self.state_dict(), grid=tuple(self.patch_shape),
-                                  final_norm=self.final_norm, source=str(path),
+                                  final_norm=self.final_norm, source=str(path), variant=self.variant,
                                   target_name=f"{type(self).__name__} ({self.num_layers} layers, "
                                               f"grid {tuple(self.patch_shape)})")
         print_log(report.format(), logger="current")

@@ -1,10 +1,12 @@
 # Tiny UperNet on a published ViT that mmseg's MAE backbone cannot hold (DINOv2 with registers / SwiGLU,
 # CLIP's ln_pre + QuickGELU, I-JEPA without a class token, BEiT): MAETimmViT builds the checkpoint's own timm
 # network (transfer/segmentation/timm_vit.py), so --checkpoint PATH is required; its shape and options come
-# from the file. The neck and heads take the width given here (128: the tests' tiny 4-block files; a file of
-# another width is refused, naming it). ADE20K at 64x64 crops, 40 iterations on a CPU, the ViT-B recipe's
-# four maps (all 4 blocks here) -> Feature2Pyramid (x4, x2, x1, x0.5 of a stride-14/16 map) -> UPerHead,
-# AdamW with layer-wise lr decay over the blocks (the "MAE" in the class name and its layers.i names).
+# from the file. The widths and depth here are the tests' tiny 4-block files' (128); tools/train_seg.py fits
+# them to the file (width in the backbone, neck and heads, out_indices at the same relative depths, layer decay
+# over its blocks: transfer.segmentation.runner.fit_to_checkpoint). ADE20K at 64x64 crops, 40 iterations on a
+# CPU, the ViT-B recipe's four maps (all 4 blocks here) -> Feature2Pyramid (x4, x2, x1, x0.5 of a stride-14/16
+# map) -> UPerHead, AdamW with layer-wise lr decay over the blocks (the "MAE" in the class name and its layers.i
+# names).
 _base_ = ["./_base_/cpu_runtime.py", "./_base_/ade20k_64x64.py"]
 custom_imports = dict(imports=["transfer.segmentation.vit", "transfer.segmentation.resnet",
                                "transfer.segmentation.datasets", "transfer.segmentation.timm_vit"],
@@ -37,4 +39,4 @@ optim_wrapper = dict(
     constructor="LearningRateDecayOptimizerConstructor",
     paramwise_cfg=dict(num_layers=num_layers, decay_rate=0.65, decay_type="layer_wise"))
 
-sslkit_results = dict(task="ade20k_seg", backbone="vit_timm", pretrain=None)
+sslkit_results = dict(task="ade20k_seg", backbone="vit_timm", pretrain=None)  # the backbone: the file's ViT, fitted

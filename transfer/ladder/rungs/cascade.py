@@ -1,4 +1,6 @@
 """COCO instance segmentation with ViTDet's Cascade Mask R-CNN (detectron2's projects/ViTDet Cascade rows)."""
+from dataclasses import replace
+
 from transfer.ladder.rung import DetectionRung, Recipe, register
 
 D = "configs/detectron2/"
@@ -21,6 +23,16 @@ class Cascade(DetectionRung):
         "vit_huge_patch14": Recipe(D + "COCO/cascade_mask_rcnn_vitdet_h_75ep.py", 64, 2800,
                                    _BASIS.format("Cascade ViTDet-H (75 epochs)", 138281, 1.137)),
         "vit_pico_patch8": Recipe(D + "tiny/cascade_mask_rcnn_vitdet_pico.py", basis="minutes on a CPU"),
+    }
+    # The same recipes (GPUs, cost), their ViT built from the checkpoint (DINOv2, CLIP, ...: LayerScale,
+    # registers, other shapes)
+    checkpoint_recipes = {
+        "vit_base_patch16": replace(recipes["vit_base_patch16"],
+                                    config=D + "COCO/cascade_mask_rcnn_vitdet_b_100ep_from_checkpoint.py"),
+        "vit_large_patch16": replace(recipes["vit_large_patch16"],
+                                     config=D + "COCO/cascade_mask_rcnn_vitdet_l_100ep_from_checkpoint.py"),
+        "vit_pico_patch8": Recipe(D + "tiny/cascade_mask_rcnn_vitdet_pico_from_checkpoint.py",
+                                  basis="minutes on a CPU"),
     }
 
     layout = ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017/", "val2017/")

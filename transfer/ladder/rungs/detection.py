@@ -1,4 +1,6 @@
 """COCO instance segmentation with detectron2: ViTDet Mask R-CNN for ViTs, MoCo's R50-C4 2x for ResNets."""
+from dataclasses import replace
+
 from transfer.ladder.rung import DetectionRung, Recipe, register
 
 D = "configs/detectron2/"
@@ -20,6 +22,15 @@ class Detection(DetectionRung):
                            "R50-C4 2x, 180k iterations x 16, ~0.5 s/iter on 8 GPUs"),
         "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico.py", basis="minutes on a CPU"),
         "resnet18": Recipe(D + "tiny/mask_rcnn_R_18_C4.py", basis="minutes on a CPU"),
+    }
+    # The same recipes (GPUs, cost), their ViT built from the checkpoint (DINOv2, CLIP, ...: LayerScale,
+    # registers, other shapes)
+    checkpoint_recipes = {
+        "vit_base_patch16": replace(recipes["vit_base_patch16"],
+                                    config=D + "COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py"),
+        "vit_large_patch16": replace(recipes["vit_large_patch16"],
+                                     config=D + "COCO/mask_rcnn_vitdet_l_100ep_from_checkpoint.py"),
+        "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico_from_checkpoint.py", basis="minutes on a CPU"),
     }
 
     layout = ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017/", "val2017/")

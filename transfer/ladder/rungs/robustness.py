@@ -26,6 +26,10 @@ class Robustness(Rung):  # its own tool: the classifier first, --out, --seed; on
     table_metrics = ("in_c_mce", "in_a_top1", "in_r_top1", "sketch_top1")  # MAE Table 3's columns, in its order
     suites = ("mae_transfer",)
     resume_flag = None  # one pass of forward passes: nothing to resume
+    # A variant (DINO's student) is evaluated, though the tool takes no --variant: its classifier is the finetune
+    # job's in the same ladder folder (``classifier``), which is the variant's own (``<stem>-<variant>-<sha>``) and
+    # was fine-tuned from that network (its config records model.variant, which the results record).
+    takes_variant = True
     recipes = {
         "vit_base_patch16": Recipe(gpus=1, gpu_hours=0.6, basis=_IMAGES + ", ~2,000 img/s (bf16)", args=_GPU_ARGS),
         "vit_large_patch16": Recipe(gpus=1, gpu_hours=1.6, basis="as ViT-B, ~3x the FLOPs", args=_GPU_ARGS),
