@@ -42,6 +42,7 @@ from test_formats import CASES, CASES_ELSEWHERE, flat
 from test_formats_clip import IMG as CLIP_IMG
 from test_formats_clip import KINDS as CLIP_KINDS
 from test_formats_clip import write_case as write_clip_case
+from test_mmseg_encoders import resnet_stage_maps  # torchvision's ResNet, stage by stage
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the CLIP archives are traced
 
@@ -111,15 +112,6 @@ def released(family: str, name: Optional[str], folder: Path) -> Released:
 def export_timm(export, folder: Path) -> torch.nn.Module:
     """The network timm rebuilds from the export's folder alone (config.json + weights)."""
     return timm.create_model(f"local-dir:{export.save(folder / 'export')}", pretrained=True).eval()
-
-
-def torchvision_stages(net: torchvision.models.ResNet, img: torch.Tensor) -> List[torch.Tensor]:
-    x = net.maxpool(net.relu(net.bn1(net.conv1(img))))
-    out = []
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        x = layer(x)
-        out.append(x)
-    return out
 
 
 def assert_file_accounted(f: Released, export, dropped: List[str]) -> None:
@@ -213,7 +205,7 @@ def test_detectron2_host_gives_the_features_with_every_tensor_accounted_for(tmp_
     d2.eval()
     with torch.no_grad():
         got = d2(img)
-        want = torchvision_stages(f.authors.eval(), img)
+        want = resnet_stage_maps(f.authors.eval(), img)
     for i, w in enumerate(want, start=2):
         torch.testing.assert_close(got[f"res{i}"], w, atol=ATOL, rtol=ATOL, msg=lambda m: f"res{i}: {m}")
 
@@ -239,7 +231,7 @@ def test_mmseg_host_gives_the_maps_with_every_tensor_accounted_for(tmp_path, fam
         host.init_weights()
         host.eval()
         with torch.no_grad():
-            got, want = host(img), torchvision_stages(f.authors.eval(), img)
+            got, want = host(img), resnet_stage_maps(f.authors.eval(), img)
         assert len(got) == len(want) == 4
         for i, (a, b) in enumerate(zip(got, want)):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=ATOL, msg=lambda m: f"stage {i}: {m}")

@@ -157,9 +157,7 @@ class BEiTBackbone(ViTBackbone):
 
 def build_beit(export) -> nn.Module:
     """timm's ``Beit`` of a BEiT export's shape, loaded with its weights (every tensor, strictly)."""
-    from transfer.beit import beit_network
-
-    vit = beit_network(export.shape)
+    vit = export_network(export)
     vit.load_state_dict(export.state_dict, strict=True)
     return vit
 
@@ -195,6 +193,19 @@ def build_vit(arch: dict, img_size: int = 224, options: Optional[dict] = None) -
         img_size=img_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depth=arch["depth"],
         num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"], qkv_bias=True, num_classes=0, **kwargs,
     )
+
+
+def export_network(export: BackboneExport, img_size: Optional[int] = None, drop_path_rate: float = 0.0,
+                   **vit_options) -> nn.Module:
+    """A ViT export's timm network, random weights: ``Beit`` for a BEiT export at ``img_size`` (default: its own;
+    its relative position tables are of that grid), else ``build_vit``'s ``VisionTransformer`` with the export's
+    options (and ``vit_options``) at its own size, the position table resampled to each input's grid."""
+    if export.shape.get("beit"):
+        from transfer.beit import beit_network
+
+        return beit_network(export.shape, img_size, drop_path_rate=drop_path_rate)
+    return build_vit(export.shape, export.shape["img_size"],
+                     export.vit_kwargs() | {"drop_path_rate": drop_path_rate, **vit_options})
 
 
 def _family(arch: str) -> str:
@@ -290,12 +301,7 @@ def random_twin(export: BackboneExport, seed: int = 0) -> BackboneExport:
         raise ValueError(f"a {export.arch} is built by its name (--random-init {export.arch}); no twin is needed")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if export.shape.get("beit"):
-            from transfer.beit import beit_network
-
-            net = beit_network(export.shape)
-        else:
-            net = build_vit(export.shape, export.shape["img_size"], export.vit_kwargs())
+        net = export_network(export)
     drawn = net.state_dict()
     missing = sorted(set(export.state_dict) - set(drawn))
     if missing:

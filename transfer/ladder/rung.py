@@ -217,6 +217,13 @@ class ClassificationRung(Rung):
         return (f"train.accum_iter={accum}",), f"batch kept by gradient accumulation: train.accum_iter={accum}"
 
 
+def from_checkpoint(recipes: Dict[str, Recipe], *backbones: str) -> Dict[str, Recipe]:
+    """The ``checkpoint_recipes`` of ViTDet recipes: each one's ``*_from_checkpoint.py`` twin config (the same recipe,
+    its ViT built from the checkpoint: DINOv2, CLIP, ... with LayerScale, registers, other shapes), same GPUs and
+    cost."""
+    return {b: replace(recipes[b], config=recipes[b].config[:-len(".py")] + "_from_checkpoint.py") for b in backbones}
+
+
 class DetectionRung(Rung):
     """``tools/train_net.py --config-file CONFIG``: detectron2, which starts its own processes."""
     tool = "tools/train_net.py"

@@ -37,7 +37,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pretrain.backbones import BackboneExport, read_backbone
 from pretrain.checkpoint import CheckpointFormatError
 from pretrain.errors import ConfigError
-from transfer.beit import beit_network, resample_beit  # shared with the classifiers
+from transfer.beit import resample_beit  # shared with the classifiers
 from transfer.convert import ConversionReport, compare_keys
 from transfer.segmentation.checkpoint import load_checkpoint_file
 
@@ -51,14 +51,10 @@ def build_timm_vit(export: BackboneExport, drop_path_rate: float = 0.0, img_size
     if export.family != "vit":
         raise CheckpointFormatError(f"{export.provenance.source}: a {export.arch} ({export.provenance.layout}), "
                                     f"not a ViT: the ResNet configs (configs/mmseg/*r50*) take it")
-    s = export.shape
-    if s.get("beit"):
-        return beit_network(s, img_size, drop_path_rate=drop_path_rate)
-    from transfer.backbone import build_vit  # the frozen rungs' ViT: the same network
+    from transfer.backbone import export_network  # the frozen rungs' ViT: the same network
 
     # dynamic_img_pad: a crop not a multiple of the patch (64 px at patch 14) is padded at its right / bottom.
-    return build_vit(s, img_size=s["img_size"], options=export.vit_kwargs() | {"drop_path_rate": drop_path_rate,
-                                                                               "dynamic_img_pad": True})
+    return export_network(export, img_size, drop_path_rate, dynamic_img_pad=True)
 
 
 def timm_vit_to_host(export: BackboneExport, target: Dict[str, torch.Tensor], source: str = "<dict>",

@@ -1,7 +1,5 @@
 """COCO instance segmentation with ViTDet's Cascade Mask R-CNN (detectron2's projects/ViTDet Cascade rows)."""
-from dataclasses import replace
-
-from transfer.ladder.rung import DetectionRung, Recipe, register
+from transfer.ladder.rung import DetectionRung, Recipe, from_checkpoint, register
 
 D = "configs/detectron2/"
 # ViTDet's README: training time per iteration on 64 GPUs (batch 64); GPU-hours = iterations x time x 64 / 3600.
@@ -24,16 +22,7 @@ class Cascade(DetectionRung):
                                    _BASIS.format("Cascade ViTDet-H (75 epochs)", 138281, 1.137)),
         "vit_pico_patch8": Recipe(D + "tiny/cascade_mask_rcnn_vitdet_pico.py", basis="minutes on a CPU"),
     }
-    # The same recipes (GPUs, cost), their ViT built from the checkpoint (DINOv2, CLIP, ...: LayerScale,
-    # registers, other shapes)
-    checkpoint_recipes = {
-        "vit_base_patch16": replace(recipes["vit_base_patch16"],
-                                    config=D + "COCO/cascade_mask_rcnn_vitdet_b_100ep_from_checkpoint.py"),
-        "vit_large_patch16": replace(recipes["vit_large_patch16"],
-                                     config=D + "COCO/cascade_mask_rcnn_vitdet_l_100ep_from_checkpoint.py"),
-        "vit_pico_patch8": Recipe(D + "tiny/cascade_mask_rcnn_vitdet_pico_from_checkpoint.py",
-                                  basis="minutes on a CPU"),
-    }
+    checkpoint_recipes = from_checkpoint(recipes, "vit_base_patch16", "vit_large_patch16", "vit_pico_patch8")
 
     layout = ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017/", "val2017/")
     layout_hint = "COCO 2017's layout"

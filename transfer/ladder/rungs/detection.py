@@ -1,7 +1,5 @@
 """COCO instance segmentation with detectron2: ViTDet Mask R-CNN for ViTs, MoCo's R50-C4 2x for ResNets."""
-from dataclasses import replace
-
-from transfer.ladder.rung import DetectionRung, Recipe, register
+from transfer.ladder.rung import DetectionRung, Recipe, from_checkpoint, register
 
 D = "configs/detectron2/"
 
@@ -23,15 +21,7 @@ class Detection(DetectionRung):
         "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico.py", basis="minutes on a CPU"),
         "resnet18": Recipe(D + "tiny/mask_rcnn_R_18_C4.py", basis="minutes on a CPU"),
     }
-    # The same recipes (GPUs, cost), their ViT built from the checkpoint (DINOv2, CLIP, ...: LayerScale,
-    # registers, other shapes)
-    checkpoint_recipes = {
-        "vit_base_patch16": replace(recipes["vit_base_patch16"],
-                                    config=D + "COCO/mask_rcnn_vitdet_b_100ep_from_checkpoint.py"),
-        "vit_large_patch16": replace(recipes["vit_large_patch16"],
-                                     config=D + "COCO/mask_rcnn_vitdet_l_100ep_from_checkpoint.py"),
-        "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico_from_checkpoint.py", basis="minutes on a CPU"),
-    }
+    checkpoint_recipes = from_checkpoint(recipes, "vit_base_patch16", "vit_large_patch16", "vit_pico_patch8")
 
     layout = ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017/", "val2017/")
     layout_hint = "COCO 2017's layout"

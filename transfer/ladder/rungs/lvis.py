@@ -1,11 +1,10 @@
 """LVIS instance segmentation with detectron2, scored by LVIS's federated AP: MoCo's Table 6 (Mask R-CNN
 R50-FPN on LVIS v0.5) and ViTDet's LVIS rows (ViT-B / ViT-L on LVIS v1)."""
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from pretrain.errors import DataError
-from transfer.ladder.rung import DetectionRung, Recipe, register
+from transfer.ladder.rung import DetectionRung, Recipe, from_checkpoint, register
 
 D = "configs/detectron2/"
 VERSIONS = ("v0.5", "v1")  # MoCo's Table 6 is v0.5, ViTDet's rows v1: different benchmarks, different tasks
@@ -30,16 +29,7 @@ class Lvis(DetectionRung):
         "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico_lvis.py", basis="minutes on a CPU"),
         "resnet18": Recipe(D + "tiny/mask_rcnn_R_18_FPN_lvis.py", basis="minutes on a CPU"),
     }
-    # The same recipes (GPUs, cost), their ViT built from the checkpoint (DINOv2, CLIP, ...: LayerScale,
-    # registers, other shapes)
-    checkpoint_recipes = {
-        "vit_base_patch16": replace(recipes["vit_base_patch16"],
-                                    config=D + "LVIS/mask_rcnn_vitdet_b_100ep_from_checkpoint.py"),
-        "vit_large_patch16": replace(recipes["vit_large_patch16"],
-                                     config=D + "LVIS/mask_rcnn_vitdet_l_100ep_from_checkpoint.py"),
-        "vit_pico_patch8": Recipe(D + "tiny/mask_rcnn_vitdet_pico_lvis_from_checkpoint.py",
-                                  basis="minutes on a CPU"),
-    }
+    checkpoint_recipes = from_checkpoint(recipes, "vit_base_patch16", "vit_large_patch16", "vit_pico_patch8")
 
     layout = ("lvis_v0.5_train.json|lvis_v1_train.json", "lvis_v0.5_val.json|lvis_v1_val.json", "train2017/",
               "val2017/")
